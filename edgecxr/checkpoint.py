@@ -1,0 +1,82 @@
+"""Exportable checkpoints: fp16/fp32 safetensors with edgecxr metadata in the header, plus a JSON sidecar.
+
+The metadata (arch, classes, preprocessing, training data, metrics) travels inside the safetensors
+header so the weights file alone is self-describing; the ``.json`` beside it repeats it with the
+file's sha256 for people and tools.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgecxr.artifact import atomic_write_bytes, sha256_file
+from edgecxr.errors import WeightsError
+
+META_KEY = "edgecxr"
+
+
+def save_checkpoint(state: dict, meta: dict, path: Path, half: bool = True) -> Path:
+    """Write ``state`` (a model state dict) and ``meta`` atomically; return the path."""
+    from safetensors.torch import save
+
+    tensors = {}
+    for k, v in state.items():
+        v = v.detach().cpu().contiguous()
+        if half and v.is_floating_point() and "running_" not in k:
+            v = v.half()
+        tensors[k] = v
+    blob = save(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+    path = Path(path)
+    atomic_write_bytes(path, blob)
+    sidecar = dict(meta, file=path.name, bytes=path.stat().st_size, sha256=sha256_file(path))
+    atomic_write_bytes(path.with_suffix(".json"), (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
+    return path
+
+
+def load_checkpoint(path: Path) -> tuple[dict, dict]:
+    """Read a checkpoint written by :func:`save_checkpoint`; tensors come back as float32."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        state = load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+    except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{path}: not a valid safetensors file ({exc}); it may be corrupt or truncated.") from exc
+    raw = header.get("__metadata__", {}).get(META_KEY)
+    if raw is None:
+        raise WeightsError(f"{path}: safetensors file without edgecxr metadata; was it written by edgecxr?")
+    meta = json.loads(raw)
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    return state, meta
+
+
+def read_meta(path: Path) -> dict:
+    """Only the metadata of a checkpoint (reads the header, not the tensors)."""
+    path = Path(path)
+    with path.open("rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        if n <= 0 or n > 100_000_000:
+            raise WeightsError(f"{path}: not a safetensors file.")
+        header = json.loads(fh.read(n))
+    raw = header.get("__metadata__", {}).get(META_KEY)
+    if raw is None:
+        raise WeightsError(f"{path}: safetensors file without edgecxr metadata.")
+    return json.loads(raw)
+
+
+def load_model(path: Path):
+    """Build the model a checkpoint describes and load its weights (eval mode)."""
+    from edgecxr.models import build_model
+
+    state, meta = load_checkpoint(path)
+    model = build_model(meta["arch"], num_classes=len(meta["classes"]), **meta.get("model_kwargs", {}))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path}: weights do not fit {meta['arch']} ({str(exc).splitlines()[0]})") from exc
+    return model.eval(), meta

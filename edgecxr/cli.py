@@ -1,0 +1,208 @@
+"""The ``edgecxr`` command line (typer + rich). Heavy layers are imported inside the commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgecxr.errors import EdgeCXRError
+
+app = typer.Typer(help="Chest X-ray COVID-19 classifier: train, export to ONNX/OpenVINO/TensorRT, benchmark, run.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------- info
+@app.command()
+def info(
+    model: Optional[str] = typer.Option(None, "--model", help="Also summarise a model: covid-densenet or densenet121."),
+    size: int = typer.Option(224, help="Input size for the model's FLOPs."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Versions, CPU ISA features, GPUs, Jetson; with --model, parameters and FLOPs."""
+    from edgecxr.hardware import machine_report
+    from edgecxr.imaging import dicom_support
+
+    rep = machine_report()
+    rep["dicom_decoders"] = dicom_support()
+    if model:
+        try:
+            from edgecxr.models import build_model, count_flops, count_params
+        except ImportError:
+            _fail("model summaries need torch: pip install 'edgecxr[train]'")
+        try:
+            m = build_model(model)
+        except EdgeCXRError as exc:
+            _fail(str(exc))
+        flops = count_flops(m, size)
+        base = count_flops(build_model("densenet121"), size) if model != "densenet121" else flops
+        rep["model"] = {"name": model, "params": count_params(m), "input_size": size, "gflops": flops / 1e9,
+                        "flops_vs_densenet121": flops / base}
+    if as_json:
+        print(json.dumps(rep, indent=2))
+        return
+    t = Table(title="edgecxr info", show_header=False)
+    for k, v in rep["versions"].items():
+        t.add_row(k, v or "[dim]not installed[/]")
+    cpu = rep["cpu"]
+    t.add_row("CPU", f"{cpu['model']} ({cpu['arch']}, {cpu['logical_cores']} logical cores)")
+    t.add_row("ISA", ", ".join(cpu["isa"]) or "none of interest")
+    t.add_row("GPUs", "; ".join(f"{g['name']} {g['memory_mib']} MiB cc {g['compute_capability']} driver {g['driver']}"
+                                for g in rep["gpus"]) or "none (no nvidia-smi)")
+    t.add_row("Jetson", json.dumps(rep["jetson"]) if rep["jetson"] else "no")
+    t.add_row("DICOM decoders", ", ".join(k for k, ok in rep["dicom_decoders"].items() if ok))
+    if "model" in rep:
+        m = rep["model"]
+        t.add_row("model", f"{m['name']}: {m['params'] / 1e6:.2f} M params, {m['gflops']:.2f} GFLOPs at {size}x{size} "
+                           f"({m['flops_vs_densenet121']:.3f}x DenseNet121)")
+    console.print(t)
+
+
+# ---------------------------------------------------------------- data
+@app.command()
+def split(
+    data: Path = typer.Argument(..., help="Dataset: class folders, COVIDx split file or CSV manifest."),
+    out: Path = typer.Option(..., "--out", help="CSV manifest to write (file, class, split, patient_id)."),
+    layout: str = typer.Option("auto", help="folder | covidx | csv | auto"),
+    val: float = typer.Option(0.15), test: float = typer.Option(0.15), seed: int = typer.Option(0),
+) -> None:
+    """Make patient-level train/val/test splits (no patient in two splits)."""
+    from collections import Counter
+
+    from edgecxr.data import load_samples, patient_split, write_manifest
+
+    try:
+        samples = patient_split(load_samples(data, layout), (1 - val - test, val, test), seed)
+    except (EdgeCXRError, ValueError) as exc:
+        _fail(str(exc))
+    write_manifest(samples, out)
+    c = Counter((s.split, s.label) for s in samples)
+    t = Table(title=f"patient-level split -> {out}")
+    labels = sorted({s.label for s in samples})
+    t.add_column("split")
+    for lab in labels:
+        t.add_column(lab, justify="right")
+    for sp in ("train", "val", "test"):
+        t.add_row(sp, *[str(c[(sp, lab)]) for lab in labels])
+    console.print(t)
+
+
+def _split_samples(data: Path, layout: str, permissive_only: bool):
+    from edgecxr.data import load_samples
+
+    samples = load_samples(data, layout, permissive_only=permissive_only)
+    parts = {sp: [s for s in samples if s.split == sp] for sp in ("train", "val", "test")}
+    if not parts["train"] or not parts["val"]:
+        raise EdgeCXRError(f"{data}: needs train and val splits; make them with `edgecxr split {data} --out split.csv`.")
+    return samples, parts
+
+
+@app.command()
+def train(
+    data: Path = typer.Argument(..., help="Dataset with splits (class folders under train/val/test, COVIDx or CSV)."),
+    out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder (checkpoints, metrics)."),
+    arch: str = typer.Option("covid-densenet", help="covid-densenet | densenet121"),
+    layout: str = typer.Option("auto"),
+    epochs: int = typer.Option(12), batch_size: int = typer.Option(16, "--batch"), lr: float = typer.Option(1e-3),
+    weight_decay: float = typer.Option(1e-4), warmup: float = typer.Option(1.0, help="Warm-up epochs."),
+    balanced: bool = typer.Option(False, help="Class-balanced sampling."),
+    seed: int = typer.Option(0), size: int = typer.Option(224), resize: str = typer.Option("crop"),
+    workers: int = typer.Option(0), weights: Optional[str] = typer.Option(None, help="imagenet | PATH"),
+    permissive_only: bool = typer.Option(False, help="Drop images whose licence is non-commercial only."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after N optimiser steps (smoke tests)."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
+    fresh: bool = typer.Option(False, help="Ignore last.pt in --out instead of resuming."),
+) -> None:
+    """Train Covid-DenseNet or the DenseNet121 baseline; resumes from OUT/last.pt."""
+    import torch
+
+    from edgecxr.train.loop import TrainConfig
+    from edgecxr.train.loop import train as run_train
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        samples, parts = _split_samples(data, layout, permissive_only)
+        classes = sorted({s.label for s in samples})
+        cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                          warmup_epochs=warmup, balanced=balanced, seed=seed, size=size, resize=resize, workers=workers,
+                          weights=weights, max_steps=max_steps, classes=classes)
+        info = {"source": str(data), "layout": layout, "permissive_only": permissive_only,
+                "n_train": len(parts["train"]), "n_val": len(parts["val"])}
+        summary = run_train(cfg, parts["train"], parts["val"], out, resume=not fresh, data_info=info)
+    except EdgeCXRError as exc:
+        _fail(str(exc))
+    console.print(f"best val macro F1 {summary['best_val_macro_f1']:.4f}; checkpoint {out / 'best.safetensors'}")
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint (or an exported artifact)."),
+    data: Path = typer.Argument(..., help="Dataset (any layout)."),
+    split_name: str = typer.Option("test", "--split", help="Which split to evaluate ('all' for every image)."),
+    layout: str = typer.Option("auto"),
+    permissive_only: bool = typer.Option(False),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for eval.json, eval.md and confusion.png."),
+    n_boot: int = typer.Option(1000, help="Bootstrap resamples for the 95% intervals."),
+) -> None:
+    """Accuracy, per-class sensitivity/specificity/PPV/F1, macro AUC, confusion matrix, 95% bootstrap CIs."""
+    from edgecxr.data import load_samples
+    from edgecxr.train.evaluate import evaluate_checkpoint, write_report
+
+    try:
+        samples = load_samples(data, layout, permissive_only=permissive_only)
+        if split_name != "all":
+            samples = [s for s in samples if s.split == split_name]
+        if not samples:
+            raise EdgeCXRError(f"{data}: no images in split {split_name!r}.")
+        result = evaluate_checkpoint(checkpoint, samples, n_boot=n_boot)
+    except EdgeCXRError as exc:
+        _fail(str(exc))
+    if out:
+        write_report(result, out)
+        console.print(f"wrote {out}/eval.json, eval.md, confusion.png")
+    from edgecxr.train.evaluate import markdown_report
+
+    console.print(markdown_report(result))
+
+
+# ---------------------------------------------------------------- export / predict / bench
+def _not_built(name: str) -> None:
+    _fail(f"`edgecxr {name}` is not built yet in this version.", code=3)
+
+
+@app.command()
+def export(checkpoint: Path = typer.Argument(None)) -> None:
+    """Export a checkpoint to ONNX / OpenVINO / TensorRT (not built yet)."""
+    _not_built("export")
+
+
+@app.command()
+def predict(paths: list[Path] = typer.Argument(None)) -> None:
+    """Classify images with an exported artifact (not built yet)."""
+    _not_built("predict")
+
+
+@app.command()
+def bench() -> None:
+    """Benchmark latency and accuracy across engines (not built yet)."""
+    _not_built("bench")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

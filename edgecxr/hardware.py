@@ -1,0 +1,112 @@
+"""What machine is this: CPU model and ISA features, NVIDIA GPUs, Jetson model and power mode. Torch-free."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+ISA_FLAGS = {
+    "avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512F", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
+    "avx512_bf16": "AVX-512 BF16", "amx_tile": "AMX", "amx_bf16": "AMX-BF16", "amx_int8": "AMX-INT8",
+    "asimd": "NEON", "asimddp": "NEON dot-product", "sve": "SVE", "bf16": "BF16",
+}
+
+
+def cpu_info(cpuinfo: str | None = None) -> dict:
+    """CPU model, logical cores and the ISA features that matter for inference (from /proc/cpuinfo)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    model, flags = platform.processor() or platform.machine(), set()
+    for line in cpuinfo.splitlines():
+        key, _, val = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model") and val.strip():
+            model = val.strip()
+        elif key in ("flags", "features"):
+            flags.update(val.split())
+    return {
+        "model": model, "arch": platform.machine(), "logical_cores": os.cpu_count(),
+        "isa": [name for flag, name in ISA_FLAGS.items() if flag in flags],
+    }
+
+
+def gpu_info() -> list[dict]:
+    """NVIDIA GPUs through nvidia-smi (no CUDA library needed)."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=name,memory.total,compute_cap,driver_version", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return []
+    gpus = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 4:
+            gpus.append({"name": parts[0], "memory_mib": int(float(parts[1])) if parts[1].replace(".", "").isdigit() else None,
+                         "compute_capability": parts[2], "driver": parts[3]})
+    return gpus
+
+
+def jetson_info(root: Path = Path("/")) -> dict | None:
+    """Jetson model, L4T release and nvpmodel power mode, or None when not a Jetson."""
+    rel = root / "etc/nv_tegra_release"
+    model_file = root / "proc/device-tree/model"
+    if not rel.is_file() and not model_file.is_file():
+        return None
+    info: dict = {}
+    if model_file.is_file():
+        info["model"] = model_file.read_bytes().rstrip(b"\x00").decode(errors="replace").strip()
+    if rel.is_file():
+        info["l4t"] = rel.read_text().splitlines()[0].strip()
+    if "model" in info and "jetson" not in info["model"].lower() and not rel.is_file():
+        return None
+    nvp = shutil.which("nvpmodel")
+    if nvp:
+        try:
+            out = subprocess.run([nvp, "-q"], capture_output=True, text=True, timeout=10).stdout
+            info["power_mode"] = parse_nvpmodel(out)
+        except (subprocess.SubprocessError, OSError):
+            pass
+    return info
+
+
+def parse_nvpmodel(text: str) -> str | None:
+    """``nvpmodel -q`` prints e.g. 'NV Power Mode: MAXN' then the mode number."""
+    for line in text.splitlines():
+        if "power mode" in line.lower() and ":" in line:
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def backend_versions() -> dict[str, str | None]:
+    """Installed versions (from package metadata: nothing heavy is imported)."""
+    from edgecxr import __version__
+
+    names = {"torch": "torch", "torchvision": "torchvision", "onnx": "onnx", "onnxruntime": "onnxruntime",
+             "onnxruntime-gpu": "onnxruntime-gpu", "openvino": "openvino", "nncf": "nncf", "tensorrt": "tensorrt",
+             "cuda-python": "cuda-python", "pycuda": "pycuda", "pydicom": "pydicom", "numpy": "numpy"}
+    out = {"edgecxr": __version__, "python": platform.python_version()}
+    out.update({k: _version(v) for k, v in names.items()})
+    return out
+
+
+def machine_report() -> dict:
+    return {"versions": backend_versions(), "cpu": cpu_info(), "gpus": gpu_info(), "jetson": jetson_info(),
+            "os": platform.platform()}

@@ -1,0 +1,219 @@
+"""Training: AdamW, warm-up + cosine schedule, optional class-balanced sampling, AMP on CUDA,
+checkpoint every epoch with resume, best-on-validation kept, metrics per epoch to JSON and CSV.
+
+Multi-GPU / multi-node: launch with torchrun, e.g.
+``torchrun --nproc_per_node 4 -m edgecxr.cli train DATA --out runs/x`` (NCCL on CUDA, gloo on CPU).
+Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+
+from edgecxr import __version__
+from edgecxr.artifact import atomic_write_json
+from edgecxr.checkpoint import save_checkpoint
+from edgecxr.data.layouts import Sample
+from edgecxr.data.torchdata import CXRDataset
+from edgecxr.metrics import point_metrics
+from edgecxr.models import build_model
+from edgecxr.preprocess import PreprocessConfig
+
+DEFAULT_CLASSES = ["COVID-19", "Normal", "Pneumonia"]
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "covid-densenet"
+    epochs: int = 12
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    balanced: bool = False
+    seed: int = 0
+    size: int = 224
+    resize: str = "crop"
+    workers: int = 0
+    weights: str | None = None
+    amp: bool = True
+    max_steps: int | None = None  # stop after this many optimiser steps (smoke tests)
+    classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
+
+
+def _dist_info() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _lr_lambda(total: int, warmup: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities and targets over a loader."""
+    model.eval()
+    probs, ys = [], []
+    for x, y in loader:
+        probs.append(torch.softmax(model(x.to(device)).float(), 1).cpu().numpy())
+        ys.append(np.asarray(y))
+    return np.concatenate(probs), np.concatenate(ys)
+
+
+def _atomic_torch_save(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sample], out: Path,
+          resume: bool = True, data_info: dict | None = None, progress: bool = True) -> dict:
+    """Train and return the run summary. ``out`` gets last.pt, best.safetensors(+.json), metrics.{json,csv}."""
+    rank, world, local_rank = _dist_info()
+    distributed = world > 1
+    use_cuda = torch.cuda.is_available()
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    _seed_all(cfg.seed + rank)
+    out = Path(out)
+    main = rank == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    pcfg = PreprocessConfig(size=cfg.size, resize=cfg.resize)
+    train_ds = CXRDataset(train_samples, cfg.classes, pcfg, augment=True)
+    val_ds = CXRDataset(val_samples, cfg.classes, pcfg, augment=False)
+    gen = torch.Generator().manual_seed(cfg.seed + 1000 * rank)
+    if cfg.balanced:
+        counts = np.bincount(train_ds.targets, minlength=len(cfg.classes)).astype(float)
+        w = [1.0 / counts[t] for t in train_ds.targets]
+        sampler = WeightedRandomSampler(w, num_samples=math.ceil(len(w) / world), replacement=True, generator=gen)
+    elif distributed:
+        sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    else:
+        sampler = None
+    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, shuffle=sampler is None,
+                          generator=gen if sampler is None else None, num_workers=cfg.workers, drop_last=len(train_ds) > cfg.batch_size)
+    val_dl = DataLoader(val_ds, batch_size=cfg.batch_size * 2, num_workers=cfg.workers)
+
+    model = build_model(cfg.arch, num_classes=len(cfg.classes), weights=cfg.weights).to(device)
+    if use_cuda:
+        model = model.to(memory_format=torch.channels_last)
+    net: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None) if distributed else model
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(train_dl))
+    total = steps_per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, round(cfg.warmup_epochs * steps_per_epoch))))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_cuda and cfg.amp)
+    loss_fn = nn.CrossEntropyLoss()
+
+    start_epoch, best, history = 0, -1.0, []
+    last = out / "last.pt"
+    if resume and last.is_file():
+        st = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        scaler.load_state_dict(st["scaler"])
+        start_epoch, best, history = st["epoch"] + 1, st["best"], st["history"]
+        torch.set_rng_state(st["rng"]["torch"])
+        np.random.set_state(st["rng"]["numpy"])
+        random.setstate(st["rng"]["python"])
+        gen.set_state(st["rng"]["loader"])
+
+    meta_base = {
+        "edgecxr_version": __version__, "arch": cfg.arch, "classes": cfg.classes,
+        "preprocess": pcfg.to_dict(), "train_config": asdict(cfg), "data": data_info or {},
+    }
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    steps_done = start_epoch * steps_per_epoch
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not (progress and main)) as bar:
+        for epoch in range(start_epoch, cfg.epochs):
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(epoch)
+            net.train()
+            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, info="")
+            t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+            for x, y in train_dl:
+                x, y = x.to(device, non_blocking=True), y.to(device)
+                if use_cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_cuda and cfg.amp):
+                    loss = loss_fn(net(x), y)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                seen += len(y)
+                loss_sum += float(loss.detach()) * len(y)
+                steps_done += 1
+                bar.update(task, advance=1, info=f"loss {loss_sum / seen:.3f}")
+                if cfg.max_steps and steps_done >= cfg.max_steps:
+                    break
+            train_time = time.perf_counter() - t0
+            probs, ys = predict_probs(model, val_dl, device)
+            vm = point_metrics(ys, probs, cfg.classes)
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_images_per_s": seen * world / train_time,
+                   "val_accuracy": vm["accuracy"], "val_macro_f1": vm["macro_f1"], "val_macro_auc": vm["macro_auc"],
+                   "lr": sched.get_last_lr()[0]}
+            history.append(row)
+            bar.update(task, info=f"loss {row['train_loss']:.3f} val acc {vm['accuracy']:.3f} f1 {vm['macro_f1']:.3f}")
+            if main and progress:
+                bar.console.print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}, {row['train_images_per_s']:.1f} img/s, "
+                                  f"val acc {vm['accuracy']:.4f}, val macro F1 {vm['macro_f1']:.4f}")
+            if main:
+                score = vm["macro_f1"] if not math.isnan(vm["macro_f1"]) else vm["accuracy"]
+                if score > best:
+                    best = score
+                    save_checkpoint(model.state_dict(), dict(meta_base, epoch=epoch + 1, val=vm), out / "best.safetensors")
+                _atomic_torch_save({
+                    "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict(), "epoch": epoch, "best": best, "history": history, "meta": meta_base,
+                    "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                            "loader": gen.get_state()},
+                }, last)
+                atomic_write_json(out / "metrics.json", history)
+                with open(out / "metrics.csv", "w", newline="") as fh:
+                    w = csv.DictWriter(fh, fieldnames=list(history[0]))
+                    w.writeheader()
+                    w.writerows(history)
+            if cfg.max_steps and steps_done >= cfg.max_steps:
+                break
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"best_val_macro_f1": best, "epochs": len(history), "history": history, "out": str(out)}
+
+
+def json_summary(summary: dict) -> str:
+    return json.dumps(summary, indent=2)

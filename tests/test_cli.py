@@ -1,0 +1,36 @@
+import json
+
+from typer.testing import CliRunner
+
+from edgecxr.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_commands():
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0
+    for cmd in ("train", "eval", "export", "bench", "predict", "info"):
+        assert cmd in r.output
+
+
+def test_info_json():
+    r = runner.invoke(app, ["info", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert rep["versions"]["edgecxr"]
+    assert isinstance(rep["cpu"]["isa"], list)
+    assert isinstance(rep["gpus"], list)
+
+
+def test_info_model_summary():
+    import pytest
+
+    pytest.importorskip("torch", reason="torch not installed")
+    r = runner.invoke(app, ["info", "--json", "--model", "covid-densenet", "--size", "224"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.output)["model"]
+    assert 1.0 < m["flops_vs_densenet121"] <= 1.15
+    assert m["params"] > 6_000_000
+    r = runner.invoke(app, ["info", "--model", "nope"])
+    assert r.exit_code != 0
