@@ -85,8 +85,6 @@ def _from_csv(path: Path) -> list[Sample]:
     out = []
     for r in rows:
         split = (r.get("split") or "").strip() or None
-        if split is not None and split not in SPLITS:
-            raise DatasetError(f"{path}: split {split!r} for {r[fcol]} is not one of {SPLITS}.")
         out.append(Sample(path.parent / r[fcol], r[lcol], split, (r.get(pcol) or None) if pcol else None,
                           (r.get("non_commercial_only") or "").strip().lower() == "yes"))
     return out
