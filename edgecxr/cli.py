@@ -178,26 +178,120 @@ def eval_cmd(
 
 
 # ---------------------------------------------------------------- export / predict / bench
-def _not_built(name: str) -> None:
-    _fail(f"`edgecxr {name}` is not built yet in this version.", code=3)
+def _default_checkpoint() -> Path:
+    from edgecxr.resources import default_checkpoint
+
+    return default_checkpoint()
 
 
 @app.command()
-def export(checkpoint: Path = typer.Argument(None)) -> None:
-    """Export a checkpoint to ONNX / OpenVINO / TensorRT (not built yet)."""
-    _not_built("export")
+def export(
+    checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint (.safetensors). Default: the shipped model."),
+    target: str = typer.Option("onnx-fp32", "--target", "-t", help="Target name from export/ (or a .toml path)."),
+    precision: Optional[str] = typer.Option(None, help="Override: fp32 | fp16 | int8."),
+    batch: Optional[int] = typer.Option(None, help="Fixed batch size (default: the target's, usually dynamic)."),
+    dynamic: bool = typer.Option(False, "--dynamic", help="Force a dynamic batch dimension."),
+    calib: Optional[list[Path]] = typer.Option(None, help="Calibration image folder(s) (class folders). Default: calibration_data/calib."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder. Default: exports/<checkpoint>-<sha8>/<target>."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the verification gate (artifact stays unverified)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even when a matching export exists."),
+    list_targets: bool = typer.Option(False, "--list", help="List the available targets and exit."),
+) -> None:
+    """Export a checkpoint to ONNX / OpenVINO / TensorRT, then verify it on real images."""
+    from edgecxr.errors import BackendUnavailable
+    from edgecxr.export.targets import list_targets as _targets
+    from edgecxr.export.targets import load_target
+
+    if list_targets:
+        t = Table(title="export targets")
+        for col in ("name", "backend", "precision", "description"):
+            t.add_column(col)
+        for name in _targets():
+            tg = load_target(name)
+            t.add_row(name, tg.backend, tg.precision, tg.description)
+        console.print(t)
+        return
+    from rich.progress import Progress
+
+    from edgecxr.export.core import export as run_export
+
+    ck = checkpoint or _default_checkpoint()
+    try:
+        with Progress(console=err, transient=True) as prog:
+            task = prog.add_task(f"export {target}: building + verifying", total=None)
+            res = run_export(ck, target, precision=precision, batch=batch, dynamic=dynamic or None, calib=calib,
+                             out=out, verify=not no_verify, force=force, progress=lambda n: prog.advance(task, n))
+    except BackendUnavailable as exc:
+        _fail(str(exc), code=2)
+    except EdgeCXRError as exc:
+        _fail(str(exc))
+    side = res.sidecar
+    v = side["verification"]
+    t = Table(title=f"{side['target']['name']} -> {res.artifact}" + (" (cached)" if res.cached else ""), show_header=False)
+    t.add_row("engine", f"{side['engine']['backend']} {side['engine'].get('version', '')} {side['engine']['precision']}")
+    if "runs" in side["engine"]:
+        t.add_row("runs as", json.dumps(side["engine"]["runs"]))
+    t.add_row("size", f"{side['artifact']['bytes'] + sum(f['bytes'] for f in side['artifact']['extra_files']):,} bytes")
+    t.add_row("export time", f"{side['export_seconds']} s")
+    if v["verdict"] != "skipped":
+        t.add_row("verification", f"[{'green' if v['verdict'] == 'passed' else 'red'}]{v['verdict']}[/]: agreement "
+                  f"{v['agreement']:.4f} (min {v['tolerance']['min_agreement']}), accuracy {v['accuracy']:.4f} vs "
+                  f"reference {v['accuracy_reference']:.4f} (max drop {v['tolerance']['max_accuracy_drop']}), "
+                  f"{v['images']} images")
+    else:
+        t.add_row("verification", "[yellow]skipped (--no-verify): artifact is unverified[/]")
+    console.print(t)
+    if v["verdict"] == "failed":
+        _fail("verification failed: " + "; ".join(v["reasons"]) + ". The artifact is marked unverified; "
+              "try another calibration method (--target with [int8] calibration) or precision.")
 
 
 @app.command()
-def predict(paths: list[Path] = typer.Argument(None)) -> None:
-    """Classify images with an exported artifact (not built yet)."""
-    _not_built("predict")
+def predict(
+    paths: list[Path] = typer.Argument(..., help="Image files or folders (PNG, JPEG, DICOM)."),
+    model: Path = typer.Option(..., "--model", "-m", help="Exported artifact (model.onnx, model.xml, model.engine)."),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table."),
+    batch: Optional[int] = typer.Option(None, help="Batch size (default: the artifact's maximum)."),
+    threads: Optional[int] = typer.Option(None, help="Engine threads."),
+    allow_unverified: bool = typer.Option(False, help="Use an artifact whose verification failed or was skipped."),
+) -> None:
+    """Classify images with an exported artifact; exit code 1 when any input failed."""
+    from edgecxr.runtime import iter_images, load
+
+    try:
+        m = load(model, allow_unverified=allow_unverified, threads=threads)
+    except EdgeCXRError as exc:
+        _fail(str(exc), code=2)
+    files = iter_images(paths)
+    if not files:
+        _fail("no images found in the given paths.")
+    results = m.predict(files, batch=batch)
+    if as_json:
+        for r in results:
+            print(json.dumps(r.to_dict()))
+    else:
+        t = Table(title=f"{m.identity['name']} ({m.identity['backend']} {m.identity['precision']}, sha256 {m.identity['sha256'][:12]})")
+        t.add_column("file")
+        t.add_column("label")
+        for c in m.classes:
+            t.add_column(c, justify="right")
+        for r in results:
+            if r.ok:
+                t.add_row(r.source, r.label, *[f"{r.probabilities[c]:.3f}" for c in m.classes])
+            else:
+                t.add_row(r.source, "[red]error[/]", *["" for _ in m.classes])
+        console.print(t)
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        err.print(f"[red]failed:[/] {r.error}")
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()
 def bench() -> None:
     """Benchmark latency and accuracy across engines (not built yet)."""
-    _not_built("bench")
+    _fail("`edgecxr bench` is not built yet in this version.", code=3)
 
 
 def main() -> None:  # pragma: no cover

@@ -8,3 +8,50 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 @pytest.fixture(scope="session")
 def torch_mod():
     return pytest.importorskip("torch", reason="torch not installed (pip install 'edgecxr[train]')")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A randomly initialised Covid-DenseNet checkpoint at 64 px input (fast to export and run)."""
+    torch = pytest.importorskip("torch", reason="torch not installed")
+    from edgecxr.checkpoint import save_checkpoint
+    from edgecxr.models import covid_densenet
+    from edgecxr.preprocess import PreprocessConfig
+
+    torch.manual_seed(0)
+    m = covid_densenet(num_classes=3).eval()
+    meta = {"arch": "covid-densenet", "classes": ["COVID-19", "Normal", "Pneumonia"],
+            "preprocess": PreprocessConfig(size=64).to_dict()}
+    path = tmp_path_factory.mktemp("ck") / "tiny.safetensors"
+    save_checkpoint(m.state_dict(), meta, path, half=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def onnx_artifact(tiny_checkpoint, tmp_path_factory):
+    pytest.importorskip("onnx", reason="onnx not installed")
+    from edgecxr.export.core import export
+
+    res = export(tiny_checkpoint, "onnx-fp32", out=tmp_path_factory.mktemp("onnx"))
+    assert res.verified, res.sidecar["verification"]
+    return res.artifact
+
+
+@pytest.fixture(scope="session")
+def openvino_artifact(tiny_checkpoint, tmp_path_factory):
+    pytest.importorskip("openvino", reason="OpenVINO not installed")
+    from edgecxr.export.core import export
+
+    res = export(tiny_checkpoint, "openvino-fp32", out=tmp_path_factory.mktemp("ov"))
+    assert res.verified, res.sidecar["verification"]
+    return res.artifact
+
+
+def pytest_configure(config):
+    # two cores: keep each test single-threaded so the suite stays predictable
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass

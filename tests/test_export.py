@@ -1,0 +1,137 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="torch not installed")
+onnx = pytest.importorskip("onnx", reason="onnx not installed")
+ort = pytest.importorskip("onnxruntime")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from edgecxr.artifact import read_sidecar, sidecar_path  # noqa: E402
+from edgecxr.errors import BackendUnavailable, EdgeCXRError  # noqa: E402
+from edgecxr.export import core  # noqa: E402
+from edgecxr.export.targets import list_targets, load_target  # noqa: E402
+from edgecxr.runtime.runners import backend_available  # noqa: E402
+
+
+def test_targets_load():
+    names = set(list_targets())
+    assert {"onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-fp16", "openvino-int8", "tensorrt-fp16",
+            "tensorrt-int8", "jetson-orin-int8"} <= names
+    t = load_target("tensorrt", precision="int8")
+    assert (t.backend, t.precision, t.int8["format"]) == ("tensorrt", "int8", "qdq")
+    assert load_target("onnx-fp32", batch=4).max_batch == 4
+    with pytest.raises(EdgeCXRError, match="available"):
+        load_target("nope")
+
+
+def test_onnx_sidecar_and_cache(onnx_artifact, tiny_checkpoint):
+    side = read_sidecar(onnx_artifact)
+    assert side["classes"] == ["COVID-19", "Normal", "Pneumonia"]
+    assert side["preprocess"]["size"] == 64
+    assert side["engine"]["backend"] == "onnx" and side["engine"]["input_shape"][0] == -1
+    assert side["verification"]["verdict"] == "passed" and side["verification"]["agreement"] >= 0.995
+    assert side["verification"]["images"] == 184
+    res = core.export(tiny_checkpoint, "onnx-fp32", out=onnx_artifact.parent)
+    assert res.cached
+    from edgecxr.export.onnx_fp32 import get_metadata
+
+    assert get_metadata(onnx_artifact)["classes"] == side["classes"]
+
+
+def test_failed_build_leaves_nothing_valid(tiny_checkpoint, tmp_path, monkeypatch):
+    def broken(ctx, target, tmp):
+        (tmp / "model.onnx").write_bytes(b"half")
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setitem(core.BUILDERS, "onnx", broken)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        core.export(tiny_checkpoint, "onnx-fp32", out=tmp_path)
+    assert not (tmp_path / "model.onnx").exists()
+    assert not sidecar_path(tmp_path / "model.onnx").exists()
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_verification_failure_marks_unverified(tiny_checkpoint, tmp_path):
+    strict = tmp_path / "strict.toml"
+    strict.write_text('backend = "onnx"\nprecision = "fp32"\n[tolerance]\nmin_agreement = 1.01\n')
+    from edgecxr.cli import app
+
+    r = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "--target", str(strict), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1
+    side = read_sidecar(tmp_path / "o" / "model.onnx")
+    assert side["verification"]["verdict"] == "failed"
+    from edgecxr.errors import ArtifactError
+    from edgecxr.runtime import load
+
+    with pytest.raises(ArtifactError, match="verification failed"):
+        load(tmp_path / "o" / "model.onnx")
+    assert load(tmp_path / "o" / "model.onnx", allow_unverified=True).classes == side["classes"]
+
+
+def test_int8_qoperator_for_ort(tiny_checkpoint, tmp_path):
+    res = core.export(tiny_checkpoint, "onnx-int8", out=tmp_path, verify=False)
+    ops = {n.op_type for n in onnx.load(str(res.artifact)).graph.node}
+    assert "QLinearConv" in ops
+    assert res.sidecar["verification"]["verdict"] == "skipped"
+    assert res.sidecar["engine"]["int8"]["calibration_images"] == 90
+
+
+def _ctx_and_target(tiny_checkpoint, name):
+    from edgecxr.resources import calibration_dir, eval_dir
+
+    return core._Ctx(tiny_checkpoint, [calibration_dir()], [calibration_dir(), eval_dir()], None), load_target(name)
+
+
+def test_tensorrt_fp16_onnx(tiny_checkpoint, tmp_path):
+    ctx, tgt = _ctx_and_target(tiny_checkpoint, "tensorrt-fp16")
+    path = core.prepare_tensorrt_onnx(ctx, tgt, tmp_path)
+    m = onnx.load(str(path))
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O kept FP32
+    assert m.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    conv_w = {n.input[1] for n in m.graph.node if n.op_type == "Conv"}
+    init_types = {i.name: i.data_type for i in m.graph.initializer}
+    assert conv_w and all(init_types.get(w) == onnx.TensorProto.FLOAT16 for w in conv_w if w in init_types)
+    x, _, ref = ctx.verify_set()
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x[:32]})[0]
+    np.testing.assert_allclose(out, ref[:32], atol=5e-2 * max(1.0, np.abs(ref).max()))
+
+
+def test_tensorrt_int8_qdq_onnx(tiny_checkpoint, tmp_path):
+    from edgecxr.export.onnx_int8 import qdq_zero_points
+
+    ctx, tgt = _ctx_and_target(tiny_checkpoint, "tensorrt-int8")
+    path = core.prepare_tensorrt_onnx(ctx, tgt, tmp_path)
+    m = onnx.load(str(path))
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("QuantizeLinear") > 50 and ops.count("DequantizeLinear") > 50
+    zps = qdq_zero_points(path)
+    assert zps and all(z == 0 for z in zps)  # TensorRT accepts symmetric quantization only
+    x, _, ref = ctx.verify_set()
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x[:32]})[0]
+    assert np.corrcoef(out.ravel(), ref[:32].ravel())[0, 1] > 0.95
+
+
+@pytest.mark.skipif(backend_available("tensorrt")[0], reason="TensorRT is installed here: the GPU suite covers it")
+def test_tensorrt_missing_exit_code_2(tiny_checkpoint, tmp_path):
+    from edgecxr.cli import app
+
+    r = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "--target", "tensorrt-int8", "--out", str(tmp_path)])
+    assert r.exit_code == 2
+    assert "TensorRT" in r.output and "pip install" in r.output
+    assert (tmp_path / "model.trt-int8.onnx").is_file()  # what the device would build from
+    assert not (tmp_path / "model.engine").exists()
+    with pytest.raises(BackendUnavailable):
+        core.export(tiny_checkpoint, "tensorrt-fp16", out=tmp_path / "b")
+
+
+def test_openvino_fp16_records_precision(tiny_checkpoint, tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO not installed")
+    res = core.export(tiny_checkpoint, "openvino-fp16", out=tmp_path)
+    assert res.verified
+    runs = res.sidecar["engine"]["runs"]
+    assert runs["inference_precision"] in ("f32", "bf16", "f16")
+    assert res.sidecar["artifact"]["extra_files"][0]["file"] == "model.bin"

@@ -1,0 +1,166 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgecxr.errors import ImageError
+from edgecxr.imaging import from_array, load_gray, read_image
+from edgecxr.preprocess import PreprocessConfig, preprocess
+
+pydicom = pytest.importorskip("pydicom")
+
+
+def _dicom(path, arr, photometric="MONOCHROME2", window=None, voi_lut=None, slope=1.0, intercept=0.0,
+           frames=1, spp=1, compress=None):
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = arr.shape[-2:] if spp == 1 else arr.shape[:2]
+    ds.SamplesPerPixel = spp
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12 if arr.max() < 4096 else 16
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    if spp > 1:
+        ds.PlanarConfiguration = 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    if voi_lut is not None:
+        item = pydicom.Dataset()
+        item.LUTDescriptor = [len(voi_lut), 0, 16]
+        item.LUTData = np.asarray(voi_lut, np.uint16).tobytes()
+        ds.VOILUTSequence = [item]
+    ds.PixelData = arr.astype(np.uint16).tobytes()
+    if compress:
+        ds.compress(compress)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+RAMP = (np.arange(64 * 64).reshape(64, 64) % 4000).astype(np.uint16)
+
+
+def test_dicom_monochrome2_and_1(tmp_path):
+    m2 = read_image(_dicom(tmp_path / "m2.dcm", RAMP))
+    m1 = read_image(_dicom(tmp_path / "m1.dcm", RAMP, photometric="MONOCHROME1"))
+    expected = (RAMP - RAMP.min()) / (RAMP.max() - RAMP.min())
+    np.testing.assert_allclose(m2, expected, atol=1e-6)
+    np.testing.assert_allclose(m1, 1.0 - expected, atol=1e-6)  # MONOCHROME1: high values are dark
+
+
+def test_dicom_window_applied_before_inversion(tmp_path):
+    g2 = read_image(_dicom(tmp_path / "w.dcm", RAMP, window=(1000, 500)))
+    # window 750..1250: values below are black, above are white
+    assert g2[RAMP < 700].max() == pytest.approx(0.0, abs=1e-6)
+    assert g2[RAMP > 1300].min() == pytest.approx(1.0, abs=1e-6)
+    g1 = read_image(_dicom(tmp_path / "w1.dcm", RAMP, window=(1000, 500), photometric="MONOCHROME1"))
+    np.testing.assert_allclose(g1, 1.0 - g2, atol=1e-6)
+
+
+def test_dicom_voi_lut_sequence(tmp_path):
+    lut = (np.arange(4096) // 16).astype(np.uint16)  # maps 0..4095 to 0..255
+    g = read_image(_dicom(tmp_path / "lut.dcm", RAMP, voi_lut=lut))
+    np.testing.assert_allclose(g, (RAMP // 16) / (RAMP // 16).max(), atol=1e-6)
+
+
+def test_dicom_rle_compressed(tmp_path):
+    from pydicom.uid import RLELossless
+
+    g = read_image(_dicom(tmp_path / "rle.dcm", RAMP, compress=RLELossless))
+    np.testing.assert_allclose(g, (RAMP - RAMP.min()) / (RAMP.max() - RAMP.min()), atol=1e-6)
+
+
+def test_dicom_rescale_slope_intercept(tmp_path):
+    g = read_image(_dicom(tmp_path / "r.dcm", RAMP, slope=2.0, intercept=-1024))
+    np.testing.assert_allclose(g, (RAMP - RAMP.min()) / (RAMP.max() - RAMP.min()), atol=1e-6)  # linear: same after scaling
+
+
+def test_dicom_multiframe_and_colour_refused(tmp_path):
+    with pytest.raises(ImageError, match="multi-frame"):
+        read_image(_dicom(tmp_path / "mf.dcm", np.stack([RAMP, RAMP]), frames=2))
+    rgb = np.stack([RAMP] * 3, -1)
+    with pytest.raises(ImageError, match="colour"):
+        read_image(_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB", spp=3))
+
+
+def test_png_16bit_8bit_rgb(tmp_path):
+    a16 = (np.linspace(0, 65535, 64 * 80).reshape(64, 80)).astype(np.uint16)
+    Image.fromarray(a16).save(tmp_path / "a16.png")
+    np.testing.assert_allclose(read_image(tmp_path / "a16.png"), a16 / 65535.0, atol=1e-6)
+    a8 = (np.arange(64 * 64).reshape(64, 64) % 256).astype(np.uint8)
+    Image.fromarray(a8).save(tmp_path / "a8.png")
+    np.testing.assert_allclose(read_image(tmp_path / "a8.png"), a8 / 255.0, atol=1e-6)
+    Image.fromarray(np.stack([a8] * 3, -1)).save(tmp_path / "rgb.jpg", quality=100)
+    assert np.abs(read_image(tmp_path / "rgb.jpg") - a8 / 255.0).mean() < 0.02
+
+
+def test_arrays_and_pil():
+    a8 = np.full((40, 50), 128, np.uint8)
+    assert load_gray(a8).max() == pytest.approx(128 / 255)
+    assert load_gray(a8.astype(np.uint16) * 257).max() == pytest.approx(128 / 255, abs=1e-4)
+    assert load_gray(Image.fromarray(a8)).shape == (40, 50)
+    f = np.linspace(-100, 100, 40 * 50).reshape(40, 50)
+    g = from_array(f)
+    assert g.min() == 0.0 and g.max() == 1.0
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda p: p.write_bytes(b""), "empty"),
+    (lambda p: p.write_bytes(b"hello, I am a text file" * 20), "not an image"),
+    (lambda p: Image.fromarray(np.zeros((1, 1), np.uint8)).save(p, format="PNG"), "too small"),
+])
+def test_bad_files(tmp_path, make, match):
+    p = tmp_path / "x.png"
+    make(p)
+    with pytest.raises(ImageError, match=match) as ei:
+        read_image(p)
+    assert str(p) in str(ei.value)
+
+
+def test_truncated_png(tmp_path):
+    Image.fromarray((np.random.default_rng(0).random((200, 200)) * 255).astype(np.uint8)).save(tmp_path / "ok.png")
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        read_image(tmp_path / "t.png")
+
+
+def test_decompression_bomb(tmp_path, monkeypatch):
+    import edgecxr.imaging as im
+
+    monkeypatch.setattr(im, "MAX_PIXELS", 100 * 100)
+    Image.fromarray(np.zeros((200, 200), np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(ImageError, match="decompression-bomb"):
+        read_image(tmp_path / "big.png")
+    with pytest.raises(ImageError, match="decompression-bomb"):
+        load_gray(np.zeros((200, 200), np.uint8))
+
+
+def test_nan_array_refused():
+    a = np.zeros((64, 64), np.float32)
+    a[3, 3] = np.nan
+    with pytest.raises(ImageError, match="NaN"):
+        load_gray(a)
+
+
+def test_preprocess_policies():
+    g = np.random.default_rng(0).random((100, 200)).astype(np.float32)
+    for policy in ("crop", "pad", "stretch"):
+        x = preprocess(g, PreprocessConfig(size=64, resize=policy))
+        assert x.shape == (3, 64, 64) and x.dtype == np.float32
+        np.testing.assert_allclose(x[0] * 0.229 + 0.485, x[2] * 0.225 + 0.406, atol=1e-5)  # same gray per channel
+    padded = preprocess(g, PreprocessConfig(size=64, resize="pad"))
+    assert np.allclose(padded[0, 0], (0 - 0.485) / 0.229)  # black border rows
+    with pytest.raises(ValueError):
+        PreprocessConfig(resize="zoom")

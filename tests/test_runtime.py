@@ -1,0 +1,202 @@
+import json
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgecxr.artifact import sidecar_path
+from edgecxr.errors import ArtifactError
+from edgecxr.resources import eval_dir
+
+EVAL = sorted(eval_dir().rglob("*.png"))
+
+
+def test_runtime_imports_no_torch():
+    code = ("import sys, time; t=time.perf_counter(); import edgecxr.runtime; "
+            "print(time.perf_counter()-t); assert 'torch' not in sys.modules, 'torch imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def _torch_probs(checkpoint, files):
+    torch = pytest.importorskip("torch")
+    from edgecxr.checkpoint import load_model
+    from edgecxr.imaging import read_image
+    from edgecxr.preprocess import PreprocessConfig, preprocess
+
+    model, meta = load_model(checkpoint)
+    cfg = PreprocessConfig.from_dict(meta["preprocess"])
+    x = torch.from_numpy(np.stack([preprocess(read_image(f), cfg) for f in files]))
+    with torch.no_grad():
+        return torch.softmax(model(x), 1).numpy()
+
+
+@pytest.mark.parametrize("artifact", ["onnx_artifact", "openvino_artifact"])
+def test_round_trip_matches_torch(request, artifact, tiny_checkpoint):
+    from edgecxr.runtime import load
+
+    path = request.getfixturevalue(artifact)
+    model = load(path)
+    files = EVAL[:24]
+    res = model.predict(files, batch=8)
+    assert all(r.ok for r in res)
+    probs = np.array([[r.probabilities[c] for c in model.classes] for r in res])
+    ref = _torch_probs(tiny_checkpoint, files)
+    np.testing.assert_allclose(probs, ref, atol=1e-4)
+    assert [r.label for r in res] == [model.classes[i] for i in ref.argmax(1)]
+    assert res[0].model["sha256"] == json.loads(sidecar_path(path).read_text())["artifact"]["sha256"]
+
+
+def test_training_and_runtime_tensors_identical(tiny_checkpoint):
+    pytest.importorskip("torch")
+    from edgecxr.data import load_samples
+    from edgecxr.data.torchdata import CXRDataset
+    from edgecxr.preprocess import PreprocessConfig
+    from edgecxr.runtime import Model
+
+    cfg = PreprocessConfig(size=64)
+    samples = load_samples(eval_dir())[:3]
+    ds = CXRDataset(samples, ["COVID-19", "Normal", "Pneumonia"], cfg, augment=False)
+    side = {"classes": ["COVID-19", "Normal", "Pneumonia"], "preprocess": cfg.to_dict(), "model": {},
+            "artifact": {"sha256": ""}, "engine": {"backend": "onnx", "precision": "fp32"}}
+    m = Model(EVAL[0], side, runner=None)
+    for i, s in enumerate(samples):
+        np.testing.assert_array_equal(ds[i][0].numpy(), m._prepare(s.path))
+
+
+def test_inputs_of_every_kind(onnx_artifact):
+    from edgecxr.runtime import load
+
+    model = load(onnx_artifact)
+    img = Image.open(EVAL[0])
+    a8 = np.asarray(img.convert("L"))
+    res = model.predict([EVAL[0], str(EVAL[0]), a8, a8.astype(np.uint16) * 257, a8 / 255.0, img])
+    assert all(r.ok for r in res), [r.error for r in res]
+    p = np.array([[r.probabilities[c] for c in model.classes] for r in res])
+    np.testing.assert_allclose(p, np.repeat(p[:1], len(p), 0), atol=1e-4)
+    single = model.predict(EVAL[0])
+    assert len(single) == 1 and single[0].label == res[0].label
+
+
+def test_bad_inputs_do_not_spoil_the_batch(onnx_artifact, tmp_path):
+    from edgecxr.runtime import load
+
+    model = load(onnx_artifact)
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_bytes(b"not an image" * 10)
+    data = EVAL[0].read_bytes()
+    (tmp_path / "trunc.png").write_bytes(data[: len(data) // 3])
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(tmp_path / "tiny.png")
+    nan = np.zeros((64, 64), np.float32)
+    nan[0, 0] = np.nan
+    huge = np.zeros((1, 1), np.uint8)
+    import edgecxr.imaging as im
+
+    huge = np.broadcast_to(np.uint8(0), (im.MAX_PIXELS // 1000 + 1, 1001))  # > limit, no real memory
+    inputs = [EVAL[0], tmp_path / "empty.png", tmp_path / "text.png", tmp_path / "trunc.png", tmp_path / "tiny.png",
+              nan, huge, tmp_path / "missing.png", EVAL[1]]
+    res = model.predict(inputs)
+    assert res[0].ok and res[-1].ok
+    errors = [r.error for r in res[1:-1]]
+    for e, word in zip(errors, ["empty", "not an image", "truncated", "too small", "NaN", "decompression-bomb",
+                                "no such file"]):
+        assert e is not None and word in e, (word, e)
+
+
+def test_batches_split(onnx_artifact):
+    from edgecxr.runtime import load
+
+    model = load(onnx_artifact)
+    calls = []
+    run = model.runner.run
+    model.runner.run = lambda x: calls.append(len(x)) or run(x)
+    res = model.predict(EVAL[:7], batch=3)
+    assert calls == [3, 3, 1] and len(res) == 7
+
+
+def test_threads_agree_with_single_thread(onnx_artifact):
+    from edgecxr.runtime import load
+
+    model = load(onnx_artifact)
+    files = EVAL[:6]
+    ref = [r.probabilities for r in model.predict(files)]
+    out, errors = {}, []
+
+    def work(k):
+        try:
+            out[k] = [r.probabilities for r in model.predict(files, batch=2)]
+        except Exception as exc:  # pragma: no cover
+            errors.append(exc)
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert not errors and len(out) == 4
+    for v in out.values():
+        for a, b in zip(v, ref):
+            for c in a:
+                assert a[c] == pytest.approx(b[c], abs=1e-5)
+
+
+def test_tampered_artifact_refused(onnx_artifact, tmp_path):
+    from edgecxr.runtime import load
+
+    shutil.copy(onnx_artifact, tmp_path / "model.onnx")
+    shutil.copy(sidecar_path(onnx_artifact), sidecar_path(tmp_path / "model.onnx"))
+    load(tmp_path / "model.onnx")  # an intact copy loads
+    data = bytearray((tmp_path / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (tmp_path / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256"):
+        load(tmp_path / "model.onnx")
+    (tmp_path / "model.onnx").unlink()
+    with pytest.raises(ArtifactError, match="no such artifact"):
+        load(tmp_path / "model.onnx")
+
+
+@pytest.mark.parametrize("field,value", [("classes", ["Normal", "COVID-19", "Pneumonia"]),
+                                         ("preprocess", {"size": 64, "resize": "pad", "mean": [0.485, 0.456, 0.406],
+                                                         "std": [0.229, 0.224, 0.225]})])
+@pytest.mark.parametrize("artifact", ["onnx_artifact", "openvino_artifact"])
+def test_sidecar_mismatch_refused(request, artifact, field, value, tmp_path):
+    from edgecxr.runtime import load
+
+    src = request.getfixturevalue(artifact)
+    for f in src.parent.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    dst = tmp_path / src.name
+    side = json.loads(sidecar_path(dst).read_text())
+    side[field] = value
+    sidecar_path(dst).write_text(json.dumps(side))
+    with pytest.raises(ArtifactError, match=field):
+        load(dst)
+
+
+def test_missing_sidecar_refused(onnx_artifact, tmp_path):
+    from edgecxr.runtime import load
+
+    shutil.copy(onnx_artifact, tmp_path / "model.onnx")
+    with pytest.raises(ArtifactError, match="sidecar"):
+        load(tmp_path / "model.onnx")
+
+
+def test_cli_predict(onnx_artifact, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgecxr.cli import app
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for f in EVAL[:3]:
+        shutil.copy(f, folder / f.name)
+    r = CliRunner().invoke(app, ["predict", str(folder), "--model", str(onnx_artifact), "--json"])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in r.output.strip().splitlines()]
+    assert len(lines) == 3 and all(x["label"] in ("COVID-19", "Normal", "Pneumonia") for x in lines)
+    (folder / "bad.png").write_bytes(b"")
+    r = CliRunner().invoke(app, ["predict", str(folder), "--model", str(onnx_artifact)])
+    assert r.exit_code == 1 and "bad.png" in r.output
