@@ -143,10 +143,6 @@ def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sampl
         sched.load_state_dict(st["scheduler"])
         scaler.load_state_dict(st["scaler"])
         start_epoch, best, history = st["epoch"] + 1, st["best"], st["history"]
-        torch.set_rng_state(st["rng"]["torch"])
-        np.random.set_state(st["rng"]["numpy"])
-        random.setstate(st["rng"]["python"])
-        gen.set_state(st["rng"]["loader"])
 
     meta_base = {
         "edgecxr_version": __version__, "arch": cfg.arch, "classes": cfg.classes,
@@ -158,6 +154,9 @@ def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sampl
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not (progress and main)) as bar:
         for epoch in range(start_epoch, cfg.epochs):
+            # every epoch's randomness derives from (seed, epoch, rank): a resumed run repeats it exactly
+            _seed_all(cfg.seed * 7919 + epoch * 104729 + rank)
+            gen.manual_seed(cfg.seed * 7919 + epoch * 104729 + 1000 + rank)
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)
             net.train()
@@ -198,9 +197,7 @@ def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sampl
                     save_checkpoint(model.state_dict(), dict(meta_base, epoch=epoch + 1, val=vm), out / "best.safetensors")
                 _atomic_torch_save({
                     "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "scaler": scaler.state_dict(), "epoch": epoch, "best": best, "history": history, "meta": meta_base,
-                    "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                            "loader": gen.get_state()},
+                    "scaler": scaler.state_dict(), "epoch": epoch, "best": best, "history": history, "meta": meta_base
                 }, last)
                 atomic_write_json(out / "metrics.json", history)
                 with open(out / "metrics.csv", "w", newline="") as fh:

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgecxr.data import load_samples, patient_split, write_manifest
+from edgecxr.errors import DatasetError
+from edgecxr.resources import calibration_dir
+
+
+def _img(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(path)
+
+
+def test_folder_layout_with_and_without_splits(tmp_path):
+    for split in ("train", "val"):
+        for c in ("COVID-19", "Normal"):
+            _img(tmp_path / "a" / split / c / f"{c}-{split}.png")
+    s = load_samples(tmp_path / "a")
+    assert {(x.split, x.label) for x in s} == {("train", "COVID-19"), ("train", "Normal"), ("val", "COVID-19"), ("val", "Normal")}
+    s = load_samples(calibration_dir())
+    assert len(s) == 90 and {x.split for x in s} == {None}
+
+
+def test_covidx_layout(tmp_path):
+    _img(tmp_path / "train" / "a.png")
+    _img(tmp_path / "train" / "b.png")
+    (tmp_path / "train_COVIDx.txt").write_text("p1 a.png COVID-19 cohen\np2 b.png normal rsna\n")
+    s = load_samples(tmp_path / "train_COVIDx.txt")
+    assert [(x.patient, x.label, x.split) for x in s] == [("p1", "COVID-19", "train"), ("p2", "Normal", "train")]
+    assert s[0].path == tmp_path / "train" / "a.png"
+    (tmp_path / "bad.txt").write_text("only two\n")
+    with pytest.raises(DatasetError, match="bad.txt:1"):
+        load_samples(tmp_path / "bad.txt")
+
+
+def test_csv_layout_and_permissive_filter(tmp_path):
+    _img(tmp_path / "x.png")
+    (tmp_path / "m.csv").write_text("file,class,split,patient_id,non_commercial_only\n"
+                                    "x.png,Normal,train,p1,no\nx.png,COVID-19,test,p2,yes\n")
+    assert len(load_samples(tmp_path / "m.csv")) == 2
+    s = load_samples(tmp_path / "m.csv", permissive_only=True)
+    assert [(x.label, x.patient) for x in s] == [("Normal", "p1")]
+    (tmp_path / "n.csv").write_text("path_to,what\n")
+    with pytest.raises(DatasetError):
+        load_samples(tmp_path / "n.csv")
+
+
+def test_patient_split_keeps_patients_together(tmp_path):
+    from edgecxr.data.layouts import Sample
+
+    rng = np.random.default_rng(0)
+    samples = [Sample(tmp_path / f"{p}-{k}.png", ["COVID-19", "Normal", "Pneumonia"][p % 3], None, f"pat{p}")
+               for p in range(120) for k in range(rng.integers(1, 4))]
+    out = patient_split(samples, (0.7, 0.15, 0.15), seed=1)
+    by_patient = {}
+    for s in out:
+        by_patient.setdefault(s.patient, set()).add(s.split)
+    assert all(len(v) == 1 for v in by_patient.values())  # no patient in two splits
+    splits = [next(iter(v)) for v in by_patient.values()]
+    assert 0.6 < splits.count("train") / len(splits) < 0.8
+    assert out == patient_split(samples, (0.7, 0.15, 0.15), seed=1)  # deterministic
+    write_manifest(out, tmp_path / "split.csv")
+    back = load_samples(tmp_path / "split.csv")
+    assert [(b.split, b.patient) for b in back] == [(s.split, s.patient) for s in out]
+
+
+def test_split_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgecxr.cli import app
+
+    r = CliRunner().invoke(app, ["split", str(calibration_dir()), "--out", str(tmp_path / "s.csv")])
+    assert r.exit_code == 0, r.output
+    assert {s.split for s in load_samples(tmp_path / "s.csv")} == {"train", "val", "test"}

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from edgecxr.metrics import (agreement, auc_binary, bootstrap_ci, evaluate, mcnemar_exact, point_metrics,
+                             wilson_ci)
+
+
+def test_auc_known_values():
+    assert auc_binary(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+    assert auc_binary(np.array([0, 0, 1, 1]), np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
+    assert auc_binary(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5
+    assert auc_binary(np.array([0, 1, 0, 1]), np.array([0.1, 0.4, 0.5, 0.8])) == 0.75
+
+
+def test_point_metrics_confusion():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    p = np.eye(3)[[0, 1, 1, 1, 2, 0]]
+    m = point_metrics(y, p, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m["per_class"]["a"]["sensitivity"] == 0.5
+    assert m["per_class"]["b"]["specificity"] == pytest.approx(3 / 4)
+    assert m["per_class"]["b"]["ppv"] == pytest.approx(2 / 3)
+
+
+def test_bootstrap_interval_brackets_point():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    p = np.eye(3)[np.where(rng.random(200) < 0.8, y, (y + 1) % 3)] * 0.8 + 0.1
+    ci = bootstrap_ci(y, p, ["a", "b", "c"], n_boot=200)
+    acc = point_metrics(y, p, ["a", "b", "c"])["accuracy"]
+    assert ci["accuracy"][0] < acc < ci["accuracy"][1]
+    assert ci["accuracy"][1] - ci["accuracy"][0] < 0.2
+
+
+def test_per_patient_aggregation():
+    y = np.array([0, 0, 1])
+    p = np.array([[0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
+    res = evaluate(y, p, ["a", "b"], groups=["g1", "g1", "g2"], n_boot=20)
+    assert res["patient"]["n"] == 2
+    assert res["patient"]["confusion"] == [[0, 1], [0, 1]]  # mean of g1 = [0.45, 0.55]
+
+
+def test_mcnemar_and_wilson():
+    a = np.array([1] * 10 + [0] * 0 + [1] * 5, bool)
+    b = np.array([0] * 10 + [1] * 5, bool)
+    r = mcnemar_exact(a, b)
+    assert (r["a_only"], r["b_only"]) == (10, 0)
+    assert r["p_value"] == pytest.approx(2 / 1024)
+    assert mcnemar_exact(a, a)["p_value"] == 1.0
+    lo, hi = wilson_ci(90, 100)
+    assert 0.82 < lo < 0.9 < hi < 0.95
+    assert agreement(np.array([1, 2, 3]), np.array([1, 2, 0])) == pytest.approx(2 / 3)

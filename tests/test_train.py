@@ -1,0 +1,85 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch not installed")
+
+from edgecxr.data import load_samples  # noqa: E402
+from edgecxr.resources import calibration_dir, eval_dir  # noqa: E402
+from edgecxr.train.loop import TrainConfig, train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_sets():
+    tr = load_samples(calibration_dir())[::10]
+    va = load_samples(eval_dir())[::12]
+    return tr, va
+
+
+def test_train_checkpoint_resume_and_eval(tmp_path, tiny_sets):
+    tr, va = tiny_sets
+    cfg = TrainConfig(arch="densenet121", epochs=2, batch_size=4, size=32, max_steps=None, balanced=True)
+    out = tmp_path / "run"
+    s1 = train(cfg, tr, va, out, progress=False)
+    assert s1["epochs"] == 2
+    for f in ("last.pt", "best.safetensors", "best.json", "metrics.json", "metrics.csv"):
+        assert (out / f).is_file(), f
+    hist = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 2]
+    # resume: asking for 3 epochs continues from epoch 3 without redoing 1-2
+    cfg3 = TrainConfig(**{**cfg.__dict__, "epochs": 3})
+    s3 = train(cfg3, tr, va, out, progress=False)
+    assert [h["epoch"] for h in s3["history"]] == [1, 2, 3]
+    assert s3["history"][:2] == hist
+
+    from edgecxr.train.evaluate import evaluate_checkpoint, write_report
+
+    res = evaluate_checkpoint(out / "best.safetensors", va, n_boot=50)
+    assert res["n_images"] == len(va) and 0 <= res["image"]["accuracy"] <= 1
+    write_report(res, tmp_path / "rep")
+    assert (tmp_path / "rep" / "confusion.png").stat().st_size > 1000
+    assert "95% bootstrap" in (tmp_path / "rep" / "eval.md").read_text()
+
+
+def test_resume_equals_uninterrupted(tmp_path, tiny_sets):
+    tr, va = tiny_sets
+    cfg = TrainConfig(arch="densenet121", epochs=2, batch_size=4, size=32, seed=3)
+    train(cfg, tr, va, tmp_path / "a", progress=False)
+    steps_per_epoch = len(tr) // 4
+    # "interrupted" after the first epoch, then resumed
+    train(TrainConfig(**{**cfg.__dict__, "max_steps": steps_per_epoch}), tr, va, tmp_path / "b", progress=False)
+    assert len(json.loads((tmp_path / "b" / "metrics.json").read_text())) == 1
+    train(cfg, tr, va, tmp_path / "b", progress=False)
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert [h["epoch"] for h in b] == [1, 2]
+    assert [h["train_loss"] for h in a] == pytest.approx([h["train_loss"] for h in b], rel=1e-4)
+    assert [h["val_accuracy"] for h in a] == [h["val_accuracy"] for h in b]
+
+
+def _split_folder(root: Path) -> Path:
+    for split, src in (("train", calibration_dir()), ("val", eval_dir())):
+        for c in ("COVID-19", "Normal", "Pneumonia"):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for f in sorted((src / c).glob("*.png"))[:3]:
+                shutil.copy(f, d / f.name)
+    return root
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="torchrun not found")
+def test_ddp_two_cpu_processes_gloo(tmp_path):
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "edgecxr.cli", "train", str(_split_folder(tmp_path / "data")),
+           "--arch", "densenet121", "--size", "32", "--batch", "2", "--epochs", "1", "--max-steps", "1",
+           "--out", str(tmp_path / "ddp")]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert (tmp_path / "ddp" / "best.safetensors").is_file()
