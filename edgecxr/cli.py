@@ -288,10 +288,71 @@ def predict(
         raise typer.Exit(1)
 
 
-@app.command()
-def bench() -> None:
-    """Benchmark latency and accuracy across engines (not built yet)."""
-    _fail("`edgecxr bench` is not built yet in this version.", code=3)
+bench_app = typer.Typer(help="Benchmark latency and accuracy across engines; `bench compare` merges runs.",
+                        invoke_without_command=True, no_args_is_help=False)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.callback()
+def bench(
+    ctx: typer.Context,
+    checkpoint: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint. Default: the shipped model."),
+    data: Optional[list[Path]] = typer.Option(None, "--data", help="Labelled image folder(s). Default: calibration_data/eval."),
+    targets: Optional[str] = typer.Option(None, "--targets", help="Comma-separated targets (torch-fp32, onnx-int8, ...)."),
+    batch: int = typer.Option(8, help="Batch size for the throughput measurement."),
+    iters: int = typer.Option(50, help="Minimum timed runs at batch 1."),
+    warmup: int = typer.Option(10, help="Warm-up runs."),
+    seconds: float = typer.Option(2.0, help="Minimum timed seconds at batch 1."),
+    threads: Optional[int] = typer.Option(None, help="Threads for every engine (default: each engine's own)."),
+    out: Path = typer.Option(Path("bench-results"), "--out", help="Folder for bench.json/.csv/.md/.png."),
+    exports: Path = typer.Option(Path("exports"), help="Where exported artifacts are cached."),
+) -> None:
+    """Export (cached) and measure every target on this machine: latency p50/p90/p99, cold start, throughput,
+    memory, size, accuracy and agreement with PyTorch FP32."""
+    if ctx.invoked_subcommand:
+        return
+    from edgecxr.bench.harness import DEFAULT_TARGETS, BenchConfig, run_bench
+    from edgecxr.bench.report import CAVEAT, rich_table, write
+    from edgecxr.resources import eval_dir
+
+    cfg = BenchConfig(checkpoint=checkpoint or _default_checkpoint(), data=data or [eval_dir()],
+                      targets=targets.split(",") if targets else list(DEFAULT_TARGETS), batch=batch, warmup=warmup,
+                      iters=iters, min_seconds=seconds, threads=threads, out=out, export_root=exports)
+    if not cfg.checkpoint.is_file():
+        _fail(f"{cfg.checkpoint}: no such checkpoint.")
+    from rich.progress import Progress
+
+    with Progress(console=err, transient=True) as prog:
+        task = prog.add_task("bench", total=len(cfg.targets))
+
+        def step(name: str) -> None:
+            prog.update(task, description=f"bench: {name} (export if needed, then measure)")
+            prog.advance(task, 0)
+
+        try:
+            run = run_bench(cfg, progress=lambda n: (step(n), prog.advance(task)))
+        except EdgeCXRError as exc:
+            _fail(str(exc))
+    rows = write(run, out)
+    console.print(rich_table(rows, "edgecxr bench (sorted by batch-1 latency)"))
+    console.print(f"[dim]{CAVEAT}[/]")
+    console.print(f"wrote {out}/bench.json, bench.csv, bench.md, bench.png")
+
+
+@bench_app.command("compare")
+def bench_compare(
+    runs: list[Path] = typer.Argument(..., help="bench.json files from several machines."),
+    out: Path = typer.Option(Path("bench-compare"), "--out"),
+) -> None:
+    """Merge bench runs from several machines into one table and one plot."""
+    from edgecxr.bench.report import compare, rich_table
+
+    for r in runs:
+        if not r.is_file():
+            _fail(f"{r}: no such file.")
+    rows = compare(runs, out)
+    console.print(rich_table(rows, "edgecxr bench compare"))
+    console.print(f"wrote {out}/compare.md, compare.png")
 
 
 def main() -> None:  # pragma: no cover

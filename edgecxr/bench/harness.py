@@ -1,0 +1,161 @@
+"""``edgecxr bench``: export every target (cached), measure each in its own process, report one table.
+
+Each row has a status: ``ok``, ``export failed`` (with the reason) or ``skipped`` (with the reason).
+The reference is PyTorch eager FP32 (plus FP16 autocast on CUDA); speed-ups and agreement are
+relative to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgecxr.errors import BackendUnavailable, EdgeCXRError
+
+DEFAULT_TARGETS = ["torch-fp32", "torch-fp16", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-fp16",
+                   "openvino-int8", "tensorrt-fp16", "tensorrt-int8"]
+
+
+@dataclass
+class BenchConfig:
+    checkpoint: Path
+    data: list[Path]
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    batch: int = 8
+    warmup: int = 10
+    iters: int = 50
+    min_seconds: float = 2.0
+    threads: int | None = None
+    out: Path = Path("bench-results")
+    export_root: Path | None = None
+
+
+def _eval_set(cfg: BenchConfig, classes: list[str], pcfg) -> tuple[np.ndarray, np.ndarray, list]:
+    from edgecxr.export.calib import load_images
+
+    return load_images(cfg.data, pcfg, classes)
+
+
+def _run_worker(wcfg: dict, timeout: float = 1800) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(wcfg, fh)
+    try:
+        env = dict(os.environ)
+        r = subprocess.run([sys.executable, "-m", "edgecxr.bench.worker", fh.name], capture_output=True, text=True,
+                           timeout=timeout, env=env)
+    finally:
+        os.unlink(fh.name)
+    if r.returncode != 0:
+        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"measurement failed: {tail[0]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _accuracy(logits: np.ndarray, y: np.ndarray, classes: list[str], ref_pred: np.ndarray | None) -> dict:
+    from edgecxr.metrics import agreement, point_metrics
+
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    m = point_metrics(y, p, classes)
+    covid = next((c for c in classes if c.lower().startswith("covid")), None)
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "macro_auc": m["macro_auc"],
+            "covid_sensitivity": m["per_class"][covid]["sensitivity"] if covid else float("nan"),
+            "agreement": agreement(ref_pred, logits.argmax(1)) if ref_pred is not None else 1.0}
+
+
+def run_bench(cfg: BenchConfig, progress=None) -> dict:
+    """Run every target; return ``{"machine": ..., "config": ..., "rows": [...]}``."""
+    from edgecxr.artifact import sha256_file
+    from edgecxr.checkpoint import read_meta
+    from edgecxr.export.core import export
+    from edgecxr.hardware import machine_report
+    from edgecxr.preprocess import PreprocessConfig
+    from edgecxr.runtime.runners import backend_available
+
+    meta = read_meta(cfg.checkpoint)
+    classes = meta["classes"]
+    x, y, _ = _eval_set(cfg, classes, PreprocessConfig.from_dict(meta["preprocess"]))
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    npy = cfg.out / ".eval-inputs.npy"
+    np.save(npy, x)
+    base = {"path": str(cfg.checkpoint), "threads": cfg.threads, "batch": cfg.batch, "warmup": cfg.warmup,
+            "iters": cfg.iters, "min_seconds": cfg.min_seconds, "eval_npy": str(npy)}
+    has_cuda = _torch_cuda()
+    rows: list[dict] = []
+    ref_pred = None
+    for name in cfg.targets:
+        row: dict = {"target": name, "status": "ok"}
+        if progress:
+            progress(name)
+        t0 = time.perf_counter()
+        try:
+            if name.startswith("torch-"):
+                if name == "torch-fp16" and not has_cuda:
+                    rows.append(dict(row, status="skipped", reason="FP16 eager needs a CUDA GPU"))
+                    continue
+                row.update(backend="pytorch", precision=name.split("-")[1], artifact_mb=cfg.checkpoint.stat().st_size / 2**20)
+                res = _run_worker(dict(base, kind="torch", half=name == "torch-fp16"))
+            else:
+                from edgecxr.export.targets import load_target
+
+                tgt = load_target(name)
+                ok, why = backend_available(tgt.backend)
+                if not ok:
+                    rows.append(dict(row, backend=tgt.backend, precision=tgt.precision, status="skipped", reason=why))
+                    continue
+                try:
+                    out = (cfg.export_root / f"{cfg.checkpoint.stem}-{sha256_file(cfg.checkpoint)[:8]}" / tgt.name
+                           if cfg.export_root else None)
+                    ex = export(cfg.checkpoint, tgt, out=out)
+                except (EdgeCXRError, BackendUnavailable, RuntimeError, ValueError) as exc:
+                    rows.append(dict(row, backend=tgt.backend, precision=tgt.precision, status="export failed",
+                                     reason=str(exc).splitlines()[0][:200]))
+                    continue
+                side = ex.sidecar
+                row.update(backend=tgt.backend, precision=tgt.precision, artifact=str(ex.artifact),
+                           artifact_mb=(side["artifact"]["bytes"] + sum(f["bytes"] for f in side["artifact"]["extra_files"])) / 2**20,
+                           export_s=side["export_seconds"], export_cached=ex.cached,
+                           verification=side["verification"]["verdict"])
+                if not ex.verified:
+                    row["status"] = "unverified"
+                    row["reason"] = "; ".join(side["verification"].get("reasons", [])) or "verification skipped"
+                res = _run_worker(dict(base, kind="artifact", path=str(ex.artifact)))
+        except Exception as exc:  # a measurement that crashed is a row, not the end of the run
+            rows.append(dict(row, status="failed", reason=str(exc)[:200]))
+            continue
+        logits = np.asarray(res.pop("logits"), np.float64)
+        if name == "torch-fp32":
+            ref_pred = logits.argmax(1)
+        row.update(res)
+        row.update(_accuracy(logits, y, classes, ref_pred))
+        row["wall_s"] = time.perf_counter() - t0
+        rows.append(row)
+    npy.unlink(missing_ok=True)
+    ref = next((r for r in rows if r["target"] == "torch-fp32" and r["status"] == "ok"), None)
+    for r in rows:
+        if ref and "latency_b1" in r:
+            r["speedup_b1"] = ref["latency_b1"]["p50_ms"] / r["latency_b1"]["p50_ms"]
+            r["speedup_batch"] = ref["throughput"]["ms_per_image"] / r["throughput"]["ms_per_image"]
+    return {"machine": machine_report(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "checkpoint": {"file": str(cfg.checkpoint), "sha256": sha256_file(cfg.checkpoint), "arch": meta["arch"]},
+            "data": {"folders": [str(d) for d in cfg.data], "images": int(len(y))},
+            "config": {"batch": cfg.batch, "warmup": cfg.warmup, "iters": cfg.iters, "min_seconds": cfg.min_seconds,
+                       "threads": cfg.threads or "engine default"},
+            "rows": rows}
+
+
+def _torch_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False

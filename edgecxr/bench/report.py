@@ -1,0 +1,148 @@
+"""Bench reports: a rich table, JSON / CSV / Markdown files, a latency-vs-accuracy plot, and compare."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from edgecxr.artifact import atomic_write_json
+
+CAVEAT = ("Accuracy is measured on the shipped dev-test subset, where class is confounded with hospital: "
+          "it is not clinical validity. Small set: see the 95% intervals from `edgecxr eval`.")
+
+
+def machine_label(run: dict) -> str:
+    m = run["machine"]
+    gpu = m["gpus"][0]["name"] if m.get("gpus") else None
+    jet = (m.get("jetson") or {}).get("model")
+    return jet or gpu or f"{m['cpu']['model']} ({m['cpu']['logical_cores']} cores)"
+
+
+def flat_rows(run: dict) -> list[dict]:
+    out = []
+    for r in run["rows"]:
+        f = {"machine": machine_label(run), "target": r["target"], "status": r["status"], "reason": r.get("reason", ""),
+             "backend": r.get("backend", ""), "precision": r.get("precision", "")}
+        if "latency_b1" in r:
+            lat = r["latency_b1"]
+            f.update({"p50_ms": lat["p50_ms"], "p90_ms": lat["p90_ms"], "p99_ms": lat["p99_ms"], "mean_ms": lat["mean_ms"],
+                      "first_ms": r["first_inference_ms"], "batch": r["throughput"]["batch"],
+                      "batch_ms_per_image": r["throughput"]["ms_per_image"], "images_per_s": r["throughput"]["images_per_s"],
+                      "speedup_b1": r.get("speedup_b1"), "speedup_batch": r.get("speedup_batch"),
+                      "accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "covid_sensitivity": r["covid_sensitivity"],
+                      "macro_auc": r["macro_auc"], "agreement": r["agreement"], "peak_rss_mb": r["peak_rss_mb"],
+                      "artifact_mb": r.get("artifact_mb"), "runs_precision": r["info"].get("inference_precision", r["info"].get("precision")),
+                      "threads": r["info"].get("threads"), "engine_version": r["info"].get("version"),
+                      "energy_mj_per_image": r.get("energy_mj_per_image")})
+        out.append(f)
+    return out
+
+
+def _sort_key(f: dict):
+    return (f["status"] != "ok", f.get("p50_ms") or 1e9)
+
+
+def rich_table(rows: list[dict], title: str) -> Table:
+    t = Table(title=title)
+    cols = [("target", "target"), ("status", "status"), ("runs as", "runs_precision"), ("p50 ms", "p50_ms"),
+            ("p99 ms", "p99_ms"), ("cold ms", "first_ms"), ("ms/img @b", "batch_ms_per_image"), ("x b1", "speedup_b1"),
+            ("x batch", "speedup_batch"), ("acc", "accuracy"), ("F1", "macro_f1"), ("COVID sens", "covid_sensitivity"),
+            ("agree", "agreement"), ("RSS MB", "peak_rss_mb"), ("size MB", "artifact_mb")]
+    multi = len({r["machine"] for r in rows}) > 1
+    if multi:
+        t.add_column("machine")
+    for head, _ in cols:
+        t.add_column(head, justify="right" if head not in ("target", "status", "runs as") else "left")
+    for r in sorted(rows, key=_sort_key):
+        cells = [r["machine"]] if multi else []
+        for _, k in cols:
+            v = r.get(k)
+            if k == "status" and r["status"] != "ok":
+                v = f"{r['status']}: {r['reason']}"[:60]
+            cells.append("" if v is None else f"{v:.3f}" if k in ("accuracy", "macro_f1", "covid_sensitivity", "agreement")
+                         else f"{v:.1f}" if isinstance(v, float) else str(v))
+        t.add_row(*cells)
+    return t
+
+
+def markdown(rows: list[dict], title: str, run_info: str = "") -> str:
+    head = ["target", "status", "runs as", "p50 ms (b1)", "p90", "p99", "cold ms", "ms/img (batch)", "speed-up b1",
+            "speed-up batch", "accuracy", "macro F1", "COVID sens.", "agreement", "peak RSS MB", "size MB"]
+    keys = ["target", "status", "runs_precision", "p50_ms", "p90_ms", "p99_ms", "first_ms", "batch_ms_per_image",
+            "speedup_b1", "speedup_batch", "accuracy", "macro_f1", "covid_sensitivity", "agreement", "peak_rss_mb",
+            "artifact_mb"]
+    multi = len({r["machine"] for r in rows}) > 1
+    if multi:
+        head, keys = ["machine"] + head, ["machine"] + keys
+    lines = [f"## {title}", "", run_info, "", f"> {CAVEAT}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sorted(rows, key=_sort_key):
+        cells = []
+        for k in keys:
+            v = r.get(k)
+            if k == "status" and r["status"] != "ok":
+                v = f"{r['status']}: {r['reason']}"
+            cells.append("" if v is None or v == "" else f"{v:.3f}" if k in ("accuracy", "macro_f1", "covid_sensitivity", "agreement")
+                         else f"{v:.2f}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r.get("p50_ms")]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    machines = sorted({r["machine"] for r in ok})
+    markers = "osD^v<>"
+    for i, m in enumerate(machines):
+        pts = [r for r in ok if r["machine"] == m]
+        ax.scatter([r["p50_ms"] for r in pts], [100 * r["accuracy"] for r in pts], marker=markers[i % len(markers)],
+                   label=m if len(machines) > 1 else None, s=40)
+        for r in pts:
+            ax.annotate(r["target"], (r["p50_ms"], 100 * r["accuracy"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency at batch 1, p50 (ms, log scale)")
+    ax.set_ylabel("accuracy on the labelled set (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    if len(machines) > 1:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write(run: dict, out: Path) -> list[dict]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = flat_rows(run)
+    atomic_write_json(out / "bench.json", run)
+    with open(out / "bench.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=sorted({k for r in rows for k in r}))
+        w.writeheader()
+        w.writerows(rows)
+    cfg = run["config"]
+    info = (f"Machine: {machine_label(run)}; ISA {', '.join(run['machine']['cpu']['isa'])}; checkpoint "
+            f"{run['checkpoint']['arch']} sha256 {run['checkpoint']['sha256'][:12]}; {run['data']['images']} labelled images; "
+            f"batch-1 latency over >= {cfg['iters']} runs after {cfg['warmup']} warm-up; throughput at batch {cfg['batch']}; "
+            f"threads: {cfg['threads']}; {run['created']}.")
+    (out / "bench.md").write_text(markdown(rows, "edgecxr bench", info))
+    plot(rows, out / "bench.png", f"edgecxr bench - {machine_label(run)}")
+    return rows
+
+
+def compare(paths: list[Path], out: Path) -> list[dict]:
+    rows = []
+    for p in paths:
+        rows += flat_rows(json.loads(Path(p).read_text()))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.md").write_text(markdown(rows, "edgecxr bench compare", "Runs: " + ", ".join(map(str, paths))))
+    plot(rows, out / "compare.png", "edgecxr bench compare")
+    return rows

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+
+pytest.importorskip("torch", reason="torch not installed")
+pytest.importorskip("onnx", reason="onnx not installed")
+
+from edgecxr.bench.power import parse_tegrastats, read_ina3221  # noqa: E402
+
+ORIN = ("11-26-2026 10:00:01 RAM 2317/30536MB (lfb 6634x4MB) CPU [3%@729,1%@729] EMC_FREQ 0% GR3D_FREQ 0% "
+        "cpu@45.5C gpu@44.2C VDD_GPU_SOC 2395mW/2395mW VDD_CPU_CV 399mW/399mW VIN_SYS_5V0 2620mW/2620mW "
+        "VDD_IN 5123mW/5120mW")
+NANO = "RAM 1617/3956MB CPU [12%@1479,5%@1479] GR3D_FREQ 0% POM_5V_IN 2345/2301 POM_5V_GPU 0/0 POM_5V_CPU 422/400"
+
+
+def test_tegrastats_parsing():
+    assert parse_tegrastats(ORIN) == pytest.approx(5.123)
+    assert parse_tegrastats(NANO) == pytest.approx(2.345)
+    assert parse_tegrastats("RAM 1/2MB CPU [1%]") is None
+
+
+def test_ina3221_sysfs(tmp_path):
+    hw = tmp_path / "1-0040" / "hwmon" / "hwmon3"
+    hw.mkdir(parents=True)
+    (hw / "curr1_input").write_text("1000")  # mA
+    (hw / "in1_input").write_text("5000")  # mV
+    (hw / "curr2_input").write_text("200")
+    (hw / "in2_input").write_text("5000")
+    assert read_ina3221(tmp_path) == pytest.approx(6.0)
+    assert read_ina3221(tmp_path / "nothing") is None
+
+
+def test_bench_and_compare(tiny_checkpoint, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgecxr.cli import app
+    from edgecxr.resources import eval_dir
+
+    r = CliRunner().invoke(app, ["bench", "--model", str(tiny_checkpoint), "--data", str(eval_dir()),
+                                 "--targets", "torch-fp32,onnx-fp32,torch-fp16,tensorrt-int8", "--iters", "3",
+                                 "--warmup", "1", "--seconds", "0", "--batch", "4", "--threads", "1",
+                                 "--out", str(tmp_path / "b"), "--exports", str(tmp_path / "x")])
+    assert r.exit_code == 0, r.output
+    run = json.loads((tmp_path / "b" / "bench.json").read_text())
+    rows = {x["target"]: x for x in run["rows"]}
+    assert rows["torch-fp32"]["status"] == "ok" and rows["onnx-fp32"]["status"] == "ok"
+    assert rows["onnx-fp32"]["agreement"] >= 0.99
+    assert rows["torch-fp32"]["speedup_b1"] == pytest.approx(1.0)
+    lat = rows["onnx-fp32"]["latency_b1"]
+    assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] and lat["n"] >= 3
+    assert rows["onnx-fp32"]["throughput"]["batch"] == 4
+    assert rows["onnx-fp32"]["peak_rss_mb"] > 10
+    assert rows["torch-fp16"]["status"] == "skipped"
+    assert rows["tensorrt-int8"]["status"] == "skipped" and rows["tensorrt-int8"]["reason"]
+    assert run["machine"]["cpu"]["model"]
+    for f in ("bench.csv", "bench.md", "bench.png"):
+        assert (tmp_path / "b" / f).stat().st_size > 100
+    assert "confounded" in (tmp_path / "b" / "bench.md").read_text()
+    r = CliRunner().invoke(app, ["bench", "compare", str(tmp_path / "b" / "bench.json"), str(tmp_path / "b" / "bench.json"),
+                                 "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "c" / "compare.png").is_file()
