@@ -74,8 +74,10 @@ def test_verification_failure_marks_unverified(tiny_checkpoint, tmp_path):
 
 def test_int8_qoperator_for_ort(tiny_checkpoint, tmp_path):
     res = core.export(tiny_checkpoint, "onnx-int8", out=tmp_path, verify=False)
-    ops = {n.op_type for n in onnx.load(str(res.artifact)).graph.node}
+    ops = [n.op_type for n in onnx.load(str(res.artifact)).graph.node]
     assert "QLinearConv" in ops
+    assert "BatchNormalization" not in ops  # rewritten as depthwise conv, so it is quantized too
+    assert res.sidecar["engine"]["int8"]["bn_to_conv"] is True
     assert res.sidecar["verification"]["verdict"] == "skipped"
     assert res.sidecar["engine"]["int8"]["calibration_images"] == 90
 
@@ -135,3 +137,19 @@ def test_openvino_fp16_records_precision(tiny_checkpoint, tmp_path):
     runs = res.sidecar["engine"]["runs"]
     assert runs["inference_precision"] in ("f32", "bf16", "f16")
     assert res.sidecar["artifact"]["extra_files"][0]["file"] == "model.bin"
+
+
+def test_batchnorm_to_depthwise_is_exact(tiny_checkpoint, tmp_path):
+    from edgecxr.export.onnx_int8 import batchnorm_to_depthwise
+
+    ctx, tgt = _ctx_and_target(tiny_checkpoint, "onnx-fp32")
+    fp32 = core._fp32_onnx(ctx, tgt, tmp_path)
+    # the exporter folds BN that follows a conv; the pre-activation ones remain
+    n = batchnorm_to_depthwise(fp32, tmp_path / "dw.onnx")
+    assert n > 50
+    ops = {x.op_type for x in onnx.load(str(tmp_path / "dw.onnx")).graph.node}
+    assert "BatchNormalization" not in ops
+    x, _, _ = ctx.verify_set()
+    a = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"input": x[:8]})[0]
+    b = ort.InferenceSession(str(tmp_path / "dw.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x[:8]})[0]
+    np.testing.assert_allclose(a, b, atol=1e-4)

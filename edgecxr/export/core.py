@@ -106,6 +106,17 @@ def _stamp_onnx(path: Path, metadata: dict) -> None:
     onnx.save(m, str(path))
 
 
+def _resolve_reduce_range(value) -> bool:
+    """``"auto"``: 7-bit weights on x86 CPUs without VNNI, where U8S8 products can saturate (vpmaddubsw)."""
+    if value != "auto":
+        return bool(value)
+    from edgecxr.hardware import cpu_info
+
+    cpu = cpu_info()
+    vnni = any("VNNI" in f or "AMX" in f for f in cpu["isa"])
+    return cpu["arch"] in ("x86_64", "AMD64") and not vnni
+
+
 def _build_onnx(ctx: _Ctx, target: Target, tmp: Path) -> tuple[Path, dict]:
     import onnxruntime
 
@@ -118,11 +129,14 @@ def _build_onnx(ctx: _Ctx, target: Target, tmp: Path) -> tuple[Path, dict]:
         from edgecxr.export.onnx_int8 import quantize_onnx
 
         fmt = target.int8.get("format", "qoperator")
+        reduce_range = _resolve_reduce_range(target.int8.get("reduce_range", False))
+        bn_to_conv = bool(target.int8.get("bn_to_conv", False))
         quantize_onnx(fp32, out, ctx.calib(), fmt=fmt, method=target.int8.get("calibration", "minmax"),
-                      per_channel=target.int8.get("per_channel", True), reduce_range=target.int8.get("reduce_range", False))
+                      per_channel=target.int8.get("per_channel", True), reduce_range=reduce_range, bn_to_conv=bn_to_conv)
         _stamp_onnx(out, ctx.metadata())
         engine["int8"] = {"format": fmt, "calibration": target.int8.get("calibration", "minmax"),
-                          "calibration_images": int(len(ctx.calib()))}
+                          "calibration_images": int(len(ctx.calib())), "reduce_range": reduce_range,
+                          "bn_to_conv": bn_to_conv}
     else:
         from edgecxr.export.onnx_fp16 import cast_fp16
 

@@ -40,7 +40,7 @@ class _Reader:
 
 
 def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperator", method: str = "minmax",
-                  per_channel: bool = True, reduce_range: bool = False) -> Path:
+                  per_channel: bool = True, reduce_range: bool = False, bn_to_conv: bool = False) -> Path:
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -53,6 +53,8 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperato
     with tempfile.TemporaryDirectory() as td:
         pre = Path(td) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        if bn_to_conv:
+            batchnorm_to_depthwise(pre, pre)
         import onnx
 
         input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
@@ -81,3 +83,43 @@ def qdq_zero_points(path: Path) -> list[int]:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits:
             zps += np.ravel(inits[n.input[2]]).astype(int).tolist()
     return zps
+
+
+def batchnorm_to_depthwise(src: Path, dst: Path) -> int:
+    """Rewrite every BatchNormalization as an equivalent 1x1 depthwise Conv; return how many.
+
+    DenseNet's pre-activation BatchNorm sits on a concatenation and before a ReLU, so no converter
+    can fold it into a neighbouring convolution. Left as BatchNormalization it stays float32 in
+    ONNX Runtime's quantized graph, and every dense layer pays Dequantize -> BN -> Quantize plus
+    NCHW/NHWC transposes. As a depthwise Conv it is quantized like any other conv (a per-channel
+    int8 weight with one value per channel is exact) and the graph stays in int8.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(src))
+    inits = {i.name: i for i in m.graph.initializer}
+    new_nodes, count = [], 0
+    for n in m.graph.node:
+        if n.op_type != "BatchNormalization" or not all(x in inits for x in n.input[1:5]):
+            new_nodes.append(n)
+            continue
+        scale, bias, mean, var = (numpy_helper.to_array(inits[x]).astype(np.float64) for x in n.input[1:5])
+        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-5)
+        k = scale / np.sqrt(var + eps)
+        c = len(k)
+        w_name, b_name = f"{n.name or n.output[0]}_dw_w", f"{n.name or n.output[0]}_dw_b"
+        m.graph.initializer.extend([numpy_helper.from_array(k.reshape(c, 1, 1, 1).astype(np.float32), w_name),
+                                    numpy_helper.from_array((bias - mean * k).astype(np.float32), b_name)])
+        new_nodes.append(helper.make_node("Conv", [n.input[0], w_name, b_name], [n.output[0]],
+                                          name=f"{n.name}_as_dwconv", group=c, kernel_shape=[1, 1]))
+        count += 1
+    del m.graph.node[:]
+    m.graph.node.extend(new_nodes)
+    used = {i for n in m.graph.node for i in n.input}
+    keep = [i for i in m.graph.initializer if i.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(dst))
+    return count
