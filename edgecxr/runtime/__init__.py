@@ -107,10 +107,26 @@ class Model:
                 ready.append((i, self._prepare(it)))
             except (EdgeCXRError, ValueError) as exc:
                 results[i].error = str(exc)
+        self._classify(ready, results, bsz)
+        return results
+
+
+    def predict_preprocessed(self, x: np.ndarray, batch: int | None = None) -> list[Prediction]:
+        """Classify tensors that already went through :func:`edgecxr.preprocess.preprocess` ((N, 3, S, S))."""
+        x = np.asarray(x, np.float32)
+        s = self.preprocess_config.size
+        if x.ndim != 4 or x.shape[1:] != (3, s, s):
+            raise ValueError(f"expected (N, 3, {s}, {s}) preprocessed tensors, got {x.shape}")
+        results = [Prediction(source=f"<tensor #{i}>", model=self.identity) for i in range(len(x))]
+        self._classify(list(enumerate(x)), results, max(1, min(batch or self.max_batch, self.max_batch)))
+        return results
+
+    def _classify(self, ready: list[tuple[int, np.ndarray]], results: list[Prediction], bsz: int) -> None:
         for start in range(0, len(ready), bsz):
             chunk = ready[start : start + bsz]
             try:
-                probs = _softmax(np.asarray(self.runner.run(np.stack([x for _, x in chunk])), np.float64))
+                x = chunk[0][1][None] if len(chunk) == 1 else np.stack([t for _, t in chunk])
+                probs = _softmax(np.asarray(self.runner.run(x), np.float64))
             except Exception as exc:  # engine failure: report for these inputs, keep going
                 for i, _ in chunk:
                     results[i].error = f"inference failed: {type(exc).__name__}: {exc}"
@@ -118,7 +134,6 @@ class Model:
             for (i, _), p in zip(chunk, probs):
                 results[i].label = self.classes[int(p.argmax())]
                 results[i].probabilities = {c: float(v) for c, v in zip(self.classes, p)}
-        return results
 
 
 def _name(item: Any, i: int) -> str:
