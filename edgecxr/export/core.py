@@ -210,7 +210,7 @@ def _files_digest(dirs: list[Path]) -> str:
     for d in dirs:
         for p in sorted(Path(d).rglob("*")):
             if p.is_file():
-                h.update(f"{p.relative_to(d)}:{p.stat().st_size}:{p.stat().st_mtime_ns}".encode())
+                h.update(f"{p.relative_to(d)}:{sha256_file(p)}".encode())
     return h.hexdigest()
 
 

@@ -17,7 +17,6 @@ OpenVINO run concurrent requests on one compiled model; TensorRT calls are seria
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -52,29 +51,6 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def _embedded_metadata(path: Path, backend: str) -> dict | None:
-    """classes/preprocess stored inside the artifact itself (None where the format has no such place)."""
-    if backend == "onnx":
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        # reading metadata needs no graph optimisation; the runner builds its own session
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        meta = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
-        return {k[len("edgecxr."):]: json.loads(v) for k, v in meta.items() if k.startswith("edgecxr.")}
-    if backend == "openvino":
-        import openvino as ov
-
-        m = ov.Core().read_model(str(path))
-        out = {}
-        for key in ("classes", "preprocess"):
-            if m.has_rt_info(["edgecxr", key]):
-                out[key] = json.loads(m.get_rt_info(["edgecxr", key]).astype(str))
-        return out
-    return None
 
 
 class Model:
@@ -157,8 +133,8 @@ def load(path: str | Path, *, allow_unverified: bool = False, **runner_options) 
     if verdict != "passed" and not allow_unverified:
         raise ArtifactError(f"{path}: export verification {verdict or 'missing'}; the artifact is not trusted. "
                             "Re-export it, or pass allow_unverified=True to use it anyway (not for patients).")
-    backend = side["engine"]["backend"]
-    embedded = _embedded_metadata(path, backend)
+    runner = make_runner(path, side["engine"], **runner_options)
+    embedded = runner.metadata()
     if embedded is not None:
         for key in ("classes", "preprocess"):
             if key not in embedded:
@@ -166,7 +142,7 @@ def load(path: str | Path, *, allow_unverified: bool = False, **runner_options) 
             if embedded[key] != side[key]:
                 raise ArtifactError(f"{path}: the sidecar's {key} ({side[key]}) differ from the artifact's "
                                     f"({embedded[key]}); refusing to guess which is right. Re-export the model.")
-    return Model(path, side, make_runner(path, side["engine"], **runner_options))
+    return Model(path, side, runner)
 
 
 def iter_images(paths: Iterable[str | Path]) -> list[Path]:

@@ -13,6 +13,7 @@ holds one execution context and serialises calls with a lock.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import threading
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +28,8 @@ class Runner(Protocol):
     max_batch: int
 
     def run(self, x: np.ndarray) -> np.ndarray: ...
+
+    def metadata(self) -> dict | None: ...
 
 
 def _version(dist: str) -> str | None:
@@ -60,6 +63,11 @@ class OnnxRunner:
     def run(self, x: np.ndarray) -> np.ndarray:
         return self._sess.run(None, {self._input: np.ascontiguousarray(x, np.float32)})[0]
 
+    def metadata(self) -> dict:
+        """edgecxr.* metadata props stored in the ONNX file."""
+        meta = self._sess.get_modelmeta().custom_metadata_map
+        return {k[len("edgecxr."):]: json.loads(v) for k, v in meta.items() if k.startswith("edgecxr.")}
+
 
 class OpenVINORunner:
     """OpenVINO on its CPU plugin (or GPU/NPU named in the sidecar)."""
@@ -78,7 +86,10 @@ class OpenVINORunner:
             cfg["INFERENCE_PRECISION_HINT"] = prec
         if threads:
             cfg["INFERENCE_NUM_THREADS"] = threads
-        self._compiled = core.compile_model(core.read_model(str(path)), device, cfg)
+        model = core.read_model(str(path))
+        self._meta = {k: json.loads(model.get_rt_info(["edgecxr", k]).astype(str))
+                      for k in ("classes", "preprocess") if model.has_rt_info(["edgecxr", k])}
+        self._compiled = core.compile_model(model, device, cfg)
         self._local = threading.local()
         self.max_batch = int(engine.get("max_batch") or 64)
         actual = self._compiled.get_property("INFERENCE_PRECISION_HINT")
@@ -86,6 +97,10 @@ class OpenVINORunner:
         self.info = {"engine": "openvino", "version": ov.get_version(), "precision": engine.get("precision"),
                      "inference_precision": actual or None,
                      "performance_hint": cfg["PERFORMANCE_HINT"], "threads": threads or "default", "device": device}
+
+    def metadata(self) -> dict:
+        """classes/preprocess stored in the IR's rt_info."""
+        return dict(self._meta)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         req = getattr(self._local, "req", None)
@@ -143,6 +158,10 @@ class TensorRTRunner:
             self._mem.d2h(out, d_out)
             self._mem.sync()
         return out
+
+    def metadata(self) -> None:
+        """Engines carry no edgecxr metadata (the sidecar's sha256 guards them)."""
+        return None
 
 
 RUNNERS = {"onnx": OnnxRunner, "openvino": OpenVINORunner, "tensorrt": TensorRTRunner}
