@@ -15,6 +15,8 @@ from edgecxr.errors import EdgeCXRError
 app = typer.Typer(help="Chest X-ray COVID-19 classifier: train, export to ONNX/OpenVINO/TensorRT, benchmark, run.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console()
+if not console.is_terminal:  # logs and pipes: wide tables rather than one character per column
+    console = Console(width=220)
 err = Console(stderr=True)
 
 

@@ -127,7 +127,7 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict:
                 if not ex.verified:
                     row["status"] = "unverified"
                     row["reason"] = "; ".join(side["verification"].get("reasons", [])) or "verification skipped"
-                res = _run_worker(dict(base, kind="artifact", path=str(ex.artifact)))
+                res = _run_worker(dict(base, kind="artifact", path=str(ex.artifact), allow_unverified=not ex.verified))
         except Exception as exc:  # a measurement that crashed is a row, not the end of the run
             rows.append(dict(row, status="failed", reason=str(exc)[:200]))
             continue

@@ -132,11 +132,12 @@ def _build_onnx(ctx: _Ctx, target: Target, tmp: Path) -> tuple[Path, dict]:
         reduce_range = _resolve_reduce_range(target.int8.get("reduce_range", False))
         bn_to_conv = bool(target.int8.get("bn_to_conv", False))
         quantize_onnx(fp32, out, ctx.calib(), fmt=fmt, method=target.int8.get("calibration", "minmax"),
-                      per_channel=target.int8.get("per_channel", True), reduce_range=reduce_range, bn_to_conv=bn_to_conv)
+                      per_channel=target.int8.get("per_channel", True), reduce_range=reduce_range, bn_to_conv=bn_to_conv,
+                      exclude=target.int8.get("exclude"))
         _stamp_onnx(out, ctx.metadata())
         engine["int8"] = {"format": fmt, "calibration": target.int8.get("calibration", "minmax"),
                           "calibration_images": int(len(ctx.calib())), "reduce_range": reduce_range,
-                          "bn_to_conv": bn_to_conv}
+                          "bn_to_conv": bn_to_conv, "excluded_nodes": target.int8.get("exclude", [])}
     else:
         from edgecxr.export.onnx_fp16 import cast_fp16
 
@@ -173,7 +174,7 @@ def prepare_tensorrt_onnx(ctx: _Ctx, target: Target, tmp: Path) -> Path:
         from edgecxr.export.onnx_int8 import quantize_onnx
 
         quantize_onnx(fp32, out, ctx.calib(), fmt="qdq", method=target.int8.get("calibration", "entropy"),
-                      per_channel=target.int8.get("per_channel", True))
+                      per_channel=target.int8.get("per_channel", True), exclude=target.int8.get("exclude"))
     else:
         shutil.copyfile(fp32, out)
     return out

@@ -40,7 +40,8 @@ class _Reader:
 
 
 def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperator", method: str = "minmax",
-                  per_channel: bool = True, reduce_range: bool = False, bn_to_conv: bool = False) -> Path:
+                  per_channel: bool = True, reduce_range: bool = False, bn_to_conv: bool = False,
+                  exclude: list[str] | None = None) -> Path:
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -61,13 +62,13 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperato
         if fmt == "qdq":
             quantize_static(str(pre), str(out), _Reader(calib, input_name), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                            calibrate_method=cm, op_types_to_quantize=["Conv", "Gemm"],
+                            calibrate_method=cm, op_types_to_quantize=["Conv", "Gemm"], nodes_to_exclude=exclude or [],
                             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                            "CalibMovingAverage": method == "minmax"})
         else:
             quantize_static(str(pre), str(out), _Reader(calib, input_name), quant_format=QuantFormat.QOperator,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                            reduce_range=reduce_range, calibrate_method=cm)
+                            reduce_range=reduce_range, calibrate_method=cm, nodes_to_exclude=exclude or [])
     return Path(out)
 
 

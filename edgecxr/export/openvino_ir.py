@@ -22,8 +22,11 @@ def to_openvino(onnx_path: Path, out_xml: Path, precision: str, calib: np.ndarra
         preset = {"performance": nncf.QuantizationPreset.PERFORMANCE,
                   "mixed": nncf.QuantizationPreset.MIXED}[opts.get("preset", "performance")]
         ds = nncf.Dataset([calib[i : i + 1] for i in range(len(calib))])
+        ignored = None
+        if opts.get("exclude"):  # ONNX node names; the IR's op names derive from them
+            ignored = nncf.IgnoredScope(patterns=[f".*{n}.*" for n in opts["exclude"]], validate=False)
         model = nncf.quantize(model, ds, preset=preset, subset_size=min(int(opts.get("subset_size", 300)), len(calib)),
-                              fast_bias_correction=bool(opts.get("fast_bias_correction", True)))
+                              fast_bias_correction=bool(opts.get("fast_bias_correction", True)), ignored_scope=ignored)
     for k, v in (metadata or {}).items():  # read back by the runtime to cross-check the sidecar
         model.set_rt_info(json.dumps(v, sort_keys=True), ["edgecxr", k])
     ov.save_model(model, str(out_xml), compress_to_fp16=(precision == "fp16"))
