@@ -126,6 +126,8 @@ def read_dicom(path: Path) -> np.ndarray:
             "install the decoders: pip install 'edgecxr[dicom]'."
         ) from exc
     arr = apply_modality_lut(arr, ds)
+    if arr.dtype.kind == "f" and "VOILUTSequence" in ds and np.array_equal(arr, np.round(arr)):
+        arr = arr.astype(np.int64)  # a VOI LUT is a table lookup: it needs integer stored values
     arr = apply_voi_lut(arr, ds)
     out = np.asarray(arr, dtype=np.float64)
     if not np.isfinite(out).all():
