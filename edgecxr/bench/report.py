@@ -102,17 +102,21 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     markers = "osD^v<>"
     for i, m in enumerate(machines):
         pts = [r for r in ok if r["machine"] == m]
-        ax.scatter([r["p50_ms"] for r in pts], [100 * r["accuracy"] for r in pts], marker=markers[i % len(markers)],
-                   label=m if len(machines) > 1 else None, s=40)
+        for verified in (True, False):
+            sel = [r for r in pts if (r["status"] == "ok") == verified]
+            if sel:
+                ax.scatter([r["p50_ms"] for r in sel], [100 * r["accuracy"] for r in sel], marker=markers[i % len(markers)],
+                           s=40, facecolors=None if verified else "none", edgecolors="C%d" % i, color="C%d" % i,
+                           label=(m if len(machines) > 1 else "verified") if verified else "unverified")
         for r in pts:
-            ax.annotate(r["target"], (r["p50_ms"], 100 * r["accuracy"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            ax.annotate(r["target"], (r["p50_ms"], 100 * r["accuracy"]), fontsize=7, xytext=(4, 3 + 6 * (len(ax.texts) % 2)),
+                        textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("latency at batch 1, p50 (ms, log scale)")
     ax.set_ylabel("accuracy on the labelled set (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    if len(machines) > 1:
-        ax.legend(fontsize=7)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
