@@ -48,9 +48,8 @@ def _run_worker(wcfg: dict, timeout: float = 1800) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(wcfg, fh)
     try:
-        env = dict(os.environ)
         r = subprocess.run([sys.executable, "-m", "edgecxr.bench.worker", fh.name], capture_output=True, text=True,
-                           timeout=timeout, env=env)
+                           timeout=timeout)
     finally:
         os.unlink(fh.name)
     if r.returncode != 0:

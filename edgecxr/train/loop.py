@@ -9,7 +9,6 @@ Only rank 0 writes files.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import random
@@ -211,6 +210,3 @@ def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sampl
         dist.destroy_process_group()
     return {"best_val_macro_f1": best, "epochs": len(history), "history": history, "out": str(out)}
 
-
-def json_summary(summary: dict) -> str:
-    return json.dumps(summary, indent=2)
