@@ -34,6 +34,21 @@ def save_checkpoint(state: dict, meta: dict, path: Path, half: bool = True) -> P
     return path
 
 
+def _meta_from_header(data: bytes, path: Path) -> dict:
+    """edgecxr metadata from the first bytes of a safetensors file (8-byte length + JSON header)."""
+    n = int.from_bytes(data[:8], "little")
+    try:
+        if not 0 < n <= len(data) - 8:
+            raise ValueError("bad header length")
+        header = json.loads(data[8 : 8 + n])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WeightsError(f"{path}: not a valid safetensors file ({exc}); it may be corrupt or truncated.") from exc
+    raw = header.get("__metadata__", {}).get(META_KEY)
+    if raw is None:
+        raise WeightsError(f"{path}: safetensors file without edgecxr metadata; was it written by edgecxr?")
+    return json.loads(raw)
+
+
 def load_checkpoint(path: Path) -> tuple[dict, dict]:
     """Read a checkpoint written by :func:`save_checkpoint`; tensors come back as float32."""
     from safetensors import SafetensorError
@@ -41,32 +56,21 @@ def load_checkpoint(path: Path) -> tuple[dict, dict]:
 
     path = Path(path)
     data = path.read_bytes()
+    meta = _meta_from_header(data, path)
     try:
         state = load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + header_len])
-    except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
+    except (SafetensorError, ValueError) as exc:
         raise WeightsError(f"{path}: not a valid safetensors file ({exc}); it may be corrupt or truncated.") from exc
-    raw = header.get("__metadata__", {}).get(META_KEY)
-    if raw is None:
-        raise WeightsError(f"{path}: safetensors file without edgecxr metadata; was it written by edgecxr?")
-    meta = json.loads(raw)
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
-    return state, meta
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}, meta
 
 
 def read_meta(path: Path) -> dict:
     """Only the metadata of a checkpoint (reads the header, not the tensors)."""
     path = Path(path)
     with path.open("rb") as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        if n <= 0 or n > 100_000_000:
-            raise WeightsError(f"{path}: not a safetensors file.")
-        header = json.loads(fh.read(n))
-    raw = header.get("__metadata__", {}).get(META_KEY)
-    if raw is None:
-        raise WeightsError(f"{path}: safetensors file without edgecxr metadata.")
-    return json.loads(raw)
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else 0
+        return _meta_from_header(head + fh.read(min(n, 100_000_000)), path)
 
 
 def load_model(path: Path):

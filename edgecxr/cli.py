@@ -327,12 +327,11 @@ def bench(
     with Progress(console=err, transient=True) as prog:
         task = prog.add_task("bench", total=len(cfg.targets))
 
-        def step(name: str) -> None:
-            prog.update(task, description=f"bench: {name} (export if needed, then measure)")
-            prog.advance(task, 0)
+        def step(name: str) -> None:  # called as each target starts
+            prog.update(task, description=f"bench: {name} (export if needed, then measure)", advance=1)
 
         try:
-            run = run_bench(cfg, progress=lambda n: (step(n), prog.advance(task)))
+            run = run_bench(cfg, progress=step)
         except EdgeCXRError as exc:
             _fail(str(exc))
     rows = write(run, out)

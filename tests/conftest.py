@@ -27,24 +27,24 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
+def _exported(checkpoint, target, folder):
+    from edgecxr.export.core import export
+
+    res = export(checkpoint, target, out=folder)
+    assert res.verified, res.sidecar["verification"]
+    return res.artifact
+
+
 @pytest.fixture(scope="session")
 def onnx_artifact(tiny_checkpoint, tmp_path_factory):
     pytest.importorskip("onnx", reason="onnx not installed")
-    from edgecxr.export.core import export
-
-    res = export(tiny_checkpoint, "onnx-fp32", out=tmp_path_factory.mktemp("onnx"))
-    assert res.verified, res.sidecar["verification"]
-    return res.artifact
+    return _exported(tiny_checkpoint, "onnx-fp32", tmp_path_factory.mktemp("onnx"))
 
 
 @pytest.fixture(scope="session")
 def openvino_artifact(tiny_checkpoint, tmp_path_factory):
     pytest.importorskip("openvino", reason="OpenVINO not installed")
-    from edgecxr.export.core import export
-
-    res = export(tiny_checkpoint, "openvino-fp32", out=tmp_path_factory.mktemp("ov"))
-    assert res.verified, res.sidecar["verification"]
-    return res.artifact
+    return _exported(tiny_checkpoint, "openvino-fp32", tmp_path_factory.mktemp("ov"))
 
 
 def pytest_configure(config):

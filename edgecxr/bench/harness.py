@@ -38,12 +38,6 @@ class BenchConfig:
     export_root: Path | None = None
 
 
-def _eval_set(cfg: BenchConfig, classes: list[str], pcfg) -> tuple[np.ndarray, np.ndarray, list]:
-    from edgecxr.export.calib import load_images
-
-    return load_images(cfg.data, pcfg, classes)
-
-
 def _run_worker(wcfg: dict, timeout: float = 1800) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(wcfg, fh)
@@ -81,7 +75,9 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict:
 
     meta = read_meta(cfg.checkpoint)
     classes = meta["classes"]
-    x, y, _ = _eval_set(cfg, classes, PreprocessConfig.from_dict(meta["preprocess"]))
+    from edgecxr.export.calib import load_images
+
+    x, y, _ = load_images(cfg.data, PreprocessConfig.from_dict(meta["preprocess"]), classes)
     cfg.out.mkdir(parents=True, exist_ok=True)
     npy = cfg.out / ".eval-inputs.npy"
     np.save(npy, x)
