@@ -1,12 +1,27 @@
 #!/usr/bin/env bash
-# Reproduce the shipped model and its baseline (from scratch, CPU, permissive-licence images only).
-# Usage: benchmarks/train_models.sh [SEED]   (needs ../shared/cxr beside the checkout)
+# Train and evaluate with the recipe of issue 14, in one of two configurations:
+#   shipped  - permissive-licence training images only: the only weights the package may ship
+#   research - every dev training image, non-commercial ones included: NEVER ship these weights
+# Validation and test always use every image of their split (evaluating is not redistributing),
+# and `edgecxr eval` reports every metric per source (mhh, ieee8023, nih, sbu).
+# Usage: benchmarks/train_models.sh CONFIG [SEED] [ARCHS]   e.g. benchmarks/train_models.sh shipped 0 covid-densenet
+# Resumable: rerun the same command after an interruption (runs/*/last.pt).
 set -euo pipefail
-SEED=${1:-0}
+CONFIG=${1:?shipped or research}
+SEED=${2:-0}
+ARCHS=${3:-"covid-densenet densenet121"}
+EPOCHS=${EPOCHS:-30}
 DATA=${DATA:-../shared/cxr/dev/MANIFEST.csv}
-for ARCH in covid-densenet densenet121; do
-  edgecxr train "$DATA" --permissive-only --arch "$ARCH" --epochs 14 --batch 16 --lr 1e-3 --balanced \
-    --seed "$SEED" --out "runs/$ARCH-s$SEED"
-  edgecxr eval "runs/$ARCH-s$SEED/best.safetensors" "$DATA" --permissive-only --split test \
-    --out "runs/$ARCH-s$SEED/eval-test"
+EDGECXR=${EDGECXR:-edgecxr}
+case "$CONFIG" in
+  shipped) FLAG=--permissive-only ;;
+  research) FLAG=--no-permissive-only ;;
+  *) echo "CONFIG must be shipped or research" >&2; exit 2 ;;
+esac
+for ARCH in $ARCHS; do
+  RUN="runs/$CONFIG-$ARCH-s$SEED"
+  $EDGECXR train "$DATA" $FLAG --arch "$ARCH" --epochs "$EPOCHS" --batch 16 --lr 1e-3 --balanced \
+    --augment strong --label-smoothing 0.1 --ema 0.99 --select macro_f1 --seed "$SEED" --threads 2 --out "$RUN"
+  $EDGECXR eval "$RUN/best.safetensors" "$DATA" --split test --out "$RUN/eval-test"
+  $EDGECXR eval "$RUN/best.safetensors" "$DATA" --split val --out "$RUN/eval-val" --n-boot 200
 done

@@ -121,7 +121,14 @@ def train(
     balanced: bool = typer.Option(False, help="Class-balanced sampling."),
     seed: int = typer.Option(0), size: int = typer.Option(224), resize: str = typer.Option("crop"),
     workers: int = typer.Option(0), weights: Optional[str] = typer.Option(None, help="imagenet | PATH"),
-    permissive_only: bool = typer.Option(False, help="Drop images whose licence is non-commercial only."),
+    permissive_only: bool = typer.Option(False, help="Train only on images whose licence allows commercial use "
+                                         "(validation still uses every val image: evaluating is not redistributing)."),
+    val_permissive_only: bool = typer.Option(False, help="Also drop non-commercial images from validation."),
+    augment: str = typer.Option("light", help="Augmentation: light | strong | none."),
+    label_smoothing: float = typer.Option(0.0, help="Label smoothing of the cross-entropy loss."),
+    ema: float = typer.Option(0.0, help="EMA decay of the weights (e.g. 0.99); 0 turns it off."),
+    select: str = typer.Option("macro_f1", help="Best-checkpoint rule on val: macro_f1 | worst_source."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="CPU bf16 autocast (default: when the CPU has AVX-512 BF16/AMX)."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after N optimiser steps (smoke tests)."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
     fresh: bool = typer.Option(False, help="Ignore last.pt in --out instead of resuming."),
@@ -135,17 +142,25 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     try:
-        samples, parts = _split_samples(data, layout, permissive_only)
+        samples, parts = _split_samples(data, layout, False)
+        if permissive_only:
+            parts["train"] = [s for s in parts["train"] if not s.licence_nc]
+        if val_permissive_only:
+            parts["val"] = [s for s in parts["val"] if not s.licence_nc]
         classes = sorted({s.label for s in samples})
         cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                           warmup_epochs=warmup, balanced=balanced, seed=seed, size=size, resize=resize, workers=workers,
-                          weights=weights, max_steps=max_steps, classes=classes)
+                          weights=weights, max_steps=max_steps, classes=classes, augment=augment,
+                          label_smoothing=label_smoothing, ema=ema, select=select, bf16=bf16)
         info = {"source": str(data), "layout": layout, "permissive_only": permissive_only,
+                "configuration": "shipped (permissive training images)" if permissive_only
+                else "research (includes non-commercial images: never ship these weights)",
+                "non_commercial_training_images": sum(s.licence_nc for s in parts["train"]),
                 "n_train": len(parts["train"]), "n_val": len(parts["val"])}
         summary = run_train(cfg, parts["train"], parts["val"], out, resume=not fresh, data_info=info)
     except EdgeCXRError as exc:
         _fail(str(exc))
-    console.print(f"best val macro F1 {summary['best_val_macro_f1']:.4f}; checkpoint {out / 'best.safetensors'}")
+    console.print(f"best val score ({select}) {summary['best_val_score']:.4f}; checkpoint {out / 'best.safetensors'}")
 
 
 @app.command("eval")

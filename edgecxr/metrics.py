@@ -119,7 +119,7 @@ def wilson_ci(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     den = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return centre - half, centre + half
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
@@ -139,3 +139,31 @@ def agreement(pred_a: np.ndarray, pred_b: np.ndarray) -> float:
     """Top-1 agreement between two predictions (class indices)."""
     a, b = np.asarray(pred_a), np.asarray(pred_b)
     return float(np.mean(a == b)) if len(a) else float("nan")
+
+
+def per_source(y_true, prob, classes: list[str], sources: list[str | None]) -> dict:
+    """Metrics per image source (hospital / collection): n, accuracy and each present class's
+    sensitivity with its count and Wilson 95% interval. In data where class is confounded with
+    source, a model that learned the source shows up here, not in the pooled numbers."""
+    y_true, prob = np.asarray(y_true, int), np.asarray(prob)
+    pred = prob.argmax(1)
+    out: dict[str, dict] = {}
+    for src in sorted({s or "unknown" for s in sources}):
+        idx = np.array([(s or "unknown") == src for s in sources])
+        y, p = y_true[idx], pred[idx]
+        row: dict = {"n": int(idx.sum()), "accuracy": _safe(np.sum(y == p), len(y)), "sensitivity": {}}
+        for c, name in enumerate(classes):
+            n_c = int(np.sum(y == c))
+            if n_c:
+                k = int(np.sum((y == c) & (p == c)))
+                row["sensitivity"][name] = {"k": k, "n": n_c, "value": k / n_c, "ci95": list(wilson_ci(k, n_c))}
+        out[src] = row
+    return out
+
+
+def worst_source_sensitivity(y_true, prob, classes: list[str], sources: list[str | None], cls: str,
+                             min_n: int = 5) -> float:
+    """Lowest per-source sensitivity of ``cls`` over sources with at least ``min_n`` images of it (NaN if none)."""
+    vals = [r["sensitivity"][cls]["value"] for r in per_source(y_true, prob, classes, sources).values()
+            if cls in r["sensitivity"] and r["sensitivity"][cls]["n"] >= min_n]
+    return min(vals) if vals else float("nan")

@@ -31,6 +31,7 @@ class Sample:
     split: str | None = None
     patient: str | None = None
     licence_nc: bool = False  # True when the licence is non-commercial only
+    source: str | None = None  # hospital / collection the image came from (manifest column ``source``)
 
     @property
     def group(self) -> str:
@@ -86,7 +87,8 @@ def _from_csv(path: Path) -> list[Sample]:
     for r in rows:
         split = (r.get("split") or "").strip() or None
         out.append(Sample(path.parent / r[fcol], r[lcol], split, (r.get(pcol) or None) if pcol else None,
-                          (r.get("non_commercial_only") or "").strip().lower() == "yes"))
+                          (r.get("non_commercial_only") or "").strip().lower() == "yes",
+                          (r.get("source") or "").strip() or None))
     return out
 
 

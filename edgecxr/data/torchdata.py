@@ -15,14 +15,46 @@ from edgecxr.imaging import read_image
 from edgecxr.preprocess import PreprocessConfig, preprocess
 
 
-def cxr_augmentation():
-    """Small rotation/scale/translation and brightness/contrast; no flips (anatomy is not symmetric)."""
+class RandomGamma:
+    """Random gamma on a [0, 1] image: mimics the different tone curves of scanners and hospitals."""
+
+    def __init__(self, low: float = 0.7, high: float = 1.4) -> None:
+        self.low, self.high = low, high
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        g = float(torch.empty(()).uniform_(self.low, self.high))
+        return t.clamp(0, 1) ** g
+
+
+AUGMENTATIONS = ("light", "strong", "none")
+
+
+def cxr_augmentation(strength: str = "light"):
+    """Geometric and photometric augmentation; no flips (anatomy is not symmetric).
+
+    ``light``: rotation 7 deg, scale 0.92-1.08, brightness/contrast 0.15 (the first shipped model's).
+    ``strong``: rotation 10 deg, zoom 0.9-1.25 (a crop of 64-100% of the area), translation 6%,
+    brightness/contrast 0.2, gamma 0.7-1.4, occasional blur and noise: aimed at the acquisition
+    differences between hospitals rather than at the anatomy.
+    """
     from torchvision.transforms import v2
 
-    return v2.Compose([
-        v2.RandomAffine(degrees=7, translate=(0.05, 0.05), scale=(0.92, 1.08)),
-        v2.ColorJitter(brightness=0.15, contrast=0.15),
-    ])
+    if strength == "none":
+        return None
+    if strength == "light":
+        return v2.Compose([
+            v2.RandomAffine(degrees=7, translate=(0.05, 0.05), scale=(0.92, 1.08)),
+            v2.ColorJitter(brightness=0.15, contrast=0.15),
+        ])
+    if strength == "strong":
+        return v2.Compose([
+            v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.25)),
+            v2.ColorJitter(brightness=0.2, contrast=0.2),
+            RandomGamma(0.7, 1.4),
+            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.2))], p=0.2),
+            v2.RandomApply([v2.GaussianNoise(sigma=0.02, clip=True)], p=0.2),
+        ])
+    raise ValueError(f"unknown augmentation {strength!r}; choose one of {AUGMENTATIONS}")
 
 
 class CXRDataset(Dataset):
@@ -30,13 +62,14 @@ class CXRDataset(Dataset):
     (about 4 bytes per pixel: turn it off for large full-resolution sets)."""
 
     def __init__(self, samples: list[Sample], classes: list[str], cfg: PreprocessConfig,
-                 augment: bool = False, cache: bool = True) -> None:
+                 augment: bool | str = False, cache: bool = True) -> None:
         unknown = sorted({s.label for s in samples} - set(classes))
         if unknown:
             raise ValueError(f"labels {unknown} are not among the classes {classes}")
         self.samples, self.classes, self.cfg = samples, classes, cfg
         self.targets = [classes.index(s.label) for s in samples]
-        self.augment = cxr_augmentation() if augment else None
+        strength = augment if isinstance(augment, str) else ("light" if augment else "none")
+        self.augment = cxr_augmentation(strength)
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
 
     def __len__(self) -> int:

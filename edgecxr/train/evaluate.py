@@ -9,7 +9,7 @@ import numpy as np
 from edgecxr.artifact import atomic_write_json, sha256_file
 from edgecxr.data.layouts import Sample
 from edgecxr.errors import DatasetError
-from edgecxr.metrics import evaluate
+from edgecxr.metrics import evaluate, per_source
 
 CAVEAT = ("In the bundled data, class is confounded with hospital and source: these numbers measure this "
           "dev split, not clinical validity.")
@@ -38,9 +38,12 @@ def evaluate_checkpoint(checkpoint: Path, samples: list[Sample], n_boot: int = 1
     probs, ys, meta = predict_checkpoint(checkpoint, samples)
     groups = [s.group for s in samples]
     res = evaluate(ys, probs, meta["classes"], groups=groups if any(s.patient for s in samples) else None, n_boot=n_boot)
+    res["per_source"] = per_source(ys, probs, meta["classes"], [s.source for s in samples])
+    res["licences"] = {"non_commercial_images": sum(s.licence_nc for s in samples), "n": len(samples)}
     res.update({"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint), "arch": meta["arch"],
                 "classes": meta["classes"], "n_images": len(samples), "caveat": CAVEAT,
-                "predictions": [{"file": str(s.path), "label": s.label, "prob": p.round(6).tolist()}
+                "training_data": meta.get("data", {}),
+                "predictions": [{"file": str(s.path), "label": s.label, "source": s.source, "prob": p.round(6).tolist()}
                                 for s, p in zip(samples, probs)]})
     return res
 
@@ -62,6 +65,19 @@ def markdown_report(res: dict) -> str:
             lines.append(f"| {c} | {_fmt(v['sensitivity'], ci.get(c + '/sensitivity'))} | "
                          f"{_fmt(v['specificity'], ci.get(c + '/specificity'))} | {100 * v['ppv']:.1f} | {100 * v['f1']:.1f} | "
                          f"{100 * v['auc']:.1f} | {v['support']} |")
+        lines.append("")
+    if res.get("per_source"):
+        lines += ["**per source** (image level; sensitivity k/n with Wilson 95% interval): a model that learned "
+                  "hospitals rather than disease shows up here", "",
+                  "| source | n | accuracy | " + " | ".join(f"{c} sensitivity" for c in res["classes"]) + " |",
+                  "|---|---|---|" + "---|" * len(res["classes"])]
+        for src, r in res["per_source"].items():
+            cells = []
+            for c in res["classes"]:
+                v = r["sensitivity"].get(c)
+                cells.append(f"{v['k']}/{v['n']} = {100 * v['value']:.0f}% [{100 * v['ci95'][0]:.0f}, {100 * v['ci95'][1]:.0f}]"
+                             if v else "")
+            lines.append(f"| {src} | {r['n']} | {100 * r['accuracy']:.1f} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 

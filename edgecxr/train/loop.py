@@ -27,7 +27,7 @@ from edgecxr.artifact import atomic_write_json
 from edgecxr.checkpoint import save_checkpoint
 from edgecxr.data.layouts import Sample
 from edgecxr.data.torchdata import CXRDataset
-from edgecxr.metrics import point_metrics
+from edgecxr.metrics import per_source, point_metrics, worst_source_sensitivity
 from edgecxr.models import build_model
 from edgecxr.preprocess import PreprocessConfig
 
@@ -50,6 +50,11 @@ class TrainConfig:
     weights: str | None = None
     amp: bool = True
     max_steps: int | None = None  # stop after this many optimiser steps (smoke tests)
+    augment: str = "light"  # light | strong | none (edgecxr.data.torchdata.cxr_augmentation)
+    label_smoothing: float = 0.0
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); val and best use the average
+    select: str = "macro_f1"  # best-checkpoint rule: macro_f1 | worst_source (mean of macro F1 and worst-source COVID-19 sensitivity)
+    bf16: bool | None = None  # CPU bf16 autocast + channels_last; None: on when the CPU has AVX-512 BF16 / AMX
     classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
 
 
@@ -83,6 +88,28 @@ def predict_probs(model: nn.Module, loader: DataLoader, device: torch.device) ->
     return np.concatenate(probs), np.concatenate(ys)
 
 
+def cpu_has_bf16() -> bool:
+    """True when this CPU runs bf16 matrix work natively (AVX-512 BF16 or AMX-BF16)."""
+    from edgecxr.hardware import cpu_info
+
+    isa = cpu_info()["isa"]
+    return "AVX-512 BF16" in isa or "AMX-BF16" in isa
+
+
+def selection_score(select: str, vm: dict, ys: np.ndarray, probs: np.ndarray, classes: list[str],
+                    sources: list[str | None]) -> float:
+    """The number the best checkpoint maximises on val. ``worst_source`` does not reward a model that
+    recognises one COVID-19 hospital only: it averages macro F1 with the worst source's COVID-19 sensitivity."""
+    f1 = vm["macro_f1"] if not math.isnan(vm["macro_f1"]) else vm["accuracy"]
+    if select == "macro_f1":
+        return f1
+    if select == "worst_source":
+        cls = "COVID-19" if "COVID-19" in classes else classes[0]
+        w = worst_source_sensitivity(ys, probs, classes, sources, cls)
+        return f1 if math.isnan(w) else 0.5 * (f1 + w)
+    raise ValueError(f"unknown selection rule {select!r}; choose macro_f1 or worst_source")
+
+
 def _atomic_torch_save(obj: dict, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
@@ -107,7 +134,7 @@ def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sampl
         out.mkdir(parents=True, exist_ok=True)
 
     pcfg = PreprocessConfig(size=cfg.size, resize=cfg.resize)
-    train_ds = CXRDataset(train_samples, cfg.classes, pcfg, augment=True)
+    train_ds = CXRDataset(train_samples, cfg.classes, pcfg, augment=cfg.augment)
     val_ds = CXRDataset(val_samples, cfg.classes, pcfg, augment=False)
     gen = torch.Generator().manual_seed(cfg.seed + 1000 * rank)
     if cfg.balanced:
@@ -123,7 +150,9 @@ def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sampl
     val_dl = DataLoader(val_ds, batch_size=cfg.batch_size * 2, num_workers=cfg.workers)
 
     model = build_model(cfg.arch, num_classes=len(cfg.classes), weights=cfg.weights).to(device)
-    if use_cuda:
+    cpu_bf16 = (not use_cuda) and cfg.amp and (cpu_has_bf16() if cfg.bf16 is None else cfg.bf16)
+    channels_last = use_cuda or cpu_bf16
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     net: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None) if distributed else model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -131,7 +160,13 @@ def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sampl
     total = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, round(cfg.warmup_epochs * steps_per_epoch))))
     scaler = torch.amp.GradScaler("cuda", enabled=use_cuda and cfg.amp)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    ema = None
+    if cfg.ema > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    val_sources = [s.source for s in val_samples]
 
     start_epoch, best, history = 0, -1.0, []
     last = out / "last.pt"
@@ -142,6 +177,8 @@ def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sampl
         sched.load_state_dict(st["scheduler"])
         scaler.load_state_dict(st["scaler"])
         start_epoch, best, history = st["epoch"] + 1, st["best"], st["history"]
+        if ema is not None and "ema" in st:
+            ema.load_state_dict(st["ema"])
 
     meta_base = {
         "edgecxr_version": __version__, "arch": cfg.arch, "classes": cfg.classes,
@@ -163,15 +200,18 @@ def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sampl
             t0, seen, loss_sum = time.perf_counter(), 0, 0.0
             for x, y in train_dl:
                 x, y = x.to(device, non_blocking=True), y.to(device)
-                if use_cuda:
+                if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_cuda and cfg.amp):
-                    loss = loss_fn(net(x), y)
+                amp_dtype = torch.float16 if use_cuda else torch.bfloat16
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=(use_cuda and cfg.amp) or cpu_bf16):
+                    loss = loss_fn(net(x), y.long())
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 seen += len(y)
                 loss_sum += float(loss.detach()) * len(y)
                 steps_done += 1
@@ -179,28 +219,35 @@ def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sampl
                 if cfg.max_steps and steps_done >= cfg.max_steps:
                     break
             train_time = time.perf_counter() - t0
-            probs, ys = predict_probs(model, val_dl, device)
+            eval_model = ema.module if ema is not None else model
+            probs, ys = predict_probs(eval_model, val_dl, device)
             vm = point_metrics(ys, probs, cfg.classes)
+            score = selection_score(cfg.select, vm, ys, probs, cfg.classes, val_sources)
             row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_images_per_s": seen * world / train_time,
                    "val_accuracy": vm["accuracy"], "val_macro_f1": vm["macro_f1"], "val_macro_auc": vm["macro_auc"],
-                   "lr": sched.get_last_lr()[0]}
+                   "val_score": score, "lr": sched.get_last_lr()[0]}
+            for src, r in per_source(ys, probs, cfg.classes, val_sources).items():
+                for cname, sv in r["sensitivity"].items():
+                    row[f"val_sens_{cname}_{src}"] = sv["value"]
             history.append(row)
             bar.update(task, info=f"loss {row['train_loss']:.3f} val acc {vm['accuracy']:.3f} f1 {vm['macro_f1']:.3f}")
             if main and progress:
                 bar.console.print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}, {row['train_images_per_s']:.1f} img/s, "
                                   f"val acc {vm['accuracy']:.4f}, val macro F1 {vm['macro_f1']:.4f}")
             if main:
-                score = vm["macro_f1"] if not math.isnan(vm["macro_f1"]) else vm["accuracy"]
                 if score > best:
                     best = score
-                    save_checkpoint(model.state_dict(), dict(meta_base, epoch=epoch + 1, val=vm), out / "best.safetensors")
-                _atomic_torch_save({
-                    "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "scaler": scaler.state_dict(), "epoch": epoch, "best": best, "history": history, "meta": meta_base
-                }, last)
+                    save_checkpoint(eval_model.state_dict(), dict(meta_base, epoch=epoch + 1, val=vm, val_score=score),
+                                    out / "best.safetensors")
+                state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                         "scaler": scaler.state_dict(), "epoch": epoch, "best": best, "history": history, "meta": meta_base}
+                if ema is not None:
+                    state["ema"] = ema.state_dict()
+                _atomic_torch_save(state, last)
                 atomic_write_json(out / "metrics.json", history)
                 with open(out / "metrics.csv", "w", newline="") as fh:
-                    w = csv.DictWriter(fh, fieldnames=list(history[0]))
+                    keys = list(dict.fromkeys(k for h in history for k in h))
+                    w = csv.DictWriter(fh, fieldnames=keys, restval="")
                     w.writeheader()
                     w.writerows(history)
             if cfg.max_steps and steps_done >= cfg.max_steps:
@@ -208,5 +255,5 @@ def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sampl
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
-    return {"best_val_macro_f1": best, "epochs": len(history), "history": history, "out": str(out)}
+    return {"best_val_score": best, "best_val_macro_f1": max((h["val_macro_f1"] for h in history), default=best), "epochs": len(history), "history": history, "out": str(out)}
 
