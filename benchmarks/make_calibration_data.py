@@ -1,8 +1,9 @@
 """Build calibration_data/ from ../shared/cxr/dev (permissive licences only, copied byte for byte).
 
-calib/: up to 30 images per class from dev train (INT8 calibration); eval/: every permissive image
-of dev test (the shipped labelled evaluation subset). Deterministic: files are chosen by the
-sha256 order of their manifest hash. Run: python benchmarks/make_calibration_data.py
+calib/: up to 30 images per class from dev train, one per patient group, spread evenly over the
+class's sources (INT8 calibration); val/: every permissive image of dev val; eval/: every permissive
+image of dev test (the bench's labelled set). The export gate verifies on val/ + eval/, which share no
+image and no patient with calib/. Deterministic: files are chosen in sha256 order. Run: python benchmarks/make_calibration_data.py
 """
 
 from __future__ import annotations
@@ -31,16 +32,21 @@ def main() -> None:
             by_class[r["class"]].append(r)
     for cls, rs in sorted(by_class.items()):
         rs.sort(key=lambda r: r["sha256"])
-        seen_groups, picked = set(), []
+        by_source = defaultdict(list)
+        seen_groups = set()
         for r in rs:  # one image per patient group for variety
             if r["patient_group"] not in seen_groups:
-                picked.append(r)
+                by_source[r["source"]].append(r)
                 seen_groups.add(r["patient_group"])
-            if len(picked) == PER_CLASS:
-                break
+        picked, queues = [], [by_source[s] for s in sorted(by_source)]
+        while len(picked) < PER_CLASS and any(queues):  # round-robin over sources
+            for q in queues:
+                if q and len(picked) < PER_CLASS:
+                    picked.append(q.pop(0))
         chosen += [("calib", r) for r in picked]
+    chosen += [("val", r) for r in rows if r["split"] == "val"]
     chosen += [("eval", r) for r in rows if r["split"] == "test"]
-    for sub in ("calib", "eval"):
+    for sub in ("calib", "val", "eval"):
         shutil.rmtree(DST / sub, ignore_errors=True)
     out_rows = []
     for sub, r in chosen:

@@ -11,6 +11,9 @@ CONFIG=${1:?shipped or research}
 SEED=${2:-0}
 ARCHS=${3:-"covid-densenet densenet121"}
 EPOCHS=${EPOCHS:-30}
+AUG=${AUG:-strong}          # augmentation strength: light | strong (see benchmarks/ablation.md)
+LS=${LS:-0.1}               # label smoothing
+TAG=${TAG:-}
 DATA=${DATA:-../shared/cxr/dev/MANIFEST.csv}
 EDGECXR=${EDGECXR:-edgecxr}
 case "$CONFIG" in
@@ -19,9 +22,9 @@ case "$CONFIG" in
   *) echo "CONFIG must be shipped or research" >&2; exit 2 ;;
 esac
 for ARCH in $ARCHS; do
-  RUN="runs/$CONFIG-$ARCH-s$SEED"
+  RUN="runs/$CONFIG-$ARCH$TAG-s$SEED"
   $EDGECXR train "$DATA" $FLAG --arch "$ARCH" --epochs "$EPOCHS" --batch 16 --lr 1e-3 --balanced \
-    --augment strong --label-smoothing 0.1 --ema 0.99 --select macro_f1 --seed "$SEED" --threads 2 --out "$RUN"
+    --augment "$AUG" --label-smoothing "$LS" --ema 0.99 --select macro_f1 --seed "$SEED" --threads 2 --out "$RUN"
   $EDGECXR eval "$RUN/best.safetensors" "$DATA" --split test --out "$RUN/eval-test"
   $EDGECXR eval "$RUN/best.safetensors" "$DATA" --split val --out "$RUN/eval-val" --n-boot 200
 done

@@ -14,6 +14,7 @@ from edgecxr.artifact import atomic_write_bytes, sha256_file
 from edgecxr.errors import WeightsError
 
 META_KEY = "edgecxr"
+GUARD_PREFIX = "guard."  # the input guard's statistics travel as float32 tensors beside the weights
 
 
 def save_checkpoint(state: dict, meta: dict, path: Path, half: bool = True) -> Path:
@@ -23,7 +24,7 @@ def save_checkpoint(state: dict, meta: dict, path: Path, half: bool = True) -> P
     tensors = {}
     for k, v in state.items():
         v = v.detach().cpu().contiguous()
-        if half and v.is_floating_point() and "running_" not in k:
+        if half and v.is_floating_point() and "running_" not in k and not k.startswith(GUARD_PREFIX):
             v = v.half()
         tensors[k] = v
     blob = save(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
@@ -78,6 +79,9 @@ def load_model(path: Path):
     from edgecxr.models import build_model
 
     state, meta = load_checkpoint(path)
+    guard_t = {k[len(GUARD_PREFIX):]: state.pop(k).numpy() for k in [k for k in state if k.startswith(GUARD_PREFIX)]}
+    if guard_t and "guard" in meta:
+        meta["guard"] = dict(meta["guard"], **guard_t)
     model = build_model(meta["arch"], num_classes=len(meta["classes"]), **meta.get("model_kwargs", {}))
     try:
         model.load_state_dict(state, strict=True)

@@ -1,4 +1,11 @@
-"""The ``edgecxr`` command line (typer + rich). Heavy layers are imported inside the commands."""
+"""The ``edgecxr`` command line (typer + rich). Heavy layers are imported inside the commands.
+
+Exit codes (documented in README): 0 success; 1 an input could not be read (predict) or a general
+error; 2 an artifact or engine problem (missing, tampered, unverified, engine not installed);
+3 at least one input was rejected by the input guard (predict); 4 bad usage or configuration
+(unknown target, bad TOML key); 5 export verification failed. Every expected failure is one line on
+stderr; file names and messages are printed literally (no rich markup is interpreted in them).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgecxr.errors import EdgeCXRError
@@ -20,9 +28,22 @@ if not console.is_terminal:  # logs and pipes: wide tables rather than one chara
 err = Console(stderr=True)
 
 
+EXIT_INPUT, EXIT_ARTIFACT, EXIT_REJECTED, EXIT_USAGE, EXIT_UNVERIFIED = 1, 2, 3, 4, 5
+
+
 def _fail(msg: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {msg}")
+    err.print(f"[bold red]error:[/] {escape(str(msg))}")
     raise typer.Exit(code)
+
+
+def _code_for(exc: Exception) -> int:
+    from edgecxr.errors import ArtifactError, BackendUnavailable
+
+    if isinstance(exc, (ArtifactError, BackendUnavailable)):
+        return EXIT_ARTIFACT
+    from edgecxr.export.targets import TargetError
+
+    return EXIT_USAGE if isinstance(exc, TargetError) else 1
 
 
 # ---------------------------------------------------------------- info
@@ -42,7 +63,7 @@ def info(
         try:
             from edgecxr.models import build_model, count_flops, count_params
         except ImportError:
-            _fail("model summaries need torch: pip install 'edgecxr[train]'")
+            _fail("model summaries need torch: pip install 'edgecxr[train]'", EXIT_USAGE)
         try:
             m = build_model(model)
         except EdgeCXRError as exc:
@@ -165,33 +186,73 @@ def train(
 
 @app.command("eval")
 def eval_cmd(
-    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint (or an exported artifact)."),
+    model: Path = typer.Argument(..., help="A .safetensors checkpoint, or an exported artifact (model.onnx, model.xml, ...)."),
     data: Path = typer.Argument(..., help="Dataset (any layout)."),
     split_name: str = typer.Option("test", "--split", help="Which split to evaluate ('all' for every image)."),
     layout: str = typer.Option("auto"),
-    permissive_only: bool = typer.Option(False),
+    permissive_only: bool = typer.Option(False, help="Only images whose licence allows commercial use."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Checkpoint to compare an artifact with: "
+                                             "agreement and the flipped images."),
+    allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Evaluate an artifact that failed its gate."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for eval.json, eval.md and confusion.png."),
     n_boot: int = typer.Option(1000, help="Bootstrap resamples for the 95% intervals."),
 ) -> None:
-    """Accuracy, per-class sensitivity/specificity/PPV/F1, macro AUC, confusion matrix, 95% bootstrap CIs."""
+    """Accuracy, per-class and per-source sensitivity/specificity, macro AUC, confusion matrix, 95% intervals,
+    share of inputs the guard rejected; for a checkpoint or any exported artifact."""
     from edgecxr.data import load_samples
-    from edgecxr.train.evaluate import evaluate_checkpoint, write_report
+    from edgecxr.train.evaluate import evaluate_model, markdown_report, select_split, write_report
 
     try:
-        samples = load_samples(data, layout, permissive_only=permissive_only)
-        if split_name != "all":
-            samples = [s for s in samples if s.split == split_name]
-        if not samples:
-            raise EdgeCXRError(f"{data}: no images in split {split_name!r}.")
-        result = evaluate_checkpoint(checkpoint, samples, n_boot=n_boot)
+        samples = select_split(load_samples(data, layout, permissive_only=permissive_only), split_name, data)
+        result = evaluate_model(model, samples, n_boot=n_boot, reference=reference, allow_unverified=allow_unverified)
     except EdgeCXRError as exc:
-        _fail(str(exc))
+        _fail(str(exc), _code_for(exc))
     if out:
         write_report(result, out)
-        console.print(f"wrote {out}/eval.json, eval.md, confusion.png")
-    from edgecxr.train.evaluate import markdown_report
+        console.print(f"wrote {escape(str(out))}/eval.json, eval.md, confusion.png")
+    console.print(escape(markdown_report(result)))
 
-    console.print(markdown_report(result))
+
+@app.command()
+def calibrate(
+    checkpoint: Path = typer.Argument(..., help="A trained checkpoint (.safetensors)."),
+    data: Path = typer.Argument(..., help="Dataset with train and val splits (the one it was trained on)."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint to write (with guard, temperature and operating point)."),
+    ood: Optional[Path] = typer.Option(None, "--ood", help="Folder of non-CXR images to report the guard's rejection rate."),
+    permissive_only: bool = typer.Option(False, help="Fit the guard's statistics on permissive training images only."),
+    margin: float = typer.Option(1.1, help="Guard threshold = margin x the 99.5th percentile of val CXR scores."),
+    layout: str = typer.Option("auto"),
+) -> None:
+    """Fit the input guard, temperature scaling and the COVID-19 operating point on train/val; write them
+    into a new checkpoint, which every export then carries."""
+    from edgecxr.runtime import iter_images
+    from edgecxr.train.calibrate import calibrate as run_calibrate
+
+    try:
+        _, parts = _split_samples(data, layout, False)
+        train = [s for s in parts["train"] if not (permissive_only and s.licence_nc)]
+        report = run_calibrate(checkpoint, train, parts["val"], out, ood=iter_images([ood]) if ood else None,
+                               margin=margin)
+    except EdgeCXRError as exc:
+        _fail(str(exc), _code_for(exc))
+    console.print_json(json.dumps(report, default=float))
+
+
+@app.command()
+def keygen(
+    private: Path = typer.Option(Path("edgecxr-signing.pem"), "--private", help="Private key file (keep it secret)."),
+    public: Path = typer.Option(Path("edgecxr-signing.pub.pem"), "--public", help="Public key file (for devices)."),
+) -> None:
+    """Make an Ed25519 key pair for signing exports (`edgecxr export --sign PRIVATE`)."""
+    from edgecxr.signing import generate_keypair
+
+    if private.exists():
+        _fail(f"{private} exists; refusing to overwrite a key.", EXIT_USAGE)
+    try:
+        generate_keypair(private, public)
+    except EdgeCXRError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    console.print(f"wrote {escape(str(private))} (secret) and {escape(str(public))}")
 
 
 # ---------------------------------------------------------------- export / predict / bench
@@ -209,13 +270,15 @@ def export(
     batch: Optional[int] = typer.Option(None, help="Fixed batch size (default: the target's, usually dynamic)."),
     dynamic: bool = typer.Option(False, "--dynamic", help="Force a dynamic batch dimension."),
     calib: Optional[list[Path]] = typer.Option(None, help="Calibration image folder(s) (class folders). Default: calibration_data/calib."),
+    verify_on: Optional[list[Path]] = typer.Option(None, "--verify-on", help="Verification image folder(s), disjoint "
+                                                   "from calibration. Default: calibration_data/val + eval."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder. Default: exports/<checkpoint>-<sha8>/<target>."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the verification gate (artifact stays unverified)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even when a matching export exists."),
+    sign: Optional[Path] = typer.Option(None, "--sign", help="Ed25519 private key: sign the sidecar (see `edgecxr keygen`)."),
     list_targets: bool = typer.Option(False, "--list", help="List the available targets and exit."),
 ) -> None:
     """Export a checkpoint to ONNX / OpenVINO / TensorRT, then verify it on real images."""
-    from edgecxr.errors import BackendUnavailable
     from edgecxr.export.targets import list_targets as _targets
     from edgecxr.export.targets import load_target
 
@@ -224,8 +287,11 @@ def export(
         for col in ("name", "backend", "precision", "description"):
             t.add_column(col)
         for name in _targets():
-            tg = load_target(name)
-            t.add_row(name, tg.backend, tg.precision, tg.description)
+            try:
+                tg = load_target(name)
+            except EdgeCXRError as exc:
+                _fail(str(exc), EXIT_USAGE)
+            t.add_row(escape(name), tg.backend, tg.precision, escape(tg.description))
         console.print(t)
         return
     from rich.progress import Progress
@@ -235,74 +301,112 @@ def export(
     ck = checkpoint or _default_checkpoint()
     try:
         with Progress(console=err, transient=True) as prog:
-            task = prog.add_task(f"export {target}: building + verifying", total=None)
+            task = prog.add_task(f"export {escape(target)}: building + verifying", total=None)
             res = run_export(ck, target, precision=precision, batch=batch, dynamic=dynamic or None, calib=calib,
-                             out=out, verify=not no_verify, force=force, progress=lambda n: prog.advance(task, n))
-    except BackendUnavailable as exc:
-        _fail(str(exc), code=2)
+                             verify_on=verify_on, out=out, verify=not no_verify, force=force,
+                             progress=lambda n: prog.advance(task, n))
+        if sign:
+            from edgecxr.signing import sign_artifact
+
+            sign_artifact(res.artifact, sign)
     except EdgeCXRError as exc:
-        _fail(str(exc))
-    side = res.sidecar
-    v = side["verification"]
-    t = Table(title=f"{side['target']['name']} -> {res.artifact}" + (" (cached)" if res.cached else ""), show_header=False)
-    t.add_row("engine", f"{side['engine']['backend']} {side['engine'].get('version', '')} {side['engine']['precision']}")
-    if "runs" in side["engine"]:
-        t.add_row("runs as", json.dumps(side["engine"]["runs"]))
-    t.add_row("size", f"{side['artifact']['bytes'] + sum(f['bytes'] for f in side['artifact']['extra_files']):,} bytes")
-    t.add_row("export time", f"{side['export_seconds']} s")
-    if v["verdict"] != "skipped":
-        t.add_row("verification", f"[{'green' if v['verdict'] == 'passed' else 'red'}]{v['verdict']}[/]: agreement "
-                  f"{v['agreement']:.4f} (min {v['tolerance']['min_agreement']}), accuracy {v['accuracy']:.4f} vs "
-                  f"reference {v['accuracy_reference']:.4f} (max drop {v['tolerance']['max_accuracy_drop']}), "
-                  f"{v['images']} images")
+        _fail(str(exc), _code_for(exc))
+    console.print(sidecar_table(res.sidecar, f"{res.sidecar.target.get('name')} -> {res.artifact}"
+                                + (" (cached)" if res.cached else "") + (" (signed)" if sign else "")))
+    if res.sidecar.verification.verdict == "failed":
+        _fail("verification failed: " + "; ".join(res.sidecar.verification.reasons) + ". The artifact is marked "
+              "unverified; try another calibration method ([int8] calibration in the target file) or precision.",
+              EXIT_UNVERIFIED)
+
+
+def sidecar_table(side, title: str) -> Table:
+    """An artifact's sidecar as a two-column table (all text escaped)."""
+    v = side.verification
+    t = Table(title=escape(title), show_header=False)
+    t.add_row("engine", escape(f"{side.backend} {side.engine.get('version', '')} {side.precision}"))
+    if "runs" in side.engine:
+        t.add_row("runs as", escape(json.dumps(side.engine["runs"])))
+    if (side.engine.get("int8") or {}).get("float_nodes"):
+        t.add_row("kept in float", escape(", ".join(side.engine["int8"]["float_nodes"])))
+    t.add_row("size", f"{side.total_bytes:,} bytes")
+    t.add_row("export time", f"{side.export_seconds} s")
+    if v.verdict != "skipped":
+        colour = "green" if v.verdict == "passed" else "red"
+        t.add_row("verification", f"[{colour}]{v.verdict}[/]: " + escape(
+            f"agreement {v['agreement']:.4f} ({v['flips']} flips of {v['images']}; min {v['tolerance']['min_agreement']}), "
+            f"accuracy {v['accuracy']:.4f} vs reference {v['accuracy_reference']:.4f} "
+            f"(max drop {v['tolerance']['max_accuracy_drop']})"
+            + (f", guard agreement {v['guard_agreement']:.4f}" if v.get("guard_agreement") is not None else "")))
     else:
         t.add_row("verification", "[yellow]skipped (--no-verify): artifact is unverified[/]")
-    console.print(t)
-    if v["verdict"] == "failed":
-        _fail("verification failed: " + "; ".join(v["reasons"]) + ". The artifact is marked unverified; "
-              "try another calibration method (--target with [int8] calibration) or precision.")
+    if side.guard:
+        t.add_row("input guard", escape(f"{side.guard['method']} score, threshold {side.guard['threshold']:.2f}"))
+    if side.operating_point:
+        op = side.operating_point
+        t.add_row("operating point", escape(f"{op.get('positive_class')} at p >= {op.get('threshold', float('nan')):.3f}, "
+                                            f"temperature {op.get('temperature', 1.0):.2f}"))
+    return t
 
 
 @app.command()
 def predict(
     paths: list[Path] = typer.Argument(..., help="Image files or folders (PNG, JPEG, DICOM)."),
     model: Path = typer.Option(..., "--model", "-m", help="Exported artifact (model.onnx, model.xml, model.engine)."),
-    as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table."),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines (schema in README) instead of a table."),
     batch: Optional[int] = typer.Option(None, help="Batch size (default: the artifact's maximum)."),
     threads: Optional[int] = typer.Option(None, help="Engine threads."),
-    allow_unverified: bool = typer.Option(False, help="Use an artifact whose verification failed or was skipped."),
+    allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Use an artifact whose verification failed or was skipped."),
+    no_guard: bool = typer.Option(False, "--no-guard", help="Turn the input guard off (not for patients)."),
+    isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="Decode DICOM in a worker process, so a "
+                                 "crashing decoder costs one file, not the run."),
+    audit: Optional[Path] = typer.Option(None, "--audit", help="Append one JSON line per input to this file."),
+    trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key", help="Accept only artifacts signed by this "
+                                                     "Ed25519 public key (repeatable; or EDGECXR_TRUSTED_KEYS)."),
 ) -> None:
-    """Classify images with an exported artifact; exit code 1 when any input failed."""
+    """Classify images with an exported artifact. Exit 0: all ok; 1: an input failed; 3: an input was rejected."""
     from edgecxr.runtime import iter_images, load
 
+    if no_guard:
+        err.print("[yellow]warning:[/] input guard off (--no-guard): every readable image gets a finding, "
+                  "even a hand X-ray or a photo. Not for patients.")
     try:
-        m = load(model, allow_unverified=allow_unverified, threads=threads)
+        m = load(model, allow_unverified=allow_unverified, threads=threads, guard=not no_guard,
+                 isolate_decoding=isolate, audit=audit, trusted_keys=trusted_key or None)
     except EdgeCXRError as exc:
-        _fail(str(exc), code=2)
+        _fail(str(exc), _code_for(exc))
     files = iter_images(paths)
     if not files:
-        _fail("no images found in the given paths.")
-    results = m.predict(files, batch=batch)
+        _fail("no images found in the given paths.", EXIT_USAGE)
+    with m:
+        results = m.predict(files, batch=batch)
     if as_json:
         for r in results:
-            print(json.dumps(r.to_dict()))
+            print(json.dumps(r.to_dict(), allow_nan=False))
     else:
-        t = Table(title=f"{m.identity['name']} ({m.identity['backend']} {m.identity['precision']}, sha256 {m.identity['sha256'][:12]})")
-        t.add_column("file")
-        t.add_column("label")
+        ident = m.identity
+        t = Table(title=escape(f"{ident['name']} ({ident['backend']} {ident['precision']}, sha256 {ident['sha256'][:12]})"))
+        for col in ("file", "status", "finding"):
+            t.add_column(col)
         for c in m.classes:
-            t.add_column(c, justify="right")
+            t.add_column(escape(c), justify="right")
         for r in results:
             if r.ok:
-                t.add_row(r.source, r.label, *[f"{r.probabilities[c]:.3f}" for c in m.classes])
+                t.add_row(escape(r.source), "[green]ok[/]", escape(r.finding or ""),
+                          *[f"{r.probabilities[c]:.3f}" for c in m.classes])
+            elif r.status == "rejected":
+                t.add_row(escape(r.source), "[yellow]rejected[/]", "", *["" for _ in m.classes])
             else:
-                t.add_row(r.source, "[red]error[/]", *["" for _ in m.classes])
+                t.add_row(escape(r.source), "[red]error[/]", "", *["" for _ in m.classes])
         console.print(t)
-    failed = [r for r in results if not r.ok]
-    for r in failed:
-        err.print(f"[red]failed:[/] {r.error}")
-    if failed:
-        raise typer.Exit(1)
+    for r in results:
+        if r.status == "rejected":
+            err.print(f"[yellow]rejected:[/] {escape(r.source)}: {escape(r.reason or '')}")
+        elif r.status == "error":
+            err.print(f"[red]failed:[/] {escape(r.reason or '')}")
+    if any(r.status == "error" for r in results):
+        raise typer.Exit(EXIT_INPUT)
+    if any(r.status == "rejected" for r in results):
+        raise typer.Exit(EXIT_REJECTED)
 
 
 bench_app = typer.Typer(help="Benchmark latency and accuracy across engines; `bench compare` merges runs.",
@@ -343,16 +447,16 @@ def bench(
         task = prog.add_task("bench", total=len(cfg.targets))
 
         def step(name: str) -> None:  # called as each target starts
-            prog.update(task, description=f"bench: {name} (export if needed, then measure)", advance=1)
+            prog.update(task, description=f"bench: {escape(name)} (export if needed, then measure)", advance=1)
 
         try:
             run = run_bench(cfg, progress=step)
         except EdgeCXRError as exc:
-            _fail(str(exc))
+            _fail(str(exc), _code_for(exc))
     rows = write(run, out)
     console.print(rich_table(rows, "edgecxr bench (sorted by batch-1 latency)"))
     console.print(f"[dim]{CAVEAT}[/]")
-    console.print(f"wrote {out}/bench.json, bench.csv, bench.md, bench.png")
+    console.print(f"wrote {escape(str(out))}/bench.json, bench.csv, bench.md, bench.png")
 
 
 @bench_app.command("compare")
@@ -365,10 +469,10 @@ def bench_compare(
 
     for r in runs:
         if not r.is_file():
-            _fail(f"{r}: no such file.")
+            _fail(f"{r}: no such file.", EXIT_USAGE)
     rows = compare(runs, out)
     console.print(rich_table(rows, "edgecxr bench compare"))
-    console.print(f"wrote {out}/compare.md, compare.png")
+    console.print(f"wrote {escape(str(out))}/compare.md, compare.png")
 
 
 def main() -> None:  # pragma: no cover

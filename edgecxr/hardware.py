@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 import shutil
 import subprocess
 from pathlib import Path
+
+from edgecxr.backends import dist_version
 
 ISA_FLAGS = {
     "avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512F", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
@@ -80,19 +81,17 @@ def jetson_info(root: Path = Path("/")) -> dict | None:
     return info
 
 
+def is_jetson(root: Path = Path("/")) -> bool:
+    """True on an NVIDIA Jetson (the one place this is decided)."""
+    return jetson_info(root) is not None
+
+
 def parse_nvpmodel(text: str) -> str | None:
     """``nvpmodel -q`` prints e.g. 'NV Power Mode: MAXN' then the mode number."""
     for line in text.splitlines():
         if "power mode" in line.lower() and ":" in line:
             return line.split(":", 1)[1].strip()
     return None
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def backend_versions() -> dict[str, str | None]:
@@ -103,10 +102,21 @@ def backend_versions() -> dict[str, str | None]:
              "onnxruntime-gpu": "onnxruntime-gpu", "openvino": "openvino", "nncf": "nncf", "tensorrt": "tensorrt",
              "cuda-python": "cuda-python", "pycuda": "pycuda", "pydicom": "pydicom", "numpy": "numpy"}
     out = {"edgecxr": __version__, "python": platform.python_version()}
-    out.update({k: _version(v) for k, v in names.items()})
+    out.update({k: dist_version(v) for k, v in names.items()})
+    return out
+
+
+def backends_report() -> dict[str, dict]:
+    """Each registered backend: installed version, whether it can run here, and why not."""
+    from edgecxr.backends import REGISTRY
+
+    out = {}
+    for name, b in REGISTRY.items():
+        ok, why = b.available()
+        out[name] = {"version": b.version(), "available": ok, "reason": why, "description": b.description}
     return out
 
 
 def machine_report() -> dict:
     return {"versions": backend_versions(), "cpu": cpu_info(), "gpus": gpu_info(), "jetson": jetson_info(),
-            "os": platform.platform()}
+            "backends": backends_report(), "os": platform.platform()}

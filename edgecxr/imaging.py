@@ -7,6 +7,12 @@ DICOM pipeline (pydicom): decode (compressed syntaxes through pydicom's pixel-da
 :func:`dicom_support`) -> Modality LUT / rescale slope+intercept -> VOI LUT or window centre/width
 -> scale to [0, 1] by the data's range -> invert when Photometric Interpretation is MONOCHROME1
 (pydicom does not do this step for us). Multi-frame and colour DICOM are refused.
+
+Contract: :func:`load_gray` raises :class:`ImageError` and nothing else, whatever the bytes; the
+pixel-module header is checked against the pixel data and the transfer syntax, and the declared
+size against a memory budget, before any decoder runs. Blank or near-constant images are refused
+in every format. When a header window collapses an image to (near) constant, the stored values'
+range is used instead and ``info["voi_fallback"]`` says so.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import numpy as np
 
 from edgecxr.errors import ImageError
 
-MAX_PIXELS = 64_000_000  # decompression-bomb limit (e.g. 8000 x 8000)
+MAX_PIXELS = 40_000_000  # decompression-bomb limit (about 6300 x 6300; detector CXRs are <= 4300 x 4300)
+MAX_DECODED_BYTES = 256 * 1024 * 1024  # declared pixel data size allowed before decoding
+MIN_DYNAMIC_RANGE = 2 / 255  # below this (max - min on [0, 1]) an image counts as blank
 MAX_FILE_BYTES = 512 * 1024 * 1024
 MIN_SIDE = 32
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"}
@@ -51,15 +59,15 @@ def from_array(arr: np.ndarray, name: str = "<array>") -> np.ndarray:
         return arr.astype(np.float32) / 65535.0
     if arr.dtype == np.bool_ or arr.dtype.kind not in "iuf":
         raise ImageError(f"{name}: unsupported array dtype {arr.dtype}; pass uint8, uint16 or float.")
-    out = arr.astype(np.float32)
+    out = arr.astype(np.float64)  # float64: (hi - lo) of a wide float32 range (e.g. +-3e38) does not overflow
     if not np.isfinite(out).all():
         raise ImageError(f"{name}: array contains NaN or infinite values.")
     lo, hi = float(out.min()), float(out.max())
     if lo >= 0.0 and hi <= 1.0:
-        return out
-    if hi - lo < 1e-12:
+        return out.astype(np.float32)
+    if not hi - lo > 0:
         raise ImageError(f"{name}: array is constant ({lo}); not an image.")
-    return (out - lo) / (hi - lo)
+    return ((out - lo) / (hi - lo)).astype(np.float32)
 
 
 def from_pil(img: Any, name: str = "<PIL image>") -> np.ndarray:
@@ -96,43 +104,110 @@ def is_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def read_dicom(path: Path) -> np.ndarray:
+# transfer syntax UID -> (allowed BitsAllocated, max BitsStored) for the decoders we let run
+_TS_BITS = {
+    "1.2.840.10008.1.2.4.50": ({8}, 8),  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51": ({8, 16}, 12),  # JPEG Extended
+    "1.2.840.10008.1.2.4.57": ({8, 16}, 16),  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70": ({8, 16}, 16),  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80": ({8, 16}, 16),  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": ({8, 16}, 16),  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.90": ({8, 16}, 16),  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91": ({8, 16}, 16),  # JPEG 2000
+    "1.2.840.10008.1.2.5": ({8, 16}, 16),  # RLE Lossless
+}
+_NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
+
+
+def _int_tag(ds, tag: str, name: str, default: int | None = None) -> int:
+    v = ds.get(tag, default)
+    if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
+        raise ImageError(f"{name}: DICOM {tag} has several values ({list(v)}); the pixel module is inconsistent.")
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        raise ImageError(f"{name}: DICOM {tag} is missing or not a number ({v!r:.40}).") from None
+
+
+def check_pixel_module(ds, name: str) -> str:
+    """Validate the pixel-module header before any decoder sees the data; return the transfer syntax UID."""
+    if "PixelData" not in ds:
+        raise ImageError(f"{name}: DICOM file has no pixel data (not an image object).")
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
+    frames = _int_tag(ds, "NumberOfFrames", name, 1) if ds.get("NumberOfFrames") not in (None, "") else 1
+    if frames != 1:
+        raise ImageError(f"{name}: multi-frame DICOM ({frames} frames) is not supported; export a single frame.")
+    spp = _int_tag(ds, "SamplesPerPixel", name, 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "").strip().upper()
+    if spp != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ImageError(f"{name}: colour DICOM ({photometric or '?'}, {spp} samples/pixel) is not a radiograph; refused.")
+    rows, cols = _int_tag(ds, "Rows", name), _int_tag(ds, "Columns", name)
+    ba, bs = _int_tag(ds, "BitsAllocated", name), _int_tag(ds, "BitsStored", name)
+    hb = _int_tag(ds, "HighBit", name, bs - 1)
+    if ba not in (8, 16, 32) or not 1 <= bs <= ba or hb != bs - 1:
+        raise ImageError(f"{name}: inconsistent pixel module (BitsAllocated {ba}, BitsStored {bs}, HighBit {hb}).")
+    if rows <= 0 or cols <= 0:
+        raise ImageError(f"{name}: DICOM declares {cols}x{rows} pixels.")
+    _check_shape(rows, cols, name)
+    declared = rows * cols * ba // 8
+    if declared > MAX_DECODED_BYTES:
+        raise ImageError(f"{name}: declared pixel data of {declared:,} bytes exceeds the {MAX_DECODED_BYTES:,}-byte budget.")
+    if ts in _NATIVE:
+        n = len(ds.PixelData) if ds.PixelData is not None else 0
+        if n < declared:
+            raise ImageError(f"{name}: pixel data holds {n:,} bytes, the header declares {declared:,}; truncated or inconsistent.")
+    elif ts in _TS_BITS:
+        allowed, max_bs = _TS_BITS[ts]
+        if ba not in allowed or bs > max_bs or (ts == "1.2.840.10008.1.2.4.50" and bs != 8):
+            raise ImageError(f"{name}: BitsAllocated {ba} / BitsStored {bs} are not valid for transfer syntax {ts}.")
+    else:
+        raise ImageError(f"{name}: transfer syntax {ts} is not supported.")
+    return ts
+
+
+def _decode_hint(ts: str) -> str:
+    """Say to install decoders only when no installed plugin can decode ``ts``."""
+    try:
+        from pydicom.pixels.utils import get_decoder
+
+        if get_decoder(ts).is_available:
+            return ""
+    except Exception:
+        pass
+    return " Install the compressed-DICOM decoders: pip install 'edgecxr[dicom]'."
+
+
+def read_dicom(path: Path, info: dict | None = None) -> np.ndarray:
     import pydicom
-    from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     name = str(path)
     try:
         ds = pydicom.dcmread(path)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
+    except Exception as exc:
         raise ImageError(f"{name}: not a readable DICOM file ({type(exc).__name__}: {exc}).") from exc
-    if "PixelData" not in ds:
-        raise ImageError(f"{name}: DICOM file has no pixel data (not an image object).")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise ImageError(f"{name}: multi-frame DICOM ({frames} frames) is not supported; export a single frame.")
-    spp = int(ds.get("SamplesPerPixel", 1))
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if spp != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ImageError(f"{name}: colour DICOM ({photometric}, {spp} samples/pixel) is not a radiograph; refused.")
-    _check_shape(int(ds.get("Rows", 0)), int(ds.get("Columns", 0)), name)
+    ts = check_pixel_module(ds, name)
     try:
         arr = ds.pixel_array
-    except Exception as exc:  # missing decoder, truncated data ...
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        tsname = getattr(ts, "name", str(ts))
-        raise ImageError(
-            f"{name}: cannot decode pixel data (transfer syntax {tsname}): {exc}. For compressed DICOM "
-            "install the decoders: pip install 'edgecxr[dicom]'."
-        ) from exc
-    arr = apply_modality_lut(arr, ds)
-    if arr.dtype.kind == "f" and "VOILUTSequence" in ds and np.array_equal(arr, np.round(arr)):
-        arr = arr.astype(np.int64)  # a VOI LUT is a table lookup: it needs integer stored values
-    arr = apply_voi_lut(arr, ds)
-    out = np.asarray(arr, dtype=np.float64)
-    if not np.isfinite(out).all():
+    except Exception as exc:  # missing decoder, truncated or corrupt data ...
+        tsname = getattr(getattr(ds.file_meta, "TransferSyntaxUID", None), "name", ts) if hasattr(ds, "file_meta") else ts
+        raise ImageError(f"{name}: cannot decode pixel data (transfer syntax {tsname}): "
+                         f"{type(exc).__name__}: {exc}.{_decode_hint(ts)}") from exc
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    stored = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    arr2 = stored
+    if stored.dtype.kind == "f" and "VOILUTSequence" in ds and np.array_equal(stored, np.round(stored)):
+        arr2 = stored.astype(np.int64)  # a VOI LUT is a table lookup: it needs integer stored values
+    out = np.asarray(apply_voi_lut(arr2, ds), dtype=np.float64)
+    if not np.isfinite(out).all() or not np.isfinite(stored).all():
         raise ImageError(f"{name}: pixel data contains NaN or infinite values.")
     lo, hi = float(out.min()), float(out.max())
+    if hi - lo <= 1e-9 * max(1.0, abs(hi)) or np.std(out) < 1e-6 * (abs(hi) + 1):
+        # the header window lies outside the stored values: fall back to their range, as viewers do
+        out = stored
+        lo, hi = float(out.min()), float(out.max())
+        if info is not None:
+            info["voi_fallback"] = "the header's VOI window collapsed the image; used the stored values' range"
     if hi - lo <= 0:
         raise ImageError(f"{name}: DICOM pixel data is constant; not a usable image.")
     out = ((out - lo) / (hi - lo)).astype(np.float32)
@@ -141,7 +216,17 @@ def read_dicom(path: Path) -> np.ndarray:
     return out
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_dicom_header(path: Path):
+    """The DICOM dataset without pixel data (for the header rules), or None when unreadable."""
+    import pydicom
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:
+        return None
+
+
+def read_image(path: str | Path, info: dict | None = None) -> np.ndarray:
     """Read a PNG/JPEG/TIFF/BMP or DICOM file -> float32 (H, W) in [0, 1]."""
     from PIL import Image, UnidentifiedImageError
 
@@ -155,7 +240,7 @@ def read_image(path: str | Path) -> np.ndarray:
     if size > MAX_FILE_BYTES:
         raise ImageError(f"{name}: {size:,} bytes is larger than the {MAX_FILE_BYTES:,}-byte limit.")
     if is_dicom(path):
-        return read_dicom(path)
+        return read_dicom(path, info)
     try:
         with Image.open(path) as img:
             w, h = img.size
@@ -166,19 +251,40 @@ def read_image(path: str | Path) -> np.ndarray:
         raise
     except UnidentifiedImageError as exc:
         raise ImageError(f"{name}: not an image Pillow or pydicom can read (PNG, JPEG, DICOM ...).") from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{name}: corrupt or truncated image ({exc}).") from exc
+    except Exception as exc:  # Pillow plugins raise many types on hostile bytes
+        raise ImageError(f"{name}: corrupt or truncated image ({type(exc).__name__}: {exc}).") from exc
 
 
-def load_gray(item: Any) -> np.ndarray:
-    """Any supported input (path, numpy array, PIL image) -> float32 (H, W) in [0, 1]."""
-    if isinstance(item, (str, Path)):
-        return read_image(item)
-    if isinstance(item, np.ndarray):
-        return from_array(item)
-    if hasattr(item, "mode") and hasattr(item, "size") and hasattr(item, "convert"):
-        return from_pil(item)
-    raise ImageError(f"unsupported input type {type(item).__name__}; pass a path, numpy array or PIL image.")
+def input_name(item: Any) -> str:
+    return str(item) if isinstance(item, (str, Path)) else f"<{type(item).__name__}>"
+
+
+def load_gray(item: Any, info: dict | None = None) -> np.ndarray:
+    """Any supported input (path, numpy array, PIL image) -> float32 (H, W) in [0, 1].
+
+    Raises :class:`ImageError` only; blank and near-constant images are refused whatever the format.
+    """
+    name = input_name(item)
+    try:
+        if isinstance(item, (str, Path)):
+            g = read_image(item, info)
+        elif isinstance(item, np.ndarray):
+            g = from_array(item, name)
+        elif hasattr(item, "mode") and hasattr(item, "size") and hasattr(item, "convert"):
+            g = from_pil(item, name)
+        else:
+            raise ImageError(f"unsupported input type {type(item).__name__}; pass a path, numpy array or PIL image.")
+    except ImageError:
+        raise
+    except MemoryError:
+        raise ImageError(f"{name}: not enough memory to decode this image.") from None
+    except Exception as exc:  # any decoder's own exception type becomes an ImageError naming the input
+        raise ImageError(f"{name}: cannot read ({type(exc).__name__}: {exc}).") from exc
+    if g.ndim != 2 or not np.isfinite(g).all():
+        raise ImageError(f"{name}: decoding gave no finite 2-D image.")
+    if float(g.max()) - float(g.min()) < MIN_DYNAMIC_RANGE or float(g.std()) < MIN_DYNAMIC_RANGE / 4:
+        raise ImageError(f"{name}: blank or near-constant image (no usable contrast); not a radiograph.")
+    return g
 
 
 def dicom_support() -> dict[str, bool]:

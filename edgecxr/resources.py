@@ -28,7 +28,17 @@ def calibration_dir() -> Path:
 
 
 def eval_dir() -> Path:
+    """Permissive dev **test** images: the bench's and demo's labelled set."""
     return _find("calibration_data") / "eval"
+
+
+def val_dir() -> Path:
+    return _find("calibration_data") / "val"
+
+
+def verification_dirs() -> list[Path]:
+    """The export gate's default images: permissive dev val + test, disjoint from calib/ (dev train)."""
+    return [val_dir(), eval_dir()]
 
 
 def default_checkpoint() -> Path:

@@ -55,9 +55,9 @@ def _run_worker(wcfg: dict, timeout: float = 1800) -> dict:
 def _accuracy(logits: np.ndarray, y: np.ndarray, classes: list[str], ref_pred: np.ndarray | None) -> dict:
     from edgecxr.metrics import agreement, point_metrics
 
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    m = point_metrics(y, p, classes)
+    from edgecxr.runtime.batching import softmax
+
+    m = point_metrics(y, softmax(logits), classes)
     covid = next((c for c in classes if c.lower().startswith("covid")), None)
     return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "macro_auc": m["macro_auc"],
             "covid_sensitivity": m["per_class"][covid]["sensitivity"] if covid else float("nan"),
@@ -71,7 +71,7 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict:
     from edgecxr.export.core import export
     from edgecxr.hardware import machine_report
     from edgecxr.preprocess import PreprocessConfig
-    from edgecxr.runtime.runners import backend_available
+    from edgecxr.backends import backend_available
 
     meta = read_meta(cfg.checkpoint)
     classes = meta["classes"]
@@ -116,17 +116,20 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict:
                     continue
                 side = ex.sidecar
                 row.update(backend=tgt.backend, precision=tgt.precision, artifact=str(ex.artifact),
-                           artifact_mb=(side["artifact"]["bytes"] + sum(f["bytes"] for f in side["artifact"]["extra_files"])) / 2**20,
-                           export_s=side["export_seconds"], export_cached=ex.cached,
-                           verification=side["verification"]["verdict"])
+                           artifact_mb=side.total_bytes / 2**20, export_s=side.export_seconds, export_cached=ex.cached,
+                           verification=side.verification.verdict,
+                           float_nodes=(side.engine.get("int8") or {}).get("float_nodes"))
                 if not ex.verified:
                     row["status"] = "unverified"
-                    row["reason"] = "; ".join(side["verification"].get("reasons", [])) or "verification skipped"
+                    row["reason"] = "; ".join(side.verification.reasons) or "verification skipped"
                 res = _run_worker(dict(base, kind="artifact", path=str(ex.artifact), allow_unverified=not ex.verified))
         except Exception as exc:  # a measurement that crashed is a row, not the end of the run
             rows.append(dict(row, status="failed", reason=str(exc)[:200]))
             continue
         logits = np.asarray(res.pop("logits"), np.float64)
+        guard_scores = res.pop("guard", None)
+        if guard_scores is not None and meta.get("guard"):
+            row["guard_rejected_share"] = float(np.mean(np.asarray(guard_scores) > meta["guard"]["threshold"]))
         if name == "torch-fp32":
             ref_pred = logits.argmax(1)
         row.update(res)

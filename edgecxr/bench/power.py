@@ -47,7 +47,9 @@ class PowerSampler:
 
     @classmethod
     def create(cls) -> "PowerSampler | None":
-        if not Path("/etc/nv_tegra_release").exists():
+        from edgecxr.hardware import is_jetson
+
+        if not is_jetson():
             return None
         if shutil.which("tegrastats"):
             return cls("tegrastats")

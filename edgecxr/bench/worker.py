@@ -16,7 +16,8 @@ import numpy as np
 
 
 class TorchRunner:
-    """The reference: PyTorch eager (FP32; FP16 autocast on CUDA when ``half``), same interface as the runners."""
+    """The reference: PyTorch eager (FP32; FP16 autocast on CUDA when ``half``), same interface as the runners
+    (named outputs: ``logits``, plus ``guard`` when the checkpoint carries a fitted guard)."""
 
     def __init__(self, checkpoint: str, threads: int | None = None, half: bool = False) -> None:
         import torch
@@ -27,6 +28,12 @@ class TorchRunner:
             torch.set_num_threads(threads)
         self._torch = torch
         self.model, meta = load_model(checkpoint)
+        self.outputs = ["logits"]
+        if meta.get("guard"):
+            from edgecxr.guard_torch import GuardedClassifier
+
+            self.model = GuardedClassifier(self.model, meta["guard"]).eval()
+            self.outputs = ["logits", "guard"]
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
         self.half = half and self.device.type == "cuda"
@@ -34,11 +41,15 @@ class TorchRunner:
         self.info = {"engine": "pytorch", "version": torch.__version__, "precision": "fp16-amp" if self.half else "fp32",
                      "threads": torch.get_num_threads(), "device": self.device.type}
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         torch = self._torch
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
-            out = self.model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
-        return out
+            out = self.model(torch.from_numpy(x).to(self.device))
+        out = out if isinstance(out, tuple) else (out,)
+        return {k: v.float().cpu().numpy() for k, v in zip(self.outputs, out)}
+
+    def close(self) -> None:
+        self.model = None
 
 
 def _percentiles(ts: list[float]) -> dict:
@@ -103,8 +114,12 @@ def measure(cfg: dict) -> dict:
     xb = np.ascontiguousarray(np.resize(x_eval, (b,) + x_eval.shape[1:]))
     tb = _timed(runner, xb, max(1, cfg["warmup"] // 2), max(3, cfg["iters"] // 5), cfg["min_seconds"] / 2)
     res["throughput"] = {"batch": b, "images_per_s": b / float(np.median(tb)), "ms_per_image": float(np.median(tb)) / b * 1000}
-    step = max(1, min(b, getattr(runner, "max_batch", b)))
-    res["logits"] = np.concatenate([runner.run(x_eval[i : i + step]) for i in range(0, len(x_eval), step)]).tolist()
+    from edgecxr.runtime.batching import run_batched
+
+    outs = run_batched(runner, x_eval, batch=b)
+    res["logits"] = outs["logits"].tolist()
+    if "guard" in outs:
+        res["guard"] = outs["guard"].reshape(-1).tolist()
     res["peak_rss_mb"] = _peak_rss_mb()
     if cfg["kind"] == "torch" and runner.device.type == "cuda":
         res["peak_gpu_mb"] = runner._torch.cuda.max_memory_allocated() / 2**20

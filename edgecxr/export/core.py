@@ -1,13 +1,15 @@
 """``export()``: checkpoint -> artifact + sidecar, for any target in ``export/``.
 
-One function per format (``_build_onnx``, ``_build_openvino``, ``_build_tensorrt``) and no
-per-target branches: a target file only sets their options.
+The backend's builder comes from :mod:`edgecxr.backends` (one module per format, no per-target
+branches: a target file only sets options). Steps, each a named function:
+``cache_key`` -> ``find_cached`` -> build -> ``verify_artifact`` -> ``install``.
 
 Atomic: everything is built in a temporary folder inside ``out``; files move into place only after
 the build (and verification) finished, and the sidecar is written last. The old sidecar is removed
 before files are replaced, so an interrupted export never leaves an artifact that looks valid.
-Cached: an export whose checkpoint, target settings, calibration images and edgecxr version match
-an existing verified sidecar is reused unless ``force``.
+Temporary folders left by a killed export are removed by the next export into the same folder.
+Cached: an export whose checkpoint, target settings (tolerance included), calibration and
+verification images and edgecxr version match an existing sidecar is reused unless ``force``.
 """
 
 from __future__ import annotations
@@ -21,206 +23,117 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from edgecxr import __version__
-from edgecxr.artifact import (SIDECAR_FORMAT, atomic_write_json, file_record, read_sidecar, sha256_file, sidecar_path,
-                              verify_artifact_bytes)
+from edgecxr.artifact import sha256_file, verify_artifact_bytes
+from edgecxr.backends import get_backend
 from edgecxr.errors import ArtifactError, EdgeCXRError
+from edgecxr.export.context import ExportContext
 from edgecxr.export.targets import Target, load_target
-from edgecxr.preprocess import PreprocessConfig
-from edgecxr.resources import calibration_dir, eval_dir
+from edgecxr.resources import calibration_dir, verification_dirs
+from edgecxr.sidecar import FileRecord, Sidecar, Verification, read_sidecar, sidecar_path, write_sidecar
 
-ARTIFACT_NAMES = {"onnx": "model.onnx", "openvino": "model.xml", "tensorrt": "model.engine"}
+TMP_PREFIX = ".tmp-export-"
 
 
 @dataclass
 class ExportResult:
     artifact: Path
-    sidecar: dict
+    sidecar: Sidecar
     cached: bool
 
     @property
     def verified(self) -> bool:
-        return self.sidecar.get("verification", {}).get("verdict") == "passed"
+        return self.sidecar.verified
 
 
-class _Ctx:
-    """What the format builders need: model, metadata, images, a progress callback."""
-
-    def __init__(self, checkpoint: Path, calib_dirs: list[Path], verify_dirs: list[Path], progress) -> None:
-        from edgecxr.checkpoint import load_model
-
-        self.model, self.meta = load_model(checkpoint)
-        self.classes = self.meta["classes"]
-        self.pcfg = PreprocessConfig.from_dict(self.meta["preprocess"])
-        self.calib_dirs, self.verify_dirs, self.progress = calib_dirs, verify_dirs, progress
-        self._calib = self._verify = None
-
-    @property
-    def size(self) -> int:
-        return self.pcfg.size
-
-    def calib(self) -> np.ndarray:
-        if self._calib is None:
-            from edgecxr.export.calib import load_images
-
-            self._calib = load_images(self.calib_dirs, self.pcfg, self.classes)[0]
-        return self._calib
-
-    def verify_set(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(x, labels, FP32 torch logits) for verification."""
-        if self._verify is None:
-            import torch
-
-            from edgecxr.export.calib import load_images
-
-            x, y, _ = load_images(self.verify_dirs, self.pcfg, self.classes)
-            with torch.no_grad():
-                ref = np.concatenate([self.model(torch.from_numpy(x[i : i + 16])).numpy() for i in range(0, len(x), 16)])
-            self._verify = (x, y, ref)
-        return self._verify
-
-    def metadata(self) -> dict:
-        return {"arch": self.meta["arch"], "classes": self.classes, "preprocess": self.pcfg.to_dict()}
-
-
-# ------------------------------------------------------------------ format builders
-def _fp32_onnx(ctx: _Ctx, target: Target, tmp: Path) -> Path:
-    from edgecxr.export.onnx_fp32 import export_onnx
-
-    path = tmp / "fp32.onnx"
-    if not path.exists():
-        export_onnx(ctx.model, path, size=ctx.size, opset=target.opset,
-                    batch=None if target.dynamic_batch else target.max_batch, metadata=ctx.metadata())
-    return path
-
-
-def _stamp_onnx(path: Path, metadata: dict) -> None:
-    import onnx
-
-    from edgecxr.export.onnx_fp32 import set_metadata
-
-    m = onnx.load(str(path))
-    set_metadata(m, metadata)
-    onnx.save(m, str(path))
-
-
-def _resolve_reduce_range(value) -> bool:
-    """``"auto"``: 7-bit weights on x86 CPUs without VNNI, where U8S8 products can saturate (vpmaddubsw)."""
-    if value != "auto":
-        return bool(value)
-    from edgecxr.hardware import cpu_info
-
-    cpu = cpu_info()
-    vnni = any("VNNI" in f or "AMX" in f for f in cpu["isa"])
-    return cpu["arch"] in ("x86_64", "AMD64") and not vnni
-
-
-def _build_onnx(ctx: _Ctx, target: Target, tmp: Path) -> tuple[Path, dict]:
-    import onnxruntime
-
-    fp32 = _fp32_onnx(ctx, target, tmp)
-    out = tmp / ARTIFACT_NAMES["onnx"]
-    engine = {"version": onnxruntime.__version__}
-    if target.precision == "fp32":
-        shutil.copyfile(fp32, out)
-    elif target.precision == "int8":
-        from edgecxr.export.onnx_int8 import quantize_onnx
-
-        fmt = target.int8.get("format", "qoperator")
-        reduce_range = _resolve_reduce_range(target.int8.get("reduce_range", False))
-        bn_to_conv = bool(target.int8.get("bn_to_conv", False))
-        quantize_onnx(fp32, out, ctx.calib(), fmt=fmt, method=target.int8.get("calibration", "minmax"),
-                      per_channel=target.int8.get("per_channel", True), reduce_range=reduce_range, bn_to_conv=bn_to_conv,
-                      exclude=target.int8.get("exclude"))
-        _stamp_onnx(out, ctx.metadata())
-        engine["int8"] = {"format": fmt, "calibration": target.int8.get("calibration", "minmax"),
-                          "calibration_images": int(len(ctx.calib())), "reduce_range": reduce_range,
-                          "bn_to_conv": bn_to_conv, "excluded_nodes": target.int8.get("exclude", [])}
-    else:
-        from edgecxr.export.onnx_fp16 import cast_fp16
-
-        cast_fp16(fp32, out)
-        _stamp_onnx(out, ctx.metadata())
-    return out, engine
-
-
-def _build_openvino(ctx: _Ctx, target: Target, tmp: Path) -> tuple[Path, dict]:
-    import openvino as ov
-
-    from edgecxr.export.openvino_ir import to_openvino
-
-    fp32 = _fp32_onnx(ctx, target, tmp)
-    out = tmp / ARTIFACT_NAMES["openvino"]
-    to_openvino(fp32, out, target.precision, calib=ctx.calib() if target.precision == "int8" else None,
-                int8=target.int8, metadata=ctx.metadata())
-    ovo = target.openvino
-    engine = {"version": ov.get_version(), "device": ovo.get("device", "CPU"),
-              "inference_precision": ovo.get("inference_precision", "default"),
-              "performance_hint": ovo.get("performance_hint", "LATENCY")}
-    return out, engine
-
-
-def prepare_tensorrt_onnx(ctx: _Ctx, target: Target, tmp: Path) -> Path:
-    """The ONNX that TensorRT parses: FP16-cast for fp16, symmetric Q/DQ for int8, plain for fp32."""
-    fp32 = _fp32_onnx(ctx, target, tmp)
-    out = tmp / f"model.trt-{target.precision}.onnx"
-    if target.precision == "fp16":
-        from edgecxr.export.onnx_fp16 import cast_fp16
-
-        cast_fp16(fp32, out)
-    elif target.precision == "int8":
-        from edgecxr.export.onnx_int8 import quantize_onnx
-
-        quantize_onnx(fp32, out, ctx.calib(), fmt="qdq", method=target.int8.get("calibration", "entropy"),
-                      per_channel=target.int8.get("per_channel", True), exclude=target.int8.get("exclude"))
-    else:
-        shutil.copyfile(fp32, out)
+def image_digests(dirs: list[Path]) -> dict[str, str]:
+    """sha256 -> relative path of every file under ``dirs``."""
+    out = {}
+    for d in dirs:
+        for p in sorted(Path(d).rglob("*")):
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() != ".csv":
+                out[sha256_file(p)] = str(p)
     return out
 
 
-def _build_tensorrt(ctx: _Ctx, target: Target, tmp: Path) -> tuple[Path, dict]:
-    from edgecxr.export.onnx_fp32 import INPUT_NAME
-    from edgecxr.export.tensorrt_engine import build_engine, require_tensorrt
-
-    src = prepare_tensorrt_onnx(ctx, target, tmp)
-    require_tensorrt()
-    out = tmp / ARTIFACT_NAMES["tensorrt"]
-    engine = build_engine(src, out, INPUT_NAME, ctx.size, target.min_batch, target.opt_batch, target.max_batch,
-                          target.tensorrt)
-    engine["source_onnx"] = src.name
-    return out, engine
+def check_disjoint(calib_dirs: list[Path], verify_dirs: list[Path]) -> None:
+    """Refuse a gate that verifies on its own calibration images (compared by content, not by name)."""
+    both = set(image_digests(calib_dirs)) & set(image_digests(verify_dirs))
+    if both:
+        raise EdgeCXRError(f"{len(both)} verification image(s) are also calibration images (same sha256); the gate "
+                           "would flatter INT8. Pass disjoint folders to --calib and --verify-on.")
 
 
-BUILDERS = {"onnx": _build_onnx, "openvino": _build_openvino, "tensorrt": _build_tensorrt}
-FORMATS_TABLE = [  # (backend, precision, how)
-    ("onnx", "fp32", "torch.onnx (opset 18, dynamic batch) + onnxslim"),
-    ("onnx", "int8", "onnxruntime quantize_static, QOperator U8S8 per-channel"),
-    ("openvino", "fp32", "ov.convert_model, compress_to_fp16=False"),
-    ("openvino", "fp16", "ov.convert_model, FP16-compressed weights"),
-    ("openvino", "int8", "NNCF post-training quantization"),
-    ("tensorrt", "fp16", "FP16-cast ONNX -> strongly typed engine"),
-    ("tensorrt", "int8", "symmetric Q/DQ ONNX -> strongly typed engine"),
-]
+def _digest(dirs: list[Path]) -> str:
+    return hashlib.sha256(json.dumps(sorted(image_digests(dirs))).encode()).hexdigest()
 
 
-# ------------------------------------------------------------------ orchestration
-def _files_digest(dirs: list[Path]) -> str:
-    h = hashlib.sha256()
-    for d in dirs:
-        for p in sorted(Path(d).rglob("*")):
-            if p.is_file():
-                h.update(f"{p.relative_to(d)}:{sha256_file(p)}".encode())
-    return h.hexdigest()
+def cache_key(ck_sha: str, tgt: Target, calib_dirs: list[Path], verify_dirs: list[Path], guard: dict | None) -> str:
+    return hashlib.sha256(json.dumps({
+        "checkpoint": ck_sha, "target": tgt.key, "calib": _digest(calib_dirs) if tgt.precision == "int8" else None,
+        "verify": _digest(verify_dirs), "guard": guard, "edgecxr": __version__}, sort_keys=True, default=str).encode()
+    ).hexdigest()
 
 
 def default_out(checkpoint: Path, ck_sha: str, target: Target) -> Path:
     return Path("exports") / f"{Path(checkpoint).stem}-{ck_sha[:8]}" / target.name
 
 
-def _extra_files(backend: str, artifact: Path) -> list[Path]:
-    return [artifact.with_suffix(".bin")] if backend == "openvino" else []
+def find_cached(artifact: Path, key: str, verify: bool) -> Sidecar | None:
+    if not sidecar_path(artifact).is_file():
+        return None
+    try:
+        side = read_sidecar(artifact)
+        verify_artifact_bytes(artifact, side)
+    except ArtifactError:
+        return None
+    if side.cache_key == key and (side.verified or not verify or side.verification.verdict == "failed"):
+        return side
+    return None
+
+
+def remove_stale_tmp(out: Path) -> list[Path]:
+    """Delete temporary build folders whose export process no longer runs (e.g. after kill -9)."""
+    removed = []
+    for d in Path(out).glob(TMP_PREFIX + "*"):
+        try:
+            pid = int(d.name[len(TMP_PREFIX):].split("-")[0])
+            os.kill(pid, 0)
+            continue  # that export is still running
+        except ProcessLookupError:
+            pass
+        except (ValueError, PermissionError):
+            if time.time() - d.stat().st_mtime < 24 * 3600:
+                continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
+def verify_artifact(ctx: ExportContext, built: Path, engine: dict, tgt: Target) -> Verification:
+    """Run the built artifact through its runtime runner on the verification images; compare with FP32 torch."""
+    from edgecxr.export.verify import compare
+    from edgecxr.runtime.batching import run_batched
+    from edgecxr.runtime.runners import make_runner
+
+    x, y, ref = ctx.verify_set()
+    with make_runner(built, engine) as runner:
+        engine["runs"] = runner.info
+        outs = run_batched(runner, x, progress=ctx.progress)
+    res = compare(ref, outs, y, tgt.tolerance, guard=ctx.guard)
+    res["image_sets"] = [str(d) for d in ctx.verify_dirs]
+    res["calibration_sets"] = [str(d) for d in ctx.calib_dirs] if tgt.precision == "int8" else []
+    return Verification.from_dict(res)
+
+
+def install(tmp: Path, out: Path, built: Path, backend) -> tuple[Path, list[Path]]:
+    """Move the built files into ``out`` (old sidecar removed first)."""
+    artifact = out / built.name
+    sidecar_path(artifact).unlink(missing_ok=True)
+    extras = backend.extra_files(built)
+    for f in [built, *extras, *tmp.glob("model.trt-*.onnx")]:
+        os.replace(f, out / f.name)
+    return artifact, [out / e.name for e in extras]
 
 
 def export(checkpoint: str | Path, target: str | Target, precision: str | None = None, batch: int | None = None,
@@ -236,62 +149,50 @@ def export(checkpoint: str | Path, target: str | Target, precision: str | None =
     if not checkpoint.is_file():
         raise EdgeCXRError(f"{checkpoint}: no such checkpoint. Train one (`edgecxr train`) or use the shipped default.")
     tgt = target if isinstance(target, Target) else load_target(target, precision, batch, dynamic)
+    backend = get_backend(tgt.backend)
     calib_dirs = [Path(p) for p in (calib or [calibration_dir()])]
-    verify_dirs = [Path(p) for p in (verify_on or [calibration_dir(), eval_dir()])]
-    ck_sha = sha256_file(checkpoint)
-    out = Path(out) if out else default_out(checkpoint, ck_sha, tgt)
-    artifact = out / ARTIFACT_NAMES[tgt.backend]
-    key = hashlib.sha256(json.dumps({
-        "checkpoint": ck_sha, "target": tgt.key, "calib": _files_digest(calib_dirs) if tgt.precision == "int8" else None,
-        "edgecxr": __version__}, sort_keys=True).encode()).hexdigest()
+    verify_dirs = [Path(p) for p in (verify_on or verification_dirs())]
+    if verify and tgt.precision == "int8":
+        check_disjoint(calib_dirs, verify_dirs)
+    from edgecxr.checkpoint import read_meta
 
-    if not force and sidecar_path(artifact).is_file():
-        try:
-            side = read_sidecar(artifact)
-            verify_artifact_bytes(artifact, side)
-            if side.get("cache_key") == key and (not verify or side.get("verification", {}).get("verdict") == "passed"):
-                return ExportResult(artifact, side, cached=True)
-        except ArtifactError:
-            pass
+    ck_sha = sha256_file(checkpoint)
+    key = cache_key(ck_sha, tgt, calib_dirs, verify_dirs, read_meta(checkpoint).get("guard"))
+    out = Path(out) if out else default_out(checkpoint, ck_sha, tgt)
+    artifact = out / backend.artifact_name
+    if not force and (side := find_cached(artifact, key, verify)) is not None:
+        return ExportResult(artifact, side, cached=True)
 
     t0 = time.perf_counter()
-    ctx = _Ctx(checkpoint, calib_dirs, verify_dirs, progress)
+    ctx = ExportContext(checkpoint, calib_dirs, verify_dirs, progress)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=out))
+    remove_stale_tmp(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=out))
     try:
-        built, engine = BUILDERS[tgt.backend](ctx, tgt, tmp)
+        built, engine = backend.build_function()(ctx, tgt, tmp)
         engine.update({"backend": tgt.backend, "precision": tgt.precision, "dynamic_batch": tgt.dynamic_batch,
                        "min_batch": tgt.min_batch, "max_batch": tgt.max_batch,
                        "input_shape": [-1 if tgt.dynamic_batch else tgt.max_batch, 3, ctx.size, ctx.size]})
         export_s = time.perf_counter() - t0
-        verification: dict = {"verdict": "skipped"}
-        if verify:
-            from edgecxr.export.verify import compare, run_batched
-            from edgecxr.runtime.runners import make_runner
+        verification = verify_artifact(ctx, built, engine, tgt) if verify else Verification()
+        if verification.verdict == "failed" and tgt.precision == "int8" and tgt.int8.mixed_precision:
+            from edgecxr.export.mixed import search_float_layers
 
-            x, y, ref = ctx.verify_set()
-            runner = make_runner(built, engine)
-            engine["runs"] = runner.info
-            logits = run_batched(runner, x, progress=progress)
-            verification = compare(ref, logits, y, tgt.tolerance)
-            verification["image_sets"] = [str(d) for d in verify_dirs]
-            del runner
-        # move into place: old sidecar first, then files, then the new sidecar
-        sidecar_path(artifact).unlink(missing_ok=True)
-        for f in [built, *_extra_files(tgt.backend, built)] + [p for p in tmp.glob("model.trt-*.onnx")]:
-            os.replace(f, out / f.name)
-        side = {
-            "format": SIDECAR_FORMAT, "edgecxr_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "model": {"arch": ctx.meta["arch"], "name": checkpoint.stem}, "classes": ctx.classes,
-            "preprocess": ctx.pcfg.to_dict(),
-            "source_checkpoint": {"file": checkpoint.name, "sha256": ck_sha},
-            "artifact": dict(file_record(artifact),
-                             extra_files=[file_record(out / p.name) for p in _extra_files(tgt.backend, built)]),
-            "engine": engine, "target": {"name": tgt.name, "description": tgt.description}, "cache_key": key,
-            "export_seconds": round(export_s, 2), "verification": verification,
-        }
-        atomic_write_json(sidecar_path(artifact), side)
+            built, engine, verification = search_float_layers(ctx, tgt, tmp, built, engine, verification)
+        stamp = backend.stamp_function()
+        if stamp is not None:  # the verdict travels inside the artifact too: a sidecar-only edit is detected
+            stamp(built, dict(ctx.metadata(), verification={"verdict": verification.verdict}))
+        artifact, extras = install(tmp, out, built, backend)
+        side = Sidecar(
+            classes=ctx.classes, preprocess=ctx.pcfg.to_dict(), artifact=FileRecord.of(artifact), engine=engine,
+            model={"arch": ctx.meta["arch"], "name": checkpoint.stem}, extra_files=[FileRecord.of(e) for e in extras],
+            outputs=ctx.outputs, verification=verification, guard=ctx.guard_public(),
+            operating_point=ctx.operating_point,
+            source_checkpoint={"file": checkpoint.name, "sha256": ck_sha},
+            target={"name": tgt.name, "description": tgt.description}, cache_key=key,
+            export_seconds=round(export_s, 2), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            edgecxr_version=__version__)
+        write_sidecar(artifact, side)
         return ExportResult(artifact, side, cached=False)
     except BaseException:
         # keep what TensorRT would have parsed, so it can be built on the device with trtexec

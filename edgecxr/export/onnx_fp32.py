@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import warnings
 from pathlib import Path
 
@@ -11,7 +10,7 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
 def export_onnx(model, path: Path, size: int = 224, opset: int = 18, batch: int | None = None,
-                metadata: dict | None = None, simplify: bool = True) -> Path:
+                metadata: dict | None = None, simplify: bool = True, output_names: list[str] | None = None) -> Path:
     """Trace ``model`` to ONNX at ``path``. ``batch=None`` gives a dynamic batch dimension.
 
     Uses torch's TorchScript-based exporter (fast, and its graph is what OpenVINO and TensorRT
@@ -22,18 +21,19 @@ def export_onnx(model, path: Path, size: int = 224, opset: int = 18, batch: int 
 
     model = model.eval()
     x = torch.zeros(batch or 2, 3, size, size)
-    dyn = None if batch else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+    outs = output_names or [OUTPUT_NAME]
+    dyn = None if batch else {INPUT_NAME: {0: "batch"}, **{o: {0: "batch"} for o in outs}}
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], dynamic_axes=dyn, do_constant_folding=True)
+                              output_names=outs, dynamic_axes=dyn, do_constant_folding=True)
             proto = onnx.load_from_string(buf.getvalue())
         except (TypeError, RuntimeError, AttributeError):  # legacy exporter removed
             shapes = None if batch else ({0: torch.export.Dim("batch", min=1, max=1024)},)
             prog = torch.onnx.export(model, (x,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-                                     output_names=[OUTPUT_NAME], dynamic_shapes=shapes)
+                                     output_names=outs, dynamic_shapes=shapes)
             proto = prog.model_proto
     if simplify:
         proto = _simplify(proto)
@@ -56,14 +56,18 @@ def _simplify(proto):
 
 def set_metadata(proto, metadata: dict) -> None:
     """Store each key as an ONNX metadata prop (JSON-encoded values)."""
+    from edgecxr.runtime.base import encode_embedded
+
     del proto.metadata_props[:]
-    for k, v in sorted(metadata.items()):
+    for k, v in encode_embedded(metadata).items():
         entry = proto.metadata_props.add()
-        entry.key, entry.value = f"edgecxr.{k}", json.dumps(v, sort_keys=True)
+        entry.key, entry.value = k, v
 
 
 def get_metadata(path_or_proto) -> dict:
     import onnx
 
     proto = onnx.load(str(path_or_proto), load_external_data=False) if isinstance(path_or_proto, (str, Path)) else path_or_proto
-    return {p.key[len("edgecxr."):]: json.loads(p.value) for p in proto.metadata_props if p.key.startswith("edgecxr.")}
+    from edgecxr.runtime.base import decode_embedded
+
+    return decode_embedded({p.key: p.value for p in proto.metadata_props})

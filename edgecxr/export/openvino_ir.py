@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 
+def build(ctx, target, tmp: Path) -> tuple[Path, dict]:
+    """Builder for the ``openvino`` backend."""
+    import openvino as ov
+
+    from edgecxr.backends import REGISTRY
+
+    fp32 = ctx.fp32_onnx(target, tmp)
+    out = tmp / REGISTRY["openvino"].artifact_name
+    to_openvino(fp32, out, target.precision, calib=ctx.calib() if target.precision == "int8" else None,
+                int8=target.int8, metadata=ctx.metadata())
+    o = target.openvino
+    engine = {"version": ov.get_version(), "device": o.device, "inference_precision": o.inference_precision,
+              "performance_hint": o.performance_hint}
+    if target.precision == "int8":
+        engine["int8"] = {"preset": target.int8.preset, "calibration_images": int(len(ctx.calib())),
+                          "float_nodes": list(target.int8.exclude)}
+    return out, engine
+
+
 def to_openvino(onnx_path: Path, out_xml: Path, precision: str, calib: np.ndarray | None = None,
-                int8: dict | None = None, metadata: dict | None = None) -> Path:
+                int8=None, metadata: dict | None = None) -> Path:
     import openvino as ov
 
     model = ov.convert_model(str(onnx_path))
@@ -18,16 +38,32 @@ def to_openvino(onnx_path: Path, out_xml: Path, precision: str, calib: np.ndarra
 
         if calib is None:
             raise ValueError("INT8 needs calibration images")
-        opts = int8 or {}
+        from edgecxr.export.targets import Int8Options
+
+        opts = int8 or Int8Options()
         preset = {"performance": nncf.QuantizationPreset.PERFORMANCE,
-                  "mixed": nncf.QuantizationPreset.MIXED}[opts.get("preset", "performance")]
+                  "mixed": nncf.QuantizationPreset.MIXED}[opts.preset]
         ds = nncf.Dataset([calib[i : i + 1] for i in range(len(calib))])
         ignored = None
-        if opts.get("exclude"):  # ONNX node names; the IR's op names derive from them
-            ignored = nncf.IgnoredScope(patterns=[f".*{n}.*" for n in opts["exclude"]], validate=False)
-        model = nncf.quantize(model, ds, preset=preset, subset_size=min(int(opts.get("subset_size", 300)), len(calib)),
-                              fast_bias_correction=bool(opts.get("fast_bias_correction", True)), ignored_scope=ignored)
+        if opts.exclude:  # ONNX node names; the IR's op names derive from them
+            ignored = nncf.IgnoredScope(patterns=[f".*{n}.*" for n in opts.exclude], validate=False)
+        model = nncf.quantize(model, ds, preset=preset, subset_size=min(opts.subset_size, len(calib)),
+                              fast_bias_correction=opts.fast_bias_correction, ignored_scope=ignored)
     for k, v in (metadata or {}).items():  # read back by the runtime to cross-check the sidecar
         model.set_rt_info(json.dumps(v, sort_keys=True), ["edgecxr", k])
     ov.save_model(model, str(out_xml), compress_to_fp16=(precision == "fp16"))
     return Path(out_xml)
+
+
+def stamp_openvino(xml: Path, metadata: dict) -> None:
+    """Rewrite the IR's edgecxr rt_info (weights unchanged: no re-compression)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    for k, v in metadata.items():
+        model.set_rt_info(json.dumps(v, sort_keys=True), ["edgecxr", k])
+    tmp = Path(xml).with_name("stamped.xml")
+    ov.save_model(model, str(tmp), compress_to_fp16=False)
+    del model
+    os.replace(tmp, xml)
+    os.replace(tmp.with_suffix(".bin"), Path(xml).with_suffix(".bin"))

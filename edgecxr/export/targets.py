@@ -1,18 +1,126 @@
-"""Export targets: TOML files in ``export/`` (one per deployment target), resolved by name or path."""
+"""Export targets: TOML files in ``export/`` (one per deployment target), resolved by name or path.
+
+Every table is typed: an unknown key or a bad value in a target file is an error that names the file
+and the key. The backends come from :mod:`edgecxr.backends`.
+"""
 
 from __future__ import annotations
 
-import copy
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
+from edgecxr.backends import REGISTRY
 from edgecxr.errors import EdgeCXRError
 from edgecxr.resources import targets_dir
 
-BACKENDS = ("onnx", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
-DEFAULT_TOLERANCE = {"fp32": (0.995, 0.005), "fp16": (0.995, 0.005), "int8": (0.98, 0.01)}
+# (min agreement, max accuracy drop) by precision. INT8 defaults follow issue 10: >= 99% agreement,
+# <= 0.5 point accuracy drop, on verification images disjoint from the calibration images.
+DEFAULT_TOLERANCE = {"fp32": (0.995, 0.005), "fp16": (0.995, 0.005), "int8": (0.99, 0.005)}
+
+
+class TargetError(EdgeCXRError):
+    pass
+
+
+def _typed(cls, data: dict, where: str):
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types name ``where.key``."""
+    if not isinstance(data, dict):
+        raise TargetError(f"{where}: expected a table")
+    names = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise TargetError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(names)}")
+    obj = cls(**data)
+    defaults = cls()
+    for name in data:
+        want, got = type(getattr(defaults, name)), data[name]
+        if getattr(defaults, name) is None or isinstance(getattr(defaults, name), list):
+            continue
+        if want is float and isinstance(got, int) and not isinstance(got, bool):
+            continue
+        if not isinstance(got, want) or (want is int and isinstance(got, bool)):
+            raise TargetError(f"{where}.{name}: expected {want.__name__}, got {got!r}")
+    try:
+        obj.check()
+    except ValueError as exc:
+        raise TargetError(f"{where}: {exc}") from None
+    return obj
+
+
+@dataclass
+class Int8Options:
+    format: str = "qoperator"  # qoperator (ONNX Runtime CPU) | qdq (TensorRT, and ORT's Q/DQ form)
+    calibration: str = "minmax"  # minmax | entropy | percentile
+    per_channel: bool = True
+    reduce_range: Any = False  # true | false | "auto" (7-bit weights on x86 CPUs without VNNI)
+    bn_to_conv: bool = False
+    exclude: list = field(default_factory=list)  # ONNX node names kept in float
+    preset: str = "performance"  # NNCF: performance | mixed
+    subset_size: int = 300
+    fast_bias_correction: bool = True
+    mixed_precision: bool = True  # keep the most sensitive layers in float until the gate passes
+    max_float_layers: int = 12
+    search_minutes: float = 10.0
+
+    def check(self) -> None:
+        if self.format not in ("qoperator", "qdq"):
+            raise ValueError(f"format {self.format!r} must be qoperator or qdq")
+        if self.calibration not in ("minmax", "entropy", "percentile"):
+            raise ValueError(f"calibration {self.calibration!r} must be minmax, entropy or percentile")
+        if self.reduce_range not in (True, False, "auto"):
+            raise ValueError(f"reduce_range {self.reduce_range!r} must be true, false or \"auto\"")
+        if self.preset not in ("performance", "mixed"):
+            raise ValueError(f"preset {self.preset!r} must be performance or mixed")
+        if not all(isinstance(n, str) for n in self.exclude):
+            raise ValueError("exclude must be a list of node names")
+        if self.subset_size < 1:
+            raise ValueError("subset_size must be >= 1")
+
+
+@dataclass
+class OpenVINOOptions:
+    device: str = "CPU"
+    inference_precision: str = "default"  # default | f32 | bf16 | f16
+    performance_hint: str = "LATENCY"  # LATENCY | THROUGHPUT
+    static_batch: bool = False  # compile with a fixed batch when the target's batch is fixed
+
+    def check(self) -> None:
+        if self.inference_precision not in ("default", "f32", "bf16", "f16"):
+            raise ValueError(f"inference_precision {self.inference_precision!r} must be default, f32, bf16 or f16")
+        if self.performance_hint not in ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"):
+            raise ValueError(f"performance_hint {self.performance_hint!r} must be LATENCY or THROUGHPUT")
+
+
+@dataclass
+class TensorRTOptions:
+    workspace_mib: int = 2048
+    timing_cache: str = ""
+    dla_core: int = -1
+    hardware_compatibility: str = "none"  # none | ampere_plus | same_compute_capability
+    version_compatible: bool = False
+
+    def check(self) -> None:
+        if self.hardware_compatibility not in ("none", "ampere_plus", "same_compute_capability"):
+            raise ValueError(f"hardware_compatibility {self.hardware_compatibility!r} must be none, ampere_plus or "
+                             "same_compute_capability")
+        if self.workspace_mib < 1:
+            raise ValueError("workspace_mib must be >= 1")
+
+
+@dataclass
+class Tolerance:
+    min_agreement: float = 0.995
+    max_accuracy_drop: float = 0.005
+    min_guard_agreement: float = 0.99  # accept/reject decisions of the input guard vs FP32
+
+    def check(self) -> None:
+        if not 0 <= self.min_agreement <= 1:
+            raise ValueError("min_agreement must lie in [0, 1]")
+        if not 0 <= self.max_accuracy_drop <= 1:
+            raise ValueError("max_accuracy_drop must lie in [0, 1]")
 
 
 @dataclass
@@ -25,31 +133,58 @@ class Target:
     opt_batch: int = 1
     max_batch: int = 64
     opset: int = 18
-    int8: dict = field(default_factory=dict)
-    openvino: dict = field(default_factory=dict)
-    tensorrt: dict = field(default_factory=dict)
-    tolerance: dict = field(default_factory=dict)
+    int8: Int8Options = field(default_factory=Int8Options)
+    openvino: OpenVINOOptions = field(default_factory=OpenVINOOptions)
+    tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
+    tolerance: Tolerance = field(default_factory=Tolerance)
     description: str = ""
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise EdgeCXRError(f"target {self.name}: backend {self.backend!r} is not one of {BACKENDS}.")
-        if self.precision not in PRECISIONS:
-            raise EdgeCXRError(f"target {self.name}: precision {self.precision!r} is not one of {PRECISIONS}.")
-        agree, drop = DEFAULT_TOLERANCE[self.precision]
-        self.tolerance = {"min_agreement": agree, "max_accuracy_drop": drop, **self.tolerance}
 
     @property
     def key(self) -> dict:
-        """Everything that changes the artifact (for the export cache)."""
-        d = copy.deepcopy(self.__dict__)
+        """Everything that changes the artifact or its verdict (for the export cache): the tolerance included."""
+        d = asdict(self)
         d.pop("description", None)
-        d.pop("tolerance", None)
         return d
 
 
 def list_targets() -> dict[str, Path]:
     return {p.stem: p for p in sorted(targets_dir().glob("*.toml"))}
+
+
+def target_from_dict(data: dict, where: str) -> Target:
+    """A validated :class:`Target` from a TOML document's data."""
+    data = dict(data)
+    top = {f.name for f in fields(Target)}
+    unknown = sorted(set(data) - top)
+    if unknown:
+        raise TargetError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(top))}")
+    for key in ("backend", "precision"):
+        if key not in data:
+            raise TargetError(f"{where}: missing '{key}'")
+    if data["backend"] not in REGISTRY:
+        raise TargetError(f"{where}.backend: {data['backend']!r} is not one of {', '.join(REGISTRY)}")
+    if data["precision"] not in REGISTRY[data["backend"]].precisions:
+        raise TargetError(f"{where}.precision: {data['precision']!r} is not one of "
+                          f"{', '.join(REGISTRY[data['backend']].precisions)} for {data['backend']}")
+    agree, drop = DEFAULT_TOLERANCE[data["precision"]]
+    int8 = _typed(Int8Options, data.pop("int8", {}), f"{where} [int8]")
+    if data["backend"] == "tensorrt" and int8.format != "qdq":
+        if "int8" in data or data["precision"] == "int8":
+            raise TargetError(f"{where} [int8].format: TensorRT takes Q/DQ INT8 only; set format = \"qdq\"")
+    data["int8"] = int8
+    data["openvino"] = _typed(OpenVINOOptions, data.pop("openvino", {}), f"{where} [openvino]")
+    data["tensorrt"] = _typed(TensorRTOptions, data.pop("tensorrt", {}), f"{where} [tensorrt]")
+    data["tolerance"] = _typed(Tolerance, {"min_agreement": agree, "max_accuracy_drop": drop,
+                                           **data.pop("tolerance", {})}, f"{where} [tolerance]")
+    for key, typ in (("dynamic_batch", bool), ("min_batch", int), ("opt_batch", int), ("max_batch", int),
+                     ("opset", int), ("name", str), ("description", str)):
+        if key in data and (not isinstance(data[key], typ) or (typ is int and isinstance(data[key], bool))):
+            raise TargetError(f"{where}.{key}: expected {typ.__name__}, got {data[key]!r}")
+    tgt = Target(**data)
+    if not 1 <= tgt.min_batch <= tgt.opt_batch <= tgt.max_batch:
+        raise TargetError(f"{where}: need 1 <= min_batch <= opt_batch <= max_batch, got "
+                          f"{tgt.min_batch}, {tgt.opt_batch}, {tgt.max_batch}")
+    return tgt
 
 
 def load_target(name_or_path: str, precision: str | None = None, batch: int | None = None,
@@ -65,27 +200,25 @@ def load_target(name_or_path: str, precision: str | None = None, batch: int | No
     else:
         available = list_targets()
         name = name_or_path
-        if name in BACKENDS:
+        if name in REGISTRY:
             name = f"{name}-{precision or ('fp16' if name == 'tensorrt' else 'fp32')}"
             precision = None
         if name not in available:
-            raise EdgeCXRError(f"unknown target {name_or_path!r}; available: {', '.join(available)} "
-                               "(or pass a .toml file).")
+            raise TargetError(f"unknown target {name_or_path!r}; available: {', '.join(available)} "
+                              "(or pass a .toml file).")
         path = available[name]
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise EdgeCXRError(f"{path}: invalid TOML ({exc}).") from exc
+        raise TargetError(f"{path}: invalid TOML ({exc}).") from exc
     data.setdefault("name", path.stem)
     if precision:
         if precision != data.get("precision"):
             data["name"] = f"{data['backend']}-{precision}"
+            data.pop("tolerance", None)  # the file's tolerance belongs to its own precision
         data["precision"] = precision
     if batch:
         data.update(dynamic_batch=False, min_batch=batch, opt_batch=batch, max_batch=batch)
     if dynamic is True:
         data["dynamic_batch"] = True
-    try:
-        return Target(**data)
-    except TypeError as exc:
-        raise EdgeCXRError(f"{path}: unknown key ({exc}).") from exc
+    return target_from_dict(data, str(path))

@@ -18,7 +18,7 @@ from edgecxr.errors import BackendUnavailable
 
 def require_tensorrt():
     """Import TensorRT or raise BackendUnavailable saying what is missing."""
-    from edgecxr.runtime.runners import backend_available
+    from edgecxr.backends import backend_available
 
     ok, why = backend_available("tensorrt")
     if not ok:
@@ -34,8 +34,42 @@ def network_flags(trt) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
+def prepare_onnx(ctx, target, tmp: Path) -> Path:
+    """The ONNX that TensorRT parses: FP16-cast for fp16, symmetric Q/DQ for int8, plain for fp32."""
+    import shutil
+
+    fp32 = ctx.fp32_onnx(target, tmp)
+    out = tmp / f"model.trt-{target.precision}.onnx"
+    if target.precision == "fp16":
+        from edgecxr.export.onnx_fp16 import cast_fp16
+
+        cast_fp16(fp32, out)
+    elif target.precision == "int8":
+        from edgecxr.export.onnx_int8 import quantize_onnx
+
+        quantize_onnx(fp32, out, ctx.calib(), fmt="qdq", method=target.int8.calibration,
+                      per_channel=target.int8.per_channel, exclude=list(target.int8.exclude))
+    else:
+        shutil.copyfile(fp32, out)
+    return out
+
+
+def build(ctx, target, tmp: Path) -> tuple[Path, dict]:
+    """Builder for the ``tensorrt`` backend (raises BackendUnavailable after writing the prepared ONNX)."""
+    from edgecxr.backends import REGISTRY
+    from edgecxr.export.onnx_fp32 import INPUT_NAME
+
+    src = prepare_onnx(ctx, target, tmp)
+    require_tensorrt()
+    out = tmp / REGISTRY["tensorrt"].artifact_name
+    engine = build_engine(src, out, INPUT_NAME, ctx.size, target.min_batch, target.opt_batch, target.max_batch,
+                          target.tensorrt)
+    engine["source_onnx"] = src.name
+    return out, engine
+
+
 def build_engine(onnx_path: Path, out: Path, input_name: str, size: int, min_batch: int, opt_batch: int,
-                 max_batch: int, options: dict) -> dict:
+                 max_batch: int, options) -> dict:
     """Build and write a serialized engine; return the engine facts for the sidecar."""
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -46,6 +80,9 @@ def build_engine(onnx_path: Path, out: Path, input_name: str, size: int, min_bat
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT's ONNX parser failed on {onnx_path}: {errors}")
     config = builder.create_builder_config()
+    from dataclasses import asdict, is_dataclass
+
+    options = asdict(options) if is_dataclass(options) else dict(options)
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.get("workspace_mib", 2048)) << 20)
     profile = builder.create_optimization_profile()
     profile.set_shape(input_name, (min_batch, 3, size, size), (opt_batch, 3, size, size), (max_batch, 3, size, size))

@@ -93,6 +93,10 @@ class CovidDenseNet(nn.Module):
         return [c2, c3, c4]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused, scale-weighted vector the classifier reads (N, scales * width): the guard's features."""
         feats = [att(lat(t)) for t, lat, att in zip(self._taps(x), self.lateral, self.attention)]
         # top-down: coarse context added into finer maps
         for i in range(len(feats) - 2, -1, -1):
@@ -101,8 +105,7 @@ class CovidDenseNet(nn.Module):
         pooled = [torch.flatten(F.adaptive_avg_pool2d(p, 1), 1) for p in feats]
         stacked = torch.stack(pooled, dim=1)  # (N, scales, width)
         weights = torch.softmax(self.scale_gate(torch.flatten(stacked, 1)), dim=1)
-        fused = torch.flatten(stacked * weights.unsqueeze(-1), 1)
-        return self.classifier(fused)
+        return torch.flatten(stacked * weights.unsqueeze(-1), 1)
 
 
 class DenseNet121Baseline(nn.Module):
@@ -117,5 +120,9 @@ class DenseNet121Baseline(nn.Module):
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled penultimate features (N, 1024): the guard's features."""
         x = F.relu(self.backbone(x))
-        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)

@@ -1,91 +1,168 @@
 """The embeddable runtime: ``load(artifact) -> Model``; ``Model.predict(inputs) -> [Prediction]``.
 
 Torch-free (numpy, Pillow, pydicom and one inference engine). No network access; nothing is
-written to disk. Before first use the artifact is checked against its sidecar: file size and
-sha256, the verification verdict, and the classes and preprocessing stored inside the artifact
-(ONNX metadata props, OpenVINO rt_info) against the sidecar's. A mismatch raises
+written to disk except the audit log you ask for. Before first use the artifact is checked against
+its sidecar (:mod:`edgecxr.sidecar`): file size and sha256, the verification verdict, the
+signature when trusted keys are configured, and the classes, preprocessing, guard, operating point
+and verdict embedded in the artifact against the sidecar's. A mismatch raises
 :class:`~edgecxr.errors.ArtifactError`; it never yields a silent wrong answer.
 
-Threads: one ``Model`` may be shared by several threads calling ``predict`` (ONNX Runtime and
-OpenVINO run concurrent requests on one compiled model; TensorRT calls are serialised).
+Every input gets one :class:`Prediction` with a ``status``:
+
+* ``ok`` - a finding, with probabilities (temperature-calibrated when the model carries a
+  temperature), the argmax ``label`` and the ``finding`` at the model's operating point;
+* ``rejected`` - the input guard refused it (DICOM header rules, or the content score above its
+  threshold): no finding, a ``reason`` a technologist can act on;
+* ``error`` - it could not be read or run: no finding, the ``reason``.
+
+Threads: one ``Model`` may be shared by several threads calling ``predict``. Close it (or use it
+as a context manager) to free the engine's memory.
 
     from edgecxr.runtime import load
-    model = load("exports/.../model.onnx")
-    for p in model.predict(["a.png", "b.dcm"]):
-        print(p.source, p.label, p.probabilities, p.error)
+    with load("exports/.../model.onnx") as model:
+        for p in model.predict(["a.png", "b.dcm"]):
+            print(p.source, p.status, p.finding, p.probabilities, p.reason)
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from edgecxr.artifact import read_sidecar, verify_artifact_bytes
-from edgecxr.errors import ArtifactError, EdgeCXRError
-from edgecxr.imaging import load_gray
+from edgecxr.artifact import verify_artifact_bytes
+from edgecxr.errors import ArtifactError, EdgeCXRError, ImageError
+from edgecxr.imaging import input_name, load_gray
 from edgecxr.preprocess import PreprocessConfig, preprocess
+from edgecxr.runtime.batching import chunks, softmax
+from edgecxr.runtime.header_rules import HeaderRules
+from edgecxr.sidecar import Sidecar, read_sidecar
 
-__all__ = ["load", "Model", "Prediction"]
+__all__ = ["load", "Model", "Prediction", "PREDICTION_SCHEMA_VERSION"]
+PREDICTION_SCHEMA_VERSION = 1
+STATUSES = ("ok", "rejected", "error")
 
 
 @dataclass
 class Prediction:
     source: str
-    label: str | None = None
+    status: str = "error"
+    label: str | None = None  # argmax class
+    finding: str | None = None  # class at the operating point (== label when the model has none)
     probabilities: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
+    reason: str | None = None  # why rejected / error
+    guard_score: float | None = None
+    notes: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        return self.status == "ok"
+
+    @property
+    def error(self) -> str | None:
+        """The reason when the input failed (kept for callers of the first API)."""
+        return self.reason if self.status == "error" else None
 
     def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+        d = asdict(self)
+        d["schema_version"] = PREDICTION_SCHEMA_VERSION
+        return d
 
 
 class Model:
     """A verified artifact with its runner. Use :func:`load` to make one."""
 
-    def __init__(self, path: Path, sidecar: dict, runner) -> None:
+    def __init__(self, path: Path, sidecar: Sidecar, runner, guard: bool = True, isolate_decoding: bool = False,
+                 audit: str | Path | None = None) -> None:
         self.path, self.sidecar, self.runner = path, sidecar, runner
-        self.classes: list[str] = sidecar["classes"]
-        self.preprocess_config = PreprocessConfig.from_dict(sidecar["preprocess"])
-        self.identity = {"name": sidecar["model"].get("name"), "arch": sidecar["model"].get("arch"),
-                         "artifact": path.name, "sha256": sidecar["artifact"]["sha256"],
-                         "backend": sidecar["engine"]["backend"], "precision": sidecar["engine"]["precision"]}
+        self.classes: list[str] = sidecar.classes
+        self.preprocess_config = PreprocessConfig.from_dict(sidecar.preprocess)
+        self.guard_enabled = guard
+        self.header_rules = HeaderRules.from_dict((sidecar.guard or {}).get("header_rules"))
+        self.operating_point = sidecar.operating_point or {}
+        self.identity = {"name": sidecar.model.get("name"), "arch": sidecar.model.get("arch"),
+                         "artifact": path.name, "sha256": sidecar.artifact.sha256,
+                         "backend": sidecar.backend, "precision": sidecar.precision}
+        self._decoder = None
+        if isolate_decoding:
+            from edgecxr.runtime.isolation import IsolatedDecoder
+
+            self._decoder = IsolatedDecoder()
+        self._audit = None
+        if audit:
+            from edgecxr.runtime.audit import AuditLog
+
+            self._audit = AuditLog(audit)
 
     @property
     def max_batch(self) -> int:
         return self.runner.max_batch
 
-    def _prepare(self, item: Any) -> np.ndarray:
-        return preprocess(load_gray(item), self.preprocess_config)
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        self.runner.close()
+        if self._decoder is not None:
+            self._decoder.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ inputs
+    def check_header(self, item: Any) -> str | None:
+        """The header rules' reason to refuse a DICOM input (None for other inputs or when it passes)."""
+        if not (self.guard_enabled and isinstance(item, (str, Path))):
+            return None
+        from edgecxr.imaging import is_dicom, read_dicom_header
+
+        p = Path(item)
+        if not p.is_file() or not is_dicom(p):
+            return None
+        ds = read_dicom_header(p)
+        return None if ds is None else self.header_rules.check(ds)
+
+    def prepare(self, item: Any, notes: dict | None = None) -> np.ndarray:
+        """Decode and preprocess one input: (3, S, S) float32. Raises :class:`ImageError` only."""
+        if self._decoder is not None and isinstance(item, (str, Path)):
+            g = self._decoder.load_gray(item, notes)
+        else:
+            g = load_gray(item, notes)
+        try:
+            return preprocess(g, self.preprocess_config)
+        except Exception as exc:
+            raise ImageError(f"{input_name(item)}: preprocessing failed ({type(exc).__name__}: {exc}).") from exc
 
     def predict(self, inputs: Any, batch: int | None = None) -> list[Prediction]:
         """Classify one input or many (paths, numpy arrays, PIL images). One result per input, in order;
-        an input that cannot be read gets a result with ``error`` set and the others are still classified."""
+        an input that cannot be read or is refused gets its own status and the others are still classified.
+        Never raises for a bad input."""
         items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         bsz = max(1, min(batch or self.max_batch, self.max_batch))
-        results: list[Prediction] = [Prediction(source=_name(it, i), model=self.identity) for i, it in enumerate(items)]
+        results = [Prediction(source=_name(it, i), model=self.identity) for i, it in enumerate(items)]
+        t0 = time.perf_counter()
         ready: list[tuple[int, np.ndarray]] = []
         for i, it in enumerate(items):
             try:
-                ready.append((i, self._prepare(it)))
-            except (EdgeCXRError, ValueError) as exc:
-                results[i].error = str(exc)
+                reason = self.check_header(it)
+                if reason:
+                    results[i].status, results[i].reason = "rejected", reason
+                    continue
+                ready.append((i, self.prepare(it, results[i].notes)))
+            except Exception as exc:  # ImageError by contract; anything else is still this input's error
+                results[i].status = "error"
+                results[i].reason = str(exc) if isinstance(exc, EdgeCXRError) else f"{type(exc).__name__}: {exc}"
         self._classify(ready, results, bsz)
+        if self._audit is not None:
+            per = (time.perf_counter() - t0) * 1000 / max(1, len(items))
+            for it, r in zip(items, results):
+                self._audit.record(it, r, latency_ms=per)
         return results
-
 
     def predict_preprocessed(self, x: np.ndarray, batch: int | None = None) -> list[Prediction]:
         """Classify tensors that already went through :func:`edgecxr.preprocess.preprocess` ((N, 3, S, S))."""
@@ -97,52 +174,118 @@ class Model:
         self._classify(list(enumerate(x)), results, max(1, min(batch or self.max_batch, self.max_batch)))
         return results
 
+    # ------------------------------------------------------------------ outputs
+    def _finding(self, p: np.ndarray) -> str:
+        op = self.operating_point
+        pos, thr = op.get("positive_class"), op.get("threshold")
+        if pos in self.classes and thr is not None:
+            k = self.classes.index(pos)
+            if p[k] >= thr:
+                return pos
+            q = p.copy()
+            q[k] = -1
+            return self.classes[int(q.argmax())]
+        return self.classes[int(p.argmax())]
+
     def _classify(self, ready: list[tuple[int, np.ndarray]], results: list[Prediction], bsz: int) -> None:
-        for start in range(0, len(ready), bsz):
-            chunk = ready[start : start + bsz]
+        guard = self.sidecar.guard if self.guard_enabled else None
+        temp = float(self.operating_point.get("temperature", 1.0) or 1.0)
+        for a, b in chunks(len(ready), bsz):
+            chunk = ready[a:b]
             try:
-                x = chunk[0][1][None] if len(chunk) == 1 else np.stack([t for _, t in chunk])
-                probs = _softmax(np.asarray(self.runner.run(x), np.float64))
+                x = np.stack([t for _, t in chunk])
+                outs = self.runner.run(x)
+                logits = np.asarray(outs["logits"], np.float64)
+                scores = np.asarray(outs["guard"], np.float64).reshape(-1) if "guard" in outs else None
             except Exception as exc:  # engine failure: report for these inputs, keep going
                 for i, _ in chunk:
-                    results[i].error = f"inference failed: {type(exc).__name__}: {exc}"
+                    results[i].status, results[i].reason = "error", f"inference failed: {type(exc).__name__}: {exc}"
                 continue
-            for (i, _), p in zip(chunk, probs):
-                results[i].label = self.classes[int(p.argmax())]
-                results[i].probabilities = {c: float(v) for c, v in zip(self.classes, p)}
+            for n, (i, _) in enumerate(chunk):
+                r = results[i]
+                z = logits[n]
+                if not np.all(np.isfinite(z)) or (scores is not None and not np.isfinite(scores[n])):
+                    r.status, r.reason = "error", "the model produced non-finite outputs for this input; no finding"
+                    continue
+                if scores is not None:
+                    r.guard_score = float(scores[n])
+                if guard and scores is not None and scores[n] > guard["threshold"]:
+                    r.status = "rejected"
+                    r.reason = (f"unlike the training X-rays: score {scores[n]:.1f} > {guard['threshold']:.1f} "
+                                "(not a frontal chest radiograph, or one the model cannot read)")
+                    continue
+                p = softmax((z / temp)[None])[0]
+                r.status = "ok"
+                r.label = self.classes[int(p.argmax())]
+                r.finding = self._finding(p)
+                r.probabilities = {c: float(v) for c, v in zip(self.classes, p)}
 
 
 def _name(item: Any, i: int) -> str:
     return str(item) if isinstance(item, (str, Path)) else f"<{type(item).__name__} #{i}>"
 
 
-def load(path: str | Path, *, allow_unverified: bool = False, **runner_options) -> Model:
+def check_embedded(path: Path, side: Sidecar, embedded: dict | None) -> None:
+    """The artifact's own copy of classes, preprocessing, guard, operating point and verdict must match the sidecar's."""
+    if embedded is None:
+        return
+    wanted = {"classes": side.classes, "preprocess": side.preprocess}
+    if side.guard is not None or "guard" in embedded:
+        wanted["guard"] = side.guard
+    if side.operating_point is not None or "operating_point" in embedded:
+        wanted["operating_point"] = side.operating_point
+    if "verification" in embedded:
+        wanted["verification"] = {"verdict": side.verification.verdict}
+    elif side.verified:
+        raise ArtifactError(f"{path}: the sidecar says verified but the artifact carries no verdict; re-export it.")
+    for key, want in wanted.items():
+        if key not in embedded:
+            raise ArtifactError(f"{path}: the artifact carries no edgecxr '{key}'; re-export it.")
+        have = embedded[key] if key != "verification" else {"verdict": embedded[key].get("verdict")}
+        if have != want:
+            raise ArtifactError(f"{path}: the sidecar's {key} differ from the artifact's; refusing to guess which is "
+                                "right (was the sidecar edited?). Re-export the model.")
+
+
+def load(path: str | Path, *, allow_unverified: bool = False, guard: bool = True, isolate_decoding: bool = False,
+         trusted_keys: list | None = None, audit: str | Path | None = None, **runner_options) -> Model:
     """Verify an artifact against its sidecar and return a ready :class:`Model`.
 
-    ``runner_options`` go to the engine's runner (e.g. ``threads=2``; for OpenVINO
-    ``inference_precision="f32"``).
+    ``guard=False`` turns the input guard off (not for patients). ``isolate_decoding`` decodes files
+    in a worker process, so a crashing native decoder costs one input, not the process.
+    ``trusted_keys`` (Ed25519 public keys, PEM bytes or paths; default from ``EDGECXR_TRUSTED_KEYS``)
+    makes the artifact's signature mandatory. ``audit`` appends one JSON line per input to that file.
+    ``runner_options`` go to the engine's runner (e.g. ``threads=2``; for OpenVINO ``inference_precision="f32"``).
     """
     from edgecxr.runtime.runners import make_runner
+    from edgecxr.signing import check_signature, trusted_keys_from_env
 
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such artifact. Export one with `edgecxr export CHECKPOINT --target onnx`.")
     side = read_sidecar(path)
     verify_artifact_bytes(path, side)
-    verdict = side.get("verification", {}).get("verdict")
-    if verdict != "passed" and not allow_unverified:
-        raise ArtifactError(f"{path}: export verification {verdict or 'missing'}; the artifact is not trusted. "
-                            "Re-export it, or pass allow_unverified=True to use it anyway (not for patients).")
-    runner = make_runner(path, side["engine"], **runner_options)
-    embedded = runner.metadata()
-    if embedded is not None:
-        for key in ("classes", "preprocess"):
-            if key not in embedded:
-                raise ArtifactError(f"{path}: the artifact carries no edgecxr '{key}'; re-export it.")
-            if embedded[key] != side[key]:
-                raise ArtifactError(f"{path}: the sidecar's {key} ({side[key]}) differ from the artifact's "
-                                    f"({embedded[key]}); refusing to guess which is right. Re-export the model.")
-    return Model(path, side, runner)
+    keys = trusted_keys if trusted_keys is not None else trusted_keys_from_env()
+    if keys:
+        check_signature(path, keys)
+    if not side.verified and not allow_unverified:
+        raise ArtifactError(f"{path}: export verification {side.verification.verdict}; the artifact is not trusted. "
+                            "Re-export it, or use it anyway with --allow-unverified (CLI) / "
+                            "allow_unverified=True (Python) - not for patients.")
+    runner = make_runner(path, side.engine, **runner_options)
+    try:
+        check_embedded(path, side, runner.metadata())
+        missing = set(side.outputs) - {"logits"} - set(_output_names(runner))
+        if missing:
+            raise ArtifactError(f"{path}: the sidecar names outputs {sorted(missing)} the artifact lacks; re-export it.")
+    except BaseException:
+        runner.close()
+        raise
+    return Model(path, side, runner, guard=guard, isolate_decoding=isolate_decoding, audit=audit)
+
+
+def _output_names(runner) -> list[str]:
+    return list(getattr(runner, "_outputs", None) or getattr(runner, "_outs", None) or ["logits", "guard"])
 
 
 def iter_images(paths: Iterable[str | Path]) -> list[Path]:

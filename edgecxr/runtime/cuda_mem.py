@@ -84,3 +84,18 @@ class CudaMemory:
             self._check(self._rt.cudaStreamSynchronize(self._stream)[0])
         else:
             self._stream.synchronize()
+
+    def free(self) -> None:
+        """Release every device buffer and the stream (idempotent)."""
+        if self._rt is not None:
+            for ptr, _ in self._bufs.values():
+                if ptr:
+                    self._rt.cudaFree(ptr)
+            if getattr(self, "_stream", None) is not None:
+                self._rt.cudaStreamDestroy(self._stream)
+        else:
+            for buf in getattr(self, "_pyc", {}).values():
+                buf.free()
+            self._pyc = {}
+        self._bufs = {}
+        self._stream = None

@@ -9,43 +9,118 @@ import numpy as np
 from edgecxr.artifact import atomic_write_json, sha256_file
 from edgecxr.data.layouts import Sample
 from edgecxr.errors import DatasetError
-from edgecxr.metrics import evaluate, per_source
+from edgecxr.metrics import evaluate, per_source, point_metrics, wilson_ci
 
 CAVEAT = ("In the bundled data, class is confounded with hospital and source: these numbers measure this "
           "dev split, not clinical validity.")
 
 
-def predict_checkpoint(checkpoint: Path, samples: list[Sample], batch_size: int = 16):
+def select_split(samples: list[Sample], split: str, data) -> list[Sample]:
+    """The samples of ``split`` ('all' keeps every one); an error naming the dataset when none is left."""
+    out = samples if split == "all" else [s for s in samples if s.split == split]
+    if not out:
+        raise DatasetError(f"{data}: no images in split {split!r}.")
+    return out
+
+
+def checkpoint_outputs(checkpoint: Path, samples: list[Sample], batch_size: int = 16) -> tuple[dict, dict]:
+    """Named outputs (logits, and guard scores when fitted) of a checkpoint in torch, and its metadata."""
     import torch
-    from torch.utils.data import DataLoader
 
     from edgecxr.checkpoint import load_model
-    from edgecxr.data.torchdata import CXRDataset
-    from edgecxr.preprocess import PreprocessConfig
-    from edgecxr.train.loop import predict_probs
+    from edgecxr.imaging import read_image
+    from edgecxr.preprocess import PreprocessConfig, preprocess
+    from edgecxr.runtime.batching import chunks
 
     model, meta = load_model(checkpoint)
-    classes = meta["classes"]
+    _check_labels(samples, meta["classes"])
+    names = ["logits"]
+    if meta.get("guard"):
+        from edgecxr.guard_torch import GuardedClassifier
+
+        model, names = GuardedClassifier(model, meta["guard"]).eval(), ["logits", "guard"]
+    pcfg = PreprocessConfig.from_dict(meta["preprocess"])
+    parts: dict[str, list] = {}
+    with torch.no_grad():
+        for i, j in chunks(len(samples), batch_size):
+            x = torch.from_numpy(np.stack([preprocess(read_image(s.path), pcfg) for s in samples[i:j]]))
+            out = model(x)
+            for k, v in zip(names, out if isinstance(out, tuple) else (out,)):
+                parts.setdefault(k, []).append(v.numpy())
+    meta["guard"] = {k: v for k, v in (meta.get("guard") or {}).items() if k not in ("mean", "precision_cholesky")} or None
+    return {k: np.concatenate(v) for k, v in parts.items()}, meta
+
+
+def artifact_outputs(artifact: Path, samples: list[Sample], allow_unverified: bool = False) -> tuple[dict, dict]:
+    """Named outputs of an exported artifact through the runtime's own runner and preprocessing."""
+    from edgecxr.runtime import load
+    from edgecxr.runtime.batching import run_batched
+
+    with load(artifact, allow_unverified=allow_unverified) as m:
+        _check_labels(samples, m.classes)
+        x = np.stack([m.prepare(s.path) for s in samples])
+        outs = run_batched(m.runner, x)
+        side = m.sidecar
+    meta = {"arch": side.model.get("arch"), "classes": side.classes, "guard": side.guard,
+            "operating_point": side.operating_point, "data": {}, "backend": side.backend, "precision": side.precision}
+    return outs, meta
+
+
+def _check_labels(samples: list[Sample], classes: list[str]) -> None:
     unknown = sorted({s.label for s in samples} - set(classes))
     if unknown:
         raise DatasetError(f"labels {unknown} are not among the model's classes {classes}.")
-    ds = CXRDataset(samples, classes, PreprocessConfig.from_dict(meta["preprocess"]), augment=False, cache=False)
-    probs, ys = predict_probs(model, DataLoader(ds, batch_size=batch_size), torch.device("cpu"))
-    return probs, ys, meta
 
 
-def evaluate_checkpoint(checkpoint: Path, samples: list[Sample], n_boot: int = 1000) -> dict:
-    probs, ys, meta = predict_checkpoint(checkpoint, samples)
+def is_checkpoint(path: Path) -> bool:
+    return Path(path).suffix == ".safetensors"
+
+
+def evaluate_model(path: Path, samples: list[Sample], n_boot: int = 1000, reference: Path | None = None,
+                   allow_unverified: bool = False) -> dict:
+    """Evaluate a checkpoint or an exported artifact; with ``reference`` (a checkpoint), add agreement and flips."""
+    from edgecxr.runtime.batching import softmax
+    from edgecxr.train.calibrate import finding_at
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such checkpoint or artifact.")
+    outs, meta = (checkpoint_outputs(path, samples) if is_checkpoint(path)
+                  else artifact_outputs(path, samples, allow_unverified))
+    classes = meta["classes"]
+    probs = softmax(outs["logits"])
+    ys = np.array([classes.index(s.label) for s in samples])
     groups = [s.group for s in samples]
-    res = evaluate(ys, probs, meta["classes"], groups=groups if any(s.patient for s in samples) else None, n_boot=n_boot)
-    res["per_source"] = per_source(ys, probs, meta["classes"], [s.source for s in samples])
-    res["licences"] = {"non_commercial_images": sum(s.licence_nc for s in samples), "n": len(samples)}
-    res.update({"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint), "arch": meta["arch"],
-                "classes": meta["classes"], "n_images": len(samples), "caveat": CAVEAT,
-                "training_data": meta.get("data", {}),
+    res = evaluate(ys, probs, classes, groups=groups if any(s.patient for s in samples) else None, n_boot=n_boot)
+    res["per_source"] = per_source(ys, probs, classes, [s.source for s in samples])
+    op = meta.get("operating_point")
+    if op and op.get("threshold") is not None:
+        f = finding_at(softmax(outs["logits"] / op.get("temperature", 1.0)), classes, op["positive_class"], op["threshold"])
+        onehot = np.eye(len(classes))[f]
+        res["operating_point"] = {"rule": op, "image": point_metrics(ys, onehot, classes),
+                                  "per_source": per_source(ys, onehot, classes, [s.source for s in samples])}
+    if meta.get("guard") and "guard" in outs:
+        rej = outs["guard"].reshape(-1) > meta["guard"]["threshold"]
+        res["guard"] = {"threshold": meta["guard"]["threshold"], "rejected": int(rej.sum()),
+                        "rejected_share": float(rej.mean()), "rejected_files": [str(s.path) for s, r in zip(samples, rej) if r]}
+    if reference is not None:
+        ref, _ = checkpoint_outputs(reference, samples)
+        a, b = ref["logits"].argmax(1), outs["logits"].argmax(1)
+        flips = [{"file": str(s.path), "reference": classes[i], "this": classes[j]}
+                 for s, i, j in zip(samples, a, b) if i != j]
+        res["reference"] = {"checkpoint": str(reference), "agreement": float(np.mean(a == b)), "flips": len(flips),
+                            "flip_rate_ci95": list(wilson_ci(len(flips), len(samples))), "flipped": flips}
+    res.update({"model": str(path), "sha256": sha256_file(path), "arch": meta.get("arch"), "classes": classes,
+                "kind": "checkpoint" if is_checkpoint(path) else f"artifact ({meta.get('backend')} {meta.get('precision')})",
+                "n_images": len(samples), "caveat": CAVEAT, "training_data": meta.get("data", {}),
+                "licences": {"non_commercial_images": sum(s.licence_nc for s in samples), "n": len(samples)},
                 "predictions": [{"file": str(s.path), "label": s.label, "source": s.source, "prob": p.round(6).tolist()}
                                 for s, p in zip(samples, probs)]})
     return res
+
+
+def evaluate_checkpoint(checkpoint: Path, samples: list[Sample], n_boot: int = 1000) -> dict:
+    return evaluate_model(checkpoint, samples, n_boot=n_boot)
 
 
 def _fmt(v: float, ci: list[float] | None) -> str:
@@ -53,7 +128,7 @@ def _fmt(v: float, ci: list[float] | None) -> str:
 
 
 def markdown_report(res: dict) -> str:
-    lines = [f"## {res['arch']} on {res['n_images']} images", "", f"> {res['caveat']}", ""]
+    lines = [f"## {res['arch']} ({res.get('kind', 'checkpoint')}) on {res['n_images']} images", "", f"> {res['caveat']}", ""]
     for level in ("image", "patient"):
         if level not in res:
             continue
@@ -79,6 +154,21 @@ def markdown_report(res: dict) -> str:
                              if v else "")
             lines.append(f"| {src} | {r['n']} | {100 * r['accuracy']:.1f} | " + " | ".join(cells) + " |")
         lines.append("")
+    if res.get("operating_point"):
+        op = res["operating_point"]
+        m = op["image"]
+        lines += [f"**at the operating point** ({op['rule']['positive_class']} when p >= {op['rule']['threshold']:.3f}, "
+                  f"temperature {op['rule'].get('temperature', 1.0):.2f}): accuracy {100 * m['accuracy']:.1f}, "
+                  + ", ".join(f"{c} sensitivity {100 * v['sensitivity']:.1f}" for c, v in m["per_class"].items()), ""]
+    if res.get("guard"):
+        g = res["guard"]
+        lines += [f"**input guard**: {g['rejected']} of {res['n_images']} images rejected "
+                  f"({100 * g['rejected_share']:.1f}%; threshold {g['threshold']:.2f})", ""]
+    if res.get("reference"):
+        r = res["reference"]
+        lines += [f"**vs reference** {r['checkpoint']}: agreement {100 * r['agreement']:.2f}% ({r['flips']} flips, "
+                  f"flip rate 95% CI [{100 * r['flip_rate_ci95'][0]:.1f}, {100 * r['flip_rate_ci95'][1]:.1f}]%)", ""]
+        lines += [f"- {f['file']}: {f['reference']} -> {f['this']}" for f in r["flipped"]] + [""]
     return "\n".join(lines)
 
 

@@ -1,0 +1,104 @@
+"""What the format builders share: the loaded model, its metadata, calibration and verification images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgecxr.preprocess import PreprocessConfig
+
+
+class ExportContext:
+    """Built once per export; the builders (one module per backend) read from it."""
+
+    def __init__(self, checkpoint: Path, calib_dirs: list[Path], verify_dirs: list[Path],
+                 progress: Callable[[int], None] | None = None) -> None:
+        from edgecxr.checkpoint import load_model
+
+        self.checkpoint = Path(checkpoint)
+        self.model, self.meta = load_model(checkpoint)
+        self.classes: list[str] = self.meta["classes"]
+        self.pcfg = PreprocessConfig.from_dict(self.meta["preprocess"])
+        self.calib_dirs, self.verify_dirs, self.progress = calib_dirs, verify_dirs, progress
+        self._calib: np.ndarray | None = None
+        self._verify: tuple | None = None
+
+    @property
+    def size(self) -> int:
+        return self.pcfg.size
+
+    @property
+    def guard(self) -> dict | None:
+        """The input guard's statistics and threshold, when the checkpoint carries them."""
+        return self.meta.get("guard")
+
+    @property
+    def operating_point(self) -> dict | None:
+        return self.meta.get("operating_point")
+
+    def export_module(self):
+        """The torch module that is exported: the classifier, plus the guard's score output when fitted."""
+        if self.guard:
+            from edgecxr.guard_torch import GuardedClassifier
+
+            return GuardedClassifier(self.model, self.guard).eval()
+        return self.model.eval()
+
+    @property
+    def outputs(self) -> list[str]:
+        return ["logits", "guard"] if self.guard else ["logits"]
+
+    def calib(self) -> np.ndarray:
+        if self._calib is None:
+            from edgecxr.export.calib import load_images
+
+            self._calib = load_images(self.calib_dirs, self.pcfg, self.classes)[0]
+        return self._calib
+
+    def verify_set(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """(x, labels, FP32 torch outputs by name) for the verification gate."""
+        if self._verify is None:
+            import torch
+
+            from edgecxr.export.calib import load_images
+            from edgecxr.runtime.batching import chunks
+
+            x, y, _ = load_images(self.verify_dirs, self.pcfg, self.classes)
+            module = self.export_module()
+            parts: dict[str, list[np.ndarray]] = {}
+            with torch.no_grad():
+                for i, j in chunks(len(x), 16):
+                    out = module(torch.from_numpy(x[i:j]))
+                    out = out if isinstance(out, tuple) else (out,)
+                    for name, v in zip(self.outputs, out):
+                        parts.setdefault(name, []).append(v.numpy())
+            self._verify = (x, y, {k: np.concatenate(v) for k, v in parts.items()})
+        return self._verify
+
+    def metadata(self) -> dict:
+        """What is embedded in the artifact and cross-checked against the sidecar at load."""
+        md = {"arch": self.meta["arch"], "classes": self.classes, "preprocess": self.pcfg.to_dict()}
+        if self.guard:
+            md["guard"] = self.guard_public()
+        if self.operating_point:
+            md["operating_point"] = self.operating_point
+        return md
+
+    def guard_public(self) -> dict | None:
+        """The guard record for sidecar and metadata: threshold and provenance (the statistics live in the graph)."""
+        if not self.guard:
+            return None
+        return {k: v for k, v in self.guard.items() if k not in ("mean", "precision_cholesky")}
+
+    def fp32_onnx(self, target, tmp: Path) -> Path:
+        """The FP32 ONNX every backend starts from (built once per export)."""
+        from edgecxr.export.onnx_fp32 import export_onnx
+
+        path = tmp / "fp32.onnx"
+        if not path.exists():
+            export_onnx(self.export_module(), path, size=self.size, opset=target.opset,
+                        batch=None if target.dynamic_batch else target.max_batch, metadata=self.metadata(),
+                        output_names=self.outputs)
+        return path

@@ -1,0 +1,56 @@
+"""Builder for the ``onnx`` backend: FP32 copy, FP16 cast, or INT8 (ONNX Runtime static quantization)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+
+def stamp_onnx(path: Path, metadata: dict) -> None:
+    """Write edgecxr metadata into an ONNX file (quantizers and casts drop it)."""
+    import onnx
+
+    from edgecxr.export.onnx_fp32 import set_metadata
+
+    m = onnx.load(str(path))
+    set_metadata(m, metadata)
+    onnx.save(m, str(path))
+
+
+def resolve_reduce_range(value) -> bool:
+    """``"auto"``: 7-bit weights on x86 CPUs without VNNI, where U8S8 products can saturate (vpmaddubsw)."""
+    if value != "auto":
+        return bool(value)
+    from edgecxr.hardware import cpu_info
+
+    cpu = cpu_info()
+    vnni = any("VNNI" in f or "AMX" in f for f in cpu["isa"])
+    return cpu["arch"] in ("x86_64", "AMD64") and not vnni
+
+
+def build(ctx, target, tmp: Path) -> tuple[Path, dict]:
+    import onnxruntime
+
+    from edgecxr.backends import REGISTRY
+
+    fp32 = ctx.fp32_onnx(target, tmp)
+    out = tmp / REGISTRY["onnx"].artifact_name
+    engine: dict = {"version": onnxruntime.__version__}
+    if target.precision == "fp32":
+        shutil.copyfile(fp32, out)
+    elif target.precision == "int8":
+        from edgecxr.export.onnx_int8 import quantize_onnx
+
+        o = target.int8
+        reduce_range = resolve_reduce_range(o.reduce_range)
+        quantize_onnx(fp32, out, ctx.calib(), fmt=o.format, method=o.calibration, per_channel=o.per_channel,
+                      reduce_range=reduce_range, bn_to_conv=o.bn_to_conv, exclude=list(o.exclude))
+        stamp_onnx(out, ctx.metadata())
+        engine["int8"] = {"format": o.format, "calibration": o.calibration, "calibration_images": int(len(ctx.calib())),
+                          "reduce_range": reduce_range, "bn_to_conv": o.bn_to_conv, "float_nodes": list(o.exclude)}
+    else:
+        from edgecxr.export.onnx_fp16 import cast_fp16
+
+        cast_fp16(fp32, out)
+        stamp_onnx(out, ctx.metadata())
+    return out, engine

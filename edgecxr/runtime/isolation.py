@@ -1,0 +1,68 @@
+"""Decode files in a worker process, so that a native decoder crash (SIGABRT, SIGSEGV in a DICOM
+codec) costs one input, not the caller's process. Torch-free.
+
+One long-lived worker (``multiprocessing`` spawn context, so no engine state is forked into it);
+when it dies, the input it was decoding becomes an :class:`ImageError` and the next input starts
+a fresh worker. Only DICOM files go through it (Pillow decodes in-process; its codecs raise).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import numpy as np
+
+from edgecxr.errors import ImageError
+from edgecxr.imaging import is_dicom, load_gray
+
+TIMEOUT_S = 60.0
+
+
+def _decode(path: str) -> tuple[np.ndarray, dict]:
+    info: dict = {}
+    return load_gray(path, info), info
+
+
+class IsolatedDecoder:
+    def __init__(self, timeout: float = TIMEOUT_S) -> None:
+        self.timeout = timeout
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+        return self._pool
+
+    def load_gray(self, path, notes: dict | None = None) -> np.ndarray:
+        p = Path(path)
+        if not (p.is_file() and is_dicom(p)):
+            return load_gray(path, notes)
+        try:
+            g, info = self._executor().submit(_decode, str(p)).result(timeout=self.timeout)
+        except ImageError:
+            raise
+        except BrokenProcessPool:
+            self._reset()
+            raise ImageError(f"{p}: the decoder crashed on this file (isolated; other inputs are unaffected).") from None
+        except TimeoutError:
+            self._reset(kill=True)
+            raise ImageError(f"{p}: decoding took longer than {self.timeout:.0f} s; refused.") from None
+        except Exception as exc:
+            raise ImageError(f"{p}: cannot read ({type(exc).__name__}: {exc}).") from exc
+        if notes is not None:
+            notes.update(info)
+        return g
+
+    def _reset(self, kill: bool = False) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            if kill:
+                for proc in list(getattr(pool, "_processes", {}).values()):
+                    proc.kill()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        self._reset()
