@@ -10,11 +10,13 @@ ort = pytest.importorskip("onnxruntime")
 
 from typer.testing import CliRunner  # noqa: E402
 
-from edgecxr.artifact import read_sidecar, sidecar_path  # noqa: E402
+from edgecxr.sidecar import read_sidecar, sidecar_path  # noqa: E402
 from edgecxr.errors import BackendUnavailable, EdgeCXRError  # noqa: E402
 from edgecxr.export import core  # noqa: E402
 from edgecxr.export.targets import list_targets, load_target  # noqa: E402
-from edgecxr.runtime.runners import backend_available  # noqa: E402
+from edgecxr.backends import backend_available  # noqa: E402
+from edgecxr.export.context import ExportContext  # noqa: E402
+from edgecxr.export.tensorrt_engine import prepare_onnx  # noqa: E402
 
 
 def test_targets_load():
@@ -22,7 +24,7 @@ def test_targets_load():
     assert {"onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-fp16", "openvino-int8", "tensorrt-fp16",
             "tensorrt-int8", "jetson-orin-int8"} <= names
     t = load_target("tensorrt", precision="int8")
-    assert (t.backend, t.precision, t.int8["format"]) == ("tensorrt", "int8", "qdq")
+    assert (t.backend, t.precision, t.int8.format) == ("tensorrt", "int8", "qdq")
     assert load_target("onnx-fp32", batch=4).max_batch == 4
     with pytest.raises(EdgeCXRError, match="available"):
         load_target("nope")
@@ -30,16 +32,18 @@ def test_targets_load():
 
 def test_onnx_sidecar_and_cache(onnx_artifact, tiny_checkpoint):
     side = read_sidecar(onnx_artifact)
-    assert side["classes"] == ["COVID-19", "Normal", "Pneumonia"]
-    assert side["preprocess"]["size"] == 64
-    assert side["engine"]["backend"] == "onnx" and side["engine"]["input_shape"][0] == -1
-    assert side["verification"]["verdict"] == "passed" and side["verification"]["agreement"] >= 0.995
-    assert side["verification"]["images"] == 184
+    assert side.classes == ["COVID-19", "Normal", "Pneumonia"]
+    assert side.preprocess["size"] == 64
+    assert side.backend == "onnx" and side.engine["input_shape"][0] == -1
+    assert side.verified and side.verification["agreement"] >= 0.995
+    assert side.verification["images"] == 222  # permissive dev val + test, disjoint from calib/
+    assert side.total_bytes == onnx_artifact.stat().st_size
     res = core.export(tiny_checkpoint, "onnx-fp32", out=onnx_artifact.parent)
     assert res.cached
     from edgecxr.export.onnx_fp32 import get_metadata
 
-    assert get_metadata(onnx_artifact)["classes"] == side["classes"]
+    md = get_metadata(onnx_artifact)
+    assert md["classes"] == side.classes and md["verification"] == {"verdict": "passed"}
 
 
 def test_failed_build_leaves_nothing_valid(tiny_checkpoint, tmp_path, monkeypatch):
@@ -47,7 +51,9 @@ def test_failed_build_leaves_nothing_valid(tiny_checkpoint, tmp_path, monkeypatc
         (tmp / "model.onnx").write_bytes(b"half")
         raise RuntimeError("interrupted")
 
-    monkeypatch.setitem(core.BUILDERS, "onnx", broken)
+    import edgecxr.export.onnx_build as ob
+
+    monkeypatch.setattr(ob, "build", broken)
     with pytest.raises(RuntimeError, match="interrupted"):
         core.export(tiny_checkpoint, "onnx-fp32", out=tmp_path)
     assert not (tmp_path / "model.onnx").exists()
@@ -55,21 +61,74 @@ def test_failed_build_leaves_nothing_valid(tiny_checkpoint, tmp_path, monkeypatc
     assert not list(tmp_path.glob(".tmp-*"))
 
 
-def test_verification_failure_marks_unverified(tiny_checkpoint, tmp_path):
-    strict = tmp_path / "strict.toml"
-    strict.write_text('backend = "onnx"\nprecision = "fp32"\n[tolerance]\nmin_agreement = 1.01\n')
+def test_bad_target_values_name_file_and_key(tmp_path):
     from edgecxr.cli import app
 
+    cases = {'[tolerance]\nmin_agreement = 1.01\n': "min_agreement", '[int8]\ncalibraton = "minmax"\n': "calibraton",
+             '[openvino]\nperformance_hint = 3\n': "performance_hint", '[tensorrt]\nworkspace = 1\n': "workspace"}
+    for i, (extra, key) in enumerate(cases.items()):
+        bad = tmp_path / f"bad{i}.toml"
+        bad.write_text('backend = "onnx"\nprecision = "fp32"\n' + extra)
+        with pytest.raises(EdgeCXRError, match=key) as exc:
+            load_target(str(bad))
+        assert str(bad) in str(exc.value)
+    trt = tmp_path / "trt.toml"
+    trt.write_text('backend = "tensorrt"\nprecision = "int8"\n[int8]\nformat = "qoperator"\n')
+    with pytest.raises(EdgeCXRError, match="qdq"):
+        load_target(str(trt))
+    r = CliRunner().invoke(app, ["export", "--target", str(tmp_path / "bad0.toml"), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 4 and "Traceback" not in r.output
+
+
+def test_tolerance_is_part_of_the_cache_key(tiny_checkpoint, onnx_artifact, tmp_path):
+    from edgecxr.resources import calibration_dir, verification_dirs
+
+    a = load_target("onnx-fp32")
+    b = load_target("onnx-fp32")
+    b.tolerance.min_agreement = 0.999
+    keys = [core.cache_key("0" * 64, t, [calibration_dir()], verification_dirs(), None) for t in (a, b)]
+    assert keys[0] != keys[1]
+
+
+def test_gate_refuses_calibration_images_in_verification(tiny_checkpoint, tmp_path):
+    from edgecxr.resources import calibration_dir
+
+    with pytest.raises(EdgeCXRError, match="also calibration images"):
+        core.export(tiny_checkpoint, "onnx-int8", out=tmp_path, verify_on=[calibration_dir()])
+
+
+def test_stale_export_temp_folders_removed(tiny_checkpoint, tmp_path):
+    dead = tmp_path / f"{core.TMP_PREFIX}999999999-abc"
+    dead.mkdir(parents=True)
+    (dead / "fp32.onnx").write_bytes(b"x" * 100)
+    core.export(tiny_checkpoint, "onnx-fp32", out=tmp_path)
+    assert not dead.exists()
+
+
+def test_verification_failure_marks_unverified(tiny_checkpoint, tmp_path, monkeypatch):
+    strict = tmp_path / "strict.toml"
+    strict.write_text('backend = "onnx"\nprecision = "fp32"\n[tolerance]\nmin_agreement = 1.0\n')
+    from edgecxr.cli import app
+    from edgecxr.export import verify
+
+    real = verify.compare
+
+    def one_flip(ref, outs, y, tol, guard=None):  # as if the artifact disagreed on one image
+        outs = dict(outs, logits=outs["logits"].copy())
+        outs["logits"][0] = outs["logits"][0][::-1] if outs["logits"][0].argmax() != 1 else np.roll(outs["logits"][0], 1)
+        return real(ref, outs, y, tol, guard)
+
+    monkeypatch.setattr(verify, "compare", one_flip)
     r = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "--target", str(strict), "--out", str(tmp_path / "o")])
-    assert r.exit_code == 1
+    assert r.exit_code == 5
     side = read_sidecar(tmp_path / "o" / "model.onnx")
-    assert side["verification"]["verdict"] == "failed"
+    assert side.verification.verdict == "failed"
     from edgecxr.errors import ArtifactError
     from edgecxr.runtime import load
 
     with pytest.raises(ArtifactError, match="verification failed"):
         load(tmp_path / "o" / "model.onnx")
-    assert load(tmp_path / "o" / "model.onnx", allow_unverified=True).classes == side["classes"]
+    assert load(tmp_path / "o" / "model.onnx", allow_unverified=True).classes == side.classes
 
 
 def test_int8_qoperator_for_ort(tiny_checkpoint, tmp_path):
@@ -77,20 +136,20 @@ def test_int8_qoperator_for_ort(tiny_checkpoint, tmp_path):
     ops = [n.op_type for n in onnx.load(str(res.artifact)).graph.node]
     assert "QLinearConv" in ops
     assert "BatchNormalization" not in ops  # rewritten as depthwise conv, so it is quantized too
-    assert res.sidecar["engine"]["int8"]["bn_to_conv"] is True
-    assert res.sidecar["verification"]["verdict"] == "skipped"
-    assert res.sidecar["engine"]["int8"]["calibration_images"] == 90
+    assert res.sidecar.engine["int8"]["bn_to_conv"] is True
+    assert res.sidecar.verification.verdict == "skipped"
+    assert res.sidecar.engine["int8"]["calibration_images"] == 90
 
 
 def _ctx_and_target(tiny_checkpoint, name):
-    from edgecxr.resources import calibration_dir, eval_dir
+    from edgecxr.resources import calibration_dir, verification_dirs
 
-    return core._Ctx(tiny_checkpoint, [calibration_dir()], [calibration_dir(), eval_dir()], None), load_target(name)
+    return ExportContext(tiny_checkpoint, [calibration_dir()], verification_dirs(), None), load_target(name)
 
 
 def test_tensorrt_fp16_onnx(tiny_checkpoint, tmp_path):
     ctx, tgt = _ctx_and_target(tiny_checkpoint, "tensorrt-fp16")
-    path = core.prepare_tensorrt_onnx(ctx, tgt, tmp_path)
+    path = prepare_onnx(ctx, tgt, tmp_path)
     m = onnx.load(str(path))
     assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O kept FP32
     assert m.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -98,6 +157,7 @@ def test_tensorrt_fp16_onnx(tiny_checkpoint, tmp_path):
     init_types = {i.name: i.data_type for i in m.graph.initializer}
     assert conv_w and all(init_types.get(w) == onnx.TensorProto.FLOAT16 for w in conv_w if w in init_types)
     x, _, ref = ctx.verify_set()
+    ref = ref["logits"]
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x[:32]})[0]
     np.testing.assert_allclose(out, ref[:32], atol=5e-2 * max(1.0, np.abs(ref).max()))
 
@@ -106,13 +166,14 @@ def test_tensorrt_int8_qdq_onnx(tiny_checkpoint, tmp_path):
     from edgecxr.export.onnx_int8 import qdq_zero_points
 
     ctx, tgt = _ctx_and_target(tiny_checkpoint, "tensorrt-int8")
-    path = core.prepare_tensorrt_onnx(ctx, tgt, tmp_path)
+    path = prepare_onnx(ctx, tgt, tmp_path)
     m = onnx.load(str(path))
     ops = [n.op_type for n in m.graph.node]
     assert ops.count("QuantizeLinear") > 50 and ops.count("DequantizeLinear") > 50
     zps = qdq_zero_points(path)
     assert zps and all(z == 0 for z in zps)  # TensorRT accepts symmetric quantization only
     x, _, ref = ctx.verify_set()
+    ref = ref["logits"]
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x[:32]})[0]
     assert np.corrcoef(out.ravel(), ref[:32].ravel())[0, 1] > 0.95
 
@@ -134,16 +195,16 @@ def test_openvino_fp16_records_precision(tiny_checkpoint, tmp_path):
     pytest.importorskip("openvino", reason="OpenVINO not installed")
     res = core.export(tiny_checkpoint, "openvino-fp16", out=tmp_path)
     assert res.verified
-    runs = res.sidecar["engine"]["runs"]
+    runs = res.sidecar.engine["runs"]
     assert runs["inference_precision"] in ("f32", "bf16", "f16")
-    assert res.sidecar["artifact"]["extra_files"][0]["file"] == "model.bin"
+    assert res.sidecar.extra_files[0].file == "model.bin"
 
 
 def test_batchnorm_to_depthwise_is_exact(tiny_checkpoint, tmp_path):
     from edgecxr.export.onnx_int8 import batchnorm_to_depthwise
 
     ctx, tgt = _ctx_and_target(tiny_checkpoint, "onnx-fp32")
-    fp32 = core._fp32_onnx(ctx, tgt, tmp_path)
+    fp32 = ctx.fp32_onnx(tgt, tmp_path)
     # the exporter folds BN that follows a conv; the pre-activation ones remain
     n = batchnorm_to_depthwise(fp32, tmp_path / "dw.onnx")
     assert n > 50

@@ -106,9 +106,9 @@ def test_png_16bit_8bit_rgb(tmp_path):
 
 
 def test_arrays_and_pil():
-    a8 = np.full((40, 50), 128, np.uint8)
-    assert load_gray(a8).max() == pytest.approx(128 / 255)
-    assert load_gray(a8.astype(np.uint16) * 257).max() == pytest.approx(128 / 255, abs=1e-4)
+    a8 = np.tile(np.arange(50, dtype=np.uint8) + 100, (40, 1))
+    assert load_gray(a8).max() == pytest.approx(149 / 255)
+    assert load_gray(a8.astype(np.uint16) * 257).max() == pytest.approx(149 / 255, abs=1e-4)
     assert load_gray(Image.fromarray(a8)).shape == (40, 50)
     f = np.linspace(-100, 100, 40 * 50).reshape(40, 50)
     g = from_array(f)

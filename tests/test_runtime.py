@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgecxr.artifact import sidecar_path
+from edgecxr.sidecar import sidecar_path
 from edgecxr.errors import ArtifactError
 from edgecxr.resources import eval_dir
 
@@ -61,11 +61,13 @@ def test_training_and_runtime_tensors_identical(tiny_checkpoint):
     cfg = PreprocessConfig(size=64)
     samples = load_samples(eval_dir())[:3]
     ds = CXRDataset(samples, ["COVID-19", "Normal", "Pneumonia"], cfg, augment=False)
-    side = {"classes": ["COVID-19", "Normal", "Pneumonia"], "preprocess": cfg.to_dict(), "model": {},
-            "artifact": {"sha256": ""}, "engine": {"backend": "onnx", "precision": "fp32"}}
+    from edgecxr.sidecar import FileRecord, Sidecar
+
+    side = Sidecar(classes=["COVID-19", "Normal", "Pneumonia"], preprocess=cfg.to_dict(),
+                   artifact=FileRecord("model.onnx", 0, "0" * 64), engine={"backend": "onnx", "precision": "fp32"})
     m = Model(EVAL[0], side, runner=None)
     for i, s in enumerate(samples):
-        np.testing.assert_array_equal(ds[i][0].numpy(), m._prepare(s.path))
+        np.testing.assert_array_equal(ds[i][0].numpy(), m.prepare(s.path))
 
 
 def test_inputs_of_every_kind(onnx_artifact):

@@ -1,39 +1,49 @@
-"""The project's embedded default: the shipped model and images are intact and usable."""
+"""The project's embedded default: the shipped model and images are intact, and the model still
+gives the outputs recorded when it was shipped (benchmarks/record_shipped_predictions.py)."""
 
 import csv
 import hashlib
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from edgecxr.resources import calibration_dir, default_checkpoint, eval_dir
+from edgecxr.resources import calibration_dir, default_checkpoint, eval_dir, val_dir
+
+RECORDED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "shipped-predictions.json"
 
 
 def test_shipped_images_match_manifest():
     root = calibration_dir().parent
     rows = list(csv.DictReader((root / "MANIFEST.csv").open()))
-    assert len(rows) == 184
+    assert len(rows) == sum(1 for _ in root.rglob("*.png"))
     for r in rows:
         assert r["non_commercial_only"] == "no", r["file"]  # we ship permissive licences only
         assert hashlib.sha256((root / r["file"]).read_bytes()).hexdigest() == r["sha256"], r["file"]
-    assert sum(1 for _ in eval_dir().rglob("*.png")) == sum(r["split"] == "eval" for r in rows)
+    for d, split in ((eval_dir(), "eval"), (val_dir(), "val"), (calibration_dir(), "calib")):
+        assert sum(1 for _ in d.rglob("*.png")) == sum(r["split"] == split for r in rows)
+    # the gate's honesty: no patient of the calibration images is among the verification images
+    calib_groups = {r["patient_group"] for r in rows if r["split"] == "calib"}
+    assert not calib_groups & {r["patient_group"] for r in rows if r["split"] != "calib"}
+    assert sum(f.stat().st_size for f in root.rglob("*")) <= 25 * 2**20
 
 
-def test_shipped_model_is_intact_and_runs():
+def test_shipped_model_matches_recorded_outputs():
     ck = default_checkpoint()
     meta = json.loads(ck.with_suffix(".json").read_text())
     assert hashlib.sha256(ck.read_bytes()).hexdigest() == meta["sha256"]
     assert ck.stat().st_size <= 16 * 2**20
-    assert meta["data"]["permissive_only"] is True
-    torch = pytest.importorskip("torch", reason="torch not installed")
-    from edgecxr.checkpoint import load_model
-    from edgecxr.imaging import read_image
-    from edgecxr.preprocess import PreprocessConfig, preprocess
+    assert meta["data"]["permissive_only"] is True and meta["data"].get("non_commercial_training_images", 0) == 0
+    pytest.importorskip("torch", reason="torch not installed")
+    from edgecxr.data import load_samples
+    from edgecxr.train.evaluate import checkpoint_outputs
 
-    model, m = load_model(ck)
-    assert m["classes"] == ["COVID-19", "Normal", "Pneumonia"] and m["arch"] == "covid-densenet"
-    cfg = PreprocessConfig.from_dict(m["preprocess"])
-    files = sorted(eval_dir().rglob("*.png"))[:2]
-    with torch.no_grad():
-        p = torch.softmax(model(torch.from_numpy(__import__("numpy").stack([preprocess(read_image(f), cfg) for f in files]))), 1)
-    assert torch.allclose(p.sum(1), torch.ones(2), atol=1e-5)
+    rec = json.loads(RECORDED.read_text())
+    assert rec["checkpoint_sha256"] == meta["sha256"], "shipped model changed: rerun benchmarks/record_shipped_predictions.py"
+    samples = sorted(load_samples(eval_dir()), key=lambda s: s.path.name)
+    assert [s.path.name for s in samples] == rec["files"]
+    outs, _ = checkpoint_outputs(ck, samples)
+    np.testing.assert_allclose(outs["logits"], np.array(rec["logits"]), atol=2e-3)
+    if "guard" in rec:
+        np.testing.assert_allclose(outs["guard"].reshape(-1), np.array(rec["guard"]), rtol=1e-3, atol=1e-2)

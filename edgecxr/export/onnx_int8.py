@@ -38,10 +38,14 @@ class _Reader:
     def rewind(self) -> None:
         self._i = 0
 
+    def __iter__(self):  # qdq_loss_debug iterates readers
+        self.rewind()
+        return iter(lambda: self.get_next(), None)
+
 
 def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperator", method: str = "minmax",
                   per_channel: bool = True, reduce_range: bool = False, bn_to_conv: bool = False,
-                  exclude: list[str] | None = None) -> Path:
+                  exclude: list[str] | None = None, preprocessed: bool = False) -> Path:
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -53,9 +57,12 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperato
           "percentile": CalibrationMethod.Percentile}[method]
     with tempfile.TemporaryDirectory() as td:
         pre = Path(td) / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        if bn_to_conv:
-            batchnorm_to_depthwise(pre, pre)
+        if preprocessed:
+            pre = Path(fp32)
+        else:
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            if bn_to_conv:
+                batchnorm_to_depthwise(pre, pre)
         import onnx
 
         input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name

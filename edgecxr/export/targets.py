@@ -37,7 +37,7 @@ def _typed(cls, data: dict, where: str):
     defaults = cls()
     for name in data:
         want, got = type(getattr(defaults, name)), data[name]
-        if getattr(defaults, name) is None or isinstance(getattr(defaults, name), list):
+        if getattr(defaults, name) is None or isinstance(getattr(defaults, name), list) or names[name].type == "Any":
             continue
         if want is float and isinstance(got, int) and not isinstance(got, bool):
             continue

@@ -1,0 +1,204 @@
+"""Automatic mixed precision for INT8: when a quantized artifact misses the gate, keep the fewest
+layers in float until it passes.
+
+* Cheap knobs first (ONNX Runtime): other calibration methods (minmax -> percentile -> entropy).
+* ONNX Runtime: rank the quantized nodes by the signal-to-quantization-noise ratio of their outputs
+  on the *calibration* images (onnxruntime.quantization.qdq_loss_debug, on the Q/DQ twin of the
+  graph), then exclude the worst 1, 2, 4, ... nodes until the calibration images agree with FP32,
+  and run the real gate on the verification images.
+* OpenVINO: NNCF's ``quantize_with_accuracy_control``, its metric being top-1 agreement with the
+  FP32 model on the calibration images, ``max_drop`` = 1 - the target's minimum agreement.
+
+The verification images are never used to choose layers, only to judge the result. The search is
+bounded by the target's ``[int8] search_minutes`` and ``max_float_layers``; the sidecar records
+which layers stayed float and why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _calib_reference(ctx) -> np.ndarray:
+    """FP32 torch logits on the calibration images (the search's reference; never the verification set)."""
+    import torch
+
+    from edgecxr.runtime.batching import chunks
+
+    x = ctx.calib()
+    module = ctx.export_module()
+    out = []
+    with torch.no_grad():
+        for i, j in chunks(len(x), 16):
+            o = module(torch.from_numpy(x[i:j]))
+            out.append((o[0] if isinstance(o, tuple) else o).numpy())
+    return np.concatenate(out)
+
+
+def _runner_logits(path: Path, engine: dict, x: np.ndarray) -> np.ndarray:
+    from edgecxr.runtime.batching import run_batched
+    from edgecxr.runtime.runners import make_runner
+
+    with make_runner(path, engine) as r:
+        return run_batched(r, x)["logits"]
+
+
+def search_float_layers(ctx, tgt, tmp: Path, built: Path, engine: dict, verification):
+    """Return (artifact, engine facts, verification) after the search; unchanged when it cannot help."""
+    from edgecxr.export.core import verify_artifact
+
+    t0 = time.perf_counter()
+    budget = tgt.int8.search_minutes * 60
+    history = [{"step": "initial", "float_nodes": list(tgt.int8.exclude), "verdict": verification.verdict,
+                "agreement": verification.details.get("agreement")}]
+    if tgt.backend == "onnx":
+        result = _onnx_search(ctx, tgt, tmp, engine, t0, budget, history)
+    elif tgt.backend == "openvino":
+        result = _openvino_search(ctx, tgt, tmp, engine, history)
+    else:
+        return built, engine, verification  # TensorRT builds on the device; nothing to search here
+    if result is None:
+        engine.setdefault("int8", {})["mixed_precision"] = {"result": "no passing configuration found within bounds",
+                                                             "seconds": round(time.perf_counter() - t0, 1),
+                                                             "history": history}
+        return built, engine, verification
+    new_built, new_engine, why = result
+    new_engine.update({k: engine[k] for k in ("backend", "precision", "dynamic_batch", "min_batch", "max_batch",
+                                              "input_shape") if k in engine})
+    v = verify_artifact(ctx, new_built, new_engine, tgt)
+    history.append({"step": "final", "float_nodes": new_engine.get("int8", {}).get("float_nodes"),
+                    "verdict": v.verdict, "agreement": v.details.get("agreement")})
+    new_engine.setdefault("int8", {})["mixed_precision"] = {"reason": why, "seconds": round(time.perf_counter() - t0, 1),
+                                                            "history": history}
+    if v.verdict == "passed" or v.details.get("agreement", 0) > verification.details.get("agreement", 0):
+        return new_built, new_engine, v
+    engine.setdefault("int8", {})["mixed_precision"] = new_engine["int8"]["mixed_precision"]
+    return built, engine, verification
+
+
+# ------------------------------------------------------------------ ONNX Runtime
+def rank_onnx_nodes(fp32_pre: Path, calib: np.ndarray, method: str, exclude: list[str], tmp: Path) -> list[str]:
+    """Quantized Conv/Gemm node names, worst signal-to-quantization-noise ratio first (calibration images)."""
+    import onnx
+    from onnxruntime.quantization import qdq_loss_debug as dbg
+
+    from edgecxr.export.onnx_int8 import _Reader, quantize_onnx
+
+    qdq = tmp / "rank-qdq.onnx"
+    quantize_onnx(fp32_pre, qdq, calib, fmt="qdq", method=method, exclude=exclude, preprocessed=True)
+    aug_f, aug_q = tmp / "rank-f.onnx", tmp / "rank-q.onnx"
+    dbg.modify_model_output_intermediate_tensors(str(fp32_pre), str(aug_f), op_types_for_saving=["Conv", "Gemm"])
+    dbg.modify_model_output_intermediate_tensors(str(qdq), str(aug_q), op_types_for_saving=["Conv", "Gemm"])
+    sub = calib[: min(len(calib), 24)]
+    name = onnx.load(str(fp32_pre), load_external_data=False).graph.input[0].name
+    act_f = dbg.collect_activations(str(aug_f), _Reader(sub, name))
+    act_q = dbg.collect_activations(str(aug_q), _Reader(sub, name))
+    producer = {o: n.name for n in onnx.load(str(fp32_pre), load_external_data=False).graph.node
+                for o in n.output if n.op_type in ("Conv", "Gemm")}
+    scored = []
+    for tensor, node in producer.items():
+        if node in exclude or tensor not in act_f or tensor not in act_q:
+            continue
+        f = np.concatenate([np.ravel(a) for a in act_f[tensor]])
+        q = np.concatenate([np.ravel(a) for a in act_q[tensor]])
+        noise = np.sum((f - q) ** 2)
+        sqnr = 10 * np.log10(np.sum(f ** 2) / noise) if noise > 0 else float("inf")
+        scored.append((sqnr, node))
+    # lowest SQNR of the conv's output against the float graph first (accumulated error, so late layers
+    # and layers that amplify error rank high: keeping those in float costs little compute)
+    return [n for _, n in sorted(scored)]
+
+
+def _onnx_search(ctx, tgt, tmp: Path, engine: dict, t0: float, budget: float, history: list):
+    from edgecxr.export.onnx_build import build
+
+    ref = _calib_reference(ctx)
+    calib = ctx.calib()
+    base = list(tgt.int8.exclude)
+
+    def trial(opts, label):
+        sub = tmp / f"trial-{len(history)}"
+        sub.mkdir()
+        import shutil
+
+        shutil.copyfile(ctx.fp32_onnx(tgt, tmp), sub / "fp32.onnx")  # export torch -> ONNX once
+        t = dataclasses.replace(tgt, int8=opts)
+        path, eng = build(ctx, t, sub)
+        eng = dict(engine, int8=eng["int8"], version=eng["version"])
+        agree = float(np.mean(_runner_logits(path, eng, calib).argmax(1) == ref.argmax(1)))
+        history.append({"step": label, "float_nodes": list(opts.exclude), "calibration": opts.calibration,
+                        "calib_agreement": agree})
+        return path, eng, agree
+
+    # 1. cheap knobs: other calibration methods
+    for method in ("percentile", "entropy"):
+        if method == tgt.int8.calibration or time.perf_counter() - t0 > budget:
+            continue
+        path, eng, agree = trial(dataclasses.replace(tgt.int8, calibration=method), f"calibration={method}")
+        if agree >= 1.0:
+            return path, eng, f"calibration method {method} (no flip on the calibration images)"
+    # 2. rank nodes, then keep the worst ones in float
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgecxr.export.onnx_int8 import batchnorm_to_depthwise
+
+    pre = tmp / "rank-pre.onnx"
+    quant_pre_process(str(ctx.fp32_onnx(tgt, tmp)), str(pre), skip_symbolic_shape=True)
+    if tgt.int8.bn_to_conv:
+        batchnorm_to_depthwise(pre, pre)
+    try:
+        ranked = rank_onnx_nodes(pre, calib, tgt.int8.calibration, base, tmp)
+    except Exception as exc:  # the debug API changed: fall back to graph order from the input (stem first)
+        history.append({"step": "ranking failed", "error": f"{type(exc).__name__}: {exc}"})
+        import onnx
+
+        ranked = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv" and n.name not in base]
+    k, best = 1, None
+    while k <= tgt.int8.max_float_layers and time.perf_counter() - t0 < budget:
+        opts = dataclasses.replace(tgt.int8, exclude=base + ranked[:k])
+        path, eng, agree = trial(opts, f"float top-{k}")
+        best = (path, eng, f"kept the {k} conv(s) with the lowest SQNR on calibration images in float")
+        if agree >= 1.0:
+            return best
+        k *= 2
+    return best
+
+
+# ------------------------------------------------------------------ OpenVINO
+def _openvino_search(ctx, tgt, tmp: Path, engine: dict, history: list):
+    import nncf
+    import openvino as ov
+
+    ref = _calib_reference(ctx).argmax(1)
+    calib = ctx.calib()
+    items = [(calib[i:i + 1], int(ref[i])) for i in range(len(calib))]
+    ds = nncf.Dataset(items, lambda item: item[0])
+
+    def agreement(compiled, data) -> float:
+        out = compiled.outputs[0]
+        hits = [int(np.argmax(compiled(x)[out])) == y for x, y in data]
+        return float(np.mean(hits))
+
+    model = ov.convert_model(str(ctx.fp32_onnx(tgt, tmp)))
+    ignored = None
+    if tgt.int8.exclude:
+        ignored = nncf.IgnoredScope(patterns=[f".*{n}.*" for n in tgt.int8.exclude], validate=False)
+    q = nncf.quantize_with_accuracy_control(
+        model, ds, ds, agreement, max_drop=max(0.0, 1 - tgt.tolerance.min_agreement) / 2,
+        drop_type=nncf.DropType.ABSOLUTE, subset_size=min(tgt.int8.subset_size, len(calib)),
+        fast_bias_correction=tgt.int8.fast_bias_correction, ignored_scope=ignored,
+        preset=nncf.QuantizationPreset.PERFORMANCE if tgt.int8.preset == "performance" else nncf.QuantizationPreset.MIXED)
+    float_convs = [op.get_friendly_name() for op in q.get_ordered_ops() if op.get_type_name() == "Convolution"
+                   and op.input_value(0).get_node().get_type_name() != "FakeQuantize"]
+    for k, v in ctx.metadata().items():
+        q.set_rt_info(__import__("json").dumps(v, sort_keys=True), ["edgecxr", k])
+    out = tmp / "ac" / "model.xml"
+    out.parent.mkdir()
+    ov.save_model(q, str(out), compress_to_fp16=False)
+    eng = dict(engine, int8=dict(engine.get("int8", {}), float_nodes=float_convs, method="nncf accuracy control"))
+    history.append({"step": "nncf.quantize_with_accuracy_control", "float_nodes": float_convs})
+    return out, eng, "NNCF accuracy control on calibration-image agreement"
