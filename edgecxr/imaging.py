@@ -165,16 +165,58 @@ def check_pixel_module(ds, name: str) -> str:
     return ts
 
 
+# Decoder plugins tried, in this order, per transfer syntax (pydicom's own order puts gdcm first, and
+# python-gdcm aborts the process on some malformed streams; pylibjpeg-rle panics on truncated RLE).
+# gdcm stays only where nothing else decodes the syntax (JPEG Lossless); edgecxr predict isolates it.
+PLUGIN_ORDER = {
+    "1.2.840.10008.1.2.4.50": ["pillow", "pylibjpeg", "gdcm"],
+    "1.2.840.10008.1.2.4.51": ["pillow", "pylibjpeg", "gdcm"],
+    "1.2.840.10008.1.2.4.57": ["pylibjpeg", "gdcm"],
+    "1.2.840.10008.1.2.4.70": ["pylibjpeg", "gdcm"],
+    "1.2.840.10008.1.2.4.80": ["pyjpegls", "gdcm"],
+    "1.2.840.10008.1.2.4.81": ["pyjpegls", "gdcm"],
+    "1.2.840.10008.1.2.4.90": ["pylibjpeg", "pillow", "gdcm"],
+    "1.2.840.10008.1.2.4.91": ["pylibjpeg", "pillow", "gdcm"],
+    "1.2.840.10008.1.2.5": ["pydicom"],
+}
+
+
+def _plugins(ts: str) -> list[str]:
+    try:
+        from pydicom.pixels import get_decoder
+
+        available = set(get_decoder(ts).available_plugins)
+    except Exception:
+        return []
+    ordered = [p for p in PLUGIN_ORDER.get(ts, sorted(available)) if p in available]
+    safe = [p for p in ordered if p != "gdcm"]
+    return safe or ordered  # gdcm only when nothing else can decode this syntax (it aborts on bad streams)
+
+
 def _decode_hint(ts: str) -> str:
     """Say to install decoders only when no installed plugin can decode ``ts``."""
-    try:
-        from pydicom.pixels.utils import get_decoder
+    if ts in _NATIVE or _plugins(ts):
+        return ""
+    return " No decoder for it is installed: pip install 'edgecxr[dicom]'."
 
-        if get_decoder(ts).is_available:
-            return ""
-    except Exception:
-        pass
-    return " Install the compressed-DICOM decoders: pip install 'edgecxr[dicom]'."
+
+def _pixel_array(ds, ts: str, name: str) -> np.ndarray:
+    """Decode with the plugins of PLUGIN_ORDER, in order; an ImageError naming the syntax when all fail."""
+    if ts in _NATIVE:
+        return ds.pixel_array
+    plugins = _plugins(ts)
+    if not plugins:
+        raise ImageError(f"{name}: cannot decode pixel data (transfer syntax {ts}).{_decode_hint(ts)}")
+    errors = []
+    for plugin in plugins:
+        try:
+            ds.pixel_array_options(decoding_plugin=plugin)
+            return ds.pixel_array
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - Rust panics derive from BaseException
+            errors.append(f"{plugin}: {type(exc).__name__}: {str(exc)[:120]}")
+    raise ImageError(f"{name}: cannot decode pixel data (transfer syntax {ts}): " + "; ".join(errors))
 
 
 def read_dicom(path: Path, info: dict | None = None) -> np.ndarray:
@@ -184,15 +226,19 @@ def read_dicom(path: Path, info: dict | None = None) -> np.ndarray:
     name = str(path)
     try:
         ds = pydicom.dcmread(path)
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001
         raise ImageError(f"{name}: not a readable DICOM file ({type(exc).__name__}: {exc}).") from exc
     ts = check_pixel_module(ds, name)
     try:
-        arr = ds.pixel_array
-    except Exception as exc:  # missing decoder, truncated or corrupt data ...
-        tsname = getattr(getattr(ds.file_meta, "TransferSyntaxUID", None), "name", ts) if hasattr(ds, "file_meta") else ts
-        raise ImageError(f"{name}: cannot decode pixel data (transfer syntax {tsname}): "
-                         f"{type(exc).__name__}: {exc}.{_decode_hint(ts)}") from exc
+        arr = _pixel_array(ds, ts, name)
+    except ImageError:
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - truncated or corrupt data, decoder panics ...
+        raise ImageError(f"{name}: cannot decode pixel data (transfer syntax {ts}): {type(exc).__name__}: {exc}") from exc
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     stored = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
     arr2 = stored
@@ -274,11 +320,11 @@ def load_gray(item: Any, info: dict | None = None) -> np.ndarray:
             g = from_pil(item, name)
         else:
             raise ImageError(f"unsupported input type {type(item).__name__}; pass a path, numpy array or PIL image.")
-    except ImageError:
+    except (ImageError, KeyboardInterrupt, SystemExit):
         raise
     except MemoryError:
         raise ImageError(f"{name}: not enough memory to decode this image.") from None
-    except Exception as exc:  # any decoder's own exception type becomes an ImageError naming the input
+    except BaseException as exc:  # noqa: BLE001 - any decoder's own exception type (Rust panics too) becomes an ImageError
         raise ImageError(f"{name}: cannot read ({type(exc).__name__}: {exc}).") from exc
     if g.ndim != 2 or not np.isfinite(g).all():
         raise ImageError(f"{name}: decoding gave no finite 2-D image.")

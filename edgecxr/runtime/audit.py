@@ -57,8 +57,11 @@ class AuditLog:
             "latency_ms": round(latency_ms, 3)}
         data = (json.dumps(line, sort_keys=True, allow_nan=False) + "\n").encode()
         with _LOCK:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
             try:
+                end = os.lseek(fd, 0, os.SEEK_END)
+                if end and os.pread(fd, 1, end - 1) != b"\n":  # a line cut by a crash: start on a fresh line
+                    data = b"\n" + data
                 os.write(fd, data)
                 os.fsync(fd)
             finally:

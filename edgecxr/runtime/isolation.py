@@ -27,8 +27,10 @@ def _decode(path: str) -> tuple[np.ndarray, dict]:
 
 
 class IsolatedDecoder:
-    def __init__(self, timeout: float = TIMEOUT_S) -> None:
-        self.timeout = timeout
+    """``decode``: a module-level function path -> (image, info) run in the worker (tests pass a crashing one)."""
+
+    def __init__(self, timeout: float = TIMEOUT_S, decode=_decode) -> None:
+        self.timeout, self.decode = timeout, decode
         self._pool: ProcessPoolExecutor | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -41,7 +43,7 @@ class IsolatedDecoder:
         if not (p.is_file() and is_dicom(p)):
             return load_gray(path, notes)
         try:
-            g, info = self._executor().submit(_decode, str(p)).result(timeout=self.timeout)
+            g, info = self._executor().submit(self.decode, str(p)).result(timeout=self.timeout)
         except ImageError:
             raise
         except BrokenProcessPool:

@@ -1,0 +1,128 @@
+"""Input guard: DICOM header rules and the content score exported as a second graph output."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgecxr.resources import calibration_dir, eval_dir, val_dir
+from edgecxr.runtime.header_rules import HeaderRules
+
+pydicom = pytest.importorskip("pydicom")
+EVAL = sorted(eval_dir().rglob("*.png"))
+
+
+def _ds(**tags):
+    ds = pydicom.Dataset()
+    for k, v in tags.items():
+        setattr(ds, k, v)
+    return ds
+
+
+@pytest.mark.parametrize("tags,expect", [
+    (dict(Modality="DX", BodyPartExamined="CHEST", ViewPosition="PA"), None),
+    (dict(Modality="CR", BodyPartExamined="THORAX", ViewPosition="AP"), None),
+    (dict(Modality="CR"), None),  # absent body part and view: not refused by the header
+    (dict(Modality="CR", BodyPartExamined="HAND"), "BodyPartExamined HAND"),
+    (dict(Modality="MG", BodyPartExamined="BREAST"), "Modality MG"),
+    (dict(Modality="CT"), "Modality CT"),
+    (dict(Modality="DX", BodyPartExamined="CHEST", ViewPosition="LL"), "lateral view"),
+    (dict(Modality="SC"), "Modality SC"),
+])
+def test_header_rules(tags, expect):
+    reason = HeaderRules().check(_ds(**tags))
+    assert (reason is None) if expect is None else (expect in reason), reason
+
+
+def test_header_rules_configurable():
+    rules = HeaderRules.from_dict({"modalities": ["CR", "DX", "SC"]})
+    assert rules.check(_ds(Modality="SC")) is None
+    with pytest.raises(ValueError, match="unknown"):
+        HeaderRules.from_dict({"modality": ["CR"]})
+
+
+@pytest.fixture(scope="session")
+def guarded_checkpoint(tiny_checkpoint, tmp_path_factory):
+    pytest.importorskip("torch")
+    from edgecxr.data import load_samples
+    from edgecxr.train.calibrate import calibrate
+
+    out = tmp_path_factory.mktemp("guarded") / "tiny-guarded.safetensors"
+    report = calibrate(tiny_checkpoint, load_samples(calibration_dir()), load_samples(val_dir()), out,
+                       ood=sorted((calibration_dir().parents[1] / "ood_data" / "synthetic").glob("*.png")))
+    assert report["guard"]["val_accept_rate"] >= 0.99  # the threshold is chosen so that val CXRs pass
+    assert 0.25 <= report["operating_point"]["temperature"] <= 8
+    return out
+
+
+@pytest.fixture(scope="session")
+def guarded_onnx(guarded_checkpoint, tmp_path_factory):
+    from edgecxr.export.core import export
+
+    res = export(guarded_checkpoint, "onnx-fp32", out=tmp_path_factory.mktemp("gonnx"))
+    assert res.verified and res.sidecar.outputs == ["logits", "guard"]
+    assert res.sidecar.verification["guard_agreement"] == 1.0
+    return res.artifact
+
+
+def test_guard_score_matches_torch_and_travels(guarded_checkpoint, guarded_onnx):
+    from edgecxr.data import load_samples
+    from edgecxr.runtime import load
+    from edgecxr.sidecar import read_sidecar
+    from edgecxr.train.evaluate import checkpoint_outputs
+
+    samples = load_samples(eval_dir())[:8]
+    ref, meta = checkpoint_outputs(guarded_checkpoint, samples)
+    with load(guarded_onnx) as m:
+        res = m.predict([s.path for s in samples])
+    scores = np.array([r.guard_score for r in res])
+    np.testing.assert_allclose(scores, ref["guard"].reshape(-1), rtol=1e-3)
+    side = read_sidecar(guarded_onnx)
+    assert side.guard["threshold"] == pytest.approx(meta["guard"]["threshold"])
+    assert "mean" not in side.guard  # statistics live in the graph, not the sidecar
+    assert side.operating_point["positive_class"] == "COVID-19"
+
+
+def test_rejected_inputs_get_no_finding_and_exit_3(guarded_onnx, tmp_path):
+    from edgecxr.cli import app
+
+    for f in guarded_onnx.parent.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    art = tmp_path / guarded_onnx.name
+    from edgecxr.runtime import load
+
+    with load(art) as m:
+        m.sidecar.guard = dict(m.sidecar.guard, threshold=-1.0)  # everything is "unlike the training X-rays"
+        r = m.predict(EVAL[:2])
+    assert [x.status for x in r] == ["rejected", "rejected"]
+    assert all(x.finding is None and not x.probabilities and "unlike the training X-rays" in x.reason for x in r)
+    # a DICOM of a hand is refused by its header, whatever the pixels
+    from PIL import Image
+
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm", download=False))
+    ds.Modality, ds.BodyPartExamined = "CR", "HAND"
+    hand = tmp_path / "hand[dicom].dcm"
+    ds.save_as(hand)
+    res = CliRunner().invoke(app, ["predict", str(hand), str(EVAL[0]), "--model", str(art), "--no-isolate"])
+    assert res.exit_code == 3, res.output
+    assert "BodyPartExamined HAND" in res.output and "hand[dicom].dcm" in res.output  # no markup eaten
+    res = CliRunner().invoke(app, ["predict", str(hand), str(EVAL[0]), "--model", str(art), "--no-guard", "--json",
+                                   "--no-isolate"])
+    assert res.exit_code in (0, 1) and "guard off" in res.output
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "blank.png")
+    res = CliRunner().invoke(app, ["predict", str(tmp_path / "blank.png"), "--model", str(art), "--json"])
+    assert res.exit_code == 1
+    line = json.loads([x for x in res.output.splitlines() if x.startswith("{")][0])
+    assert line["status"] == "error" and line["schema_version"] == 1 and "blank" in line["reason"]
+
+
+def test_eval_reports_rejected_share_for_artifact(guarded_onnx, guarded_checkpoint):
+    from edgecxr.data import load_samples
+    from edgecxr.train.evaluate import evaluate_model
+
+    samples = [s for s in load_samples(calibration_dir().parent / "val")][:12]
+    a = evaluate_model(guarded_onnx, samples, n_boot=10, reference=guarded_checkpoint)
+    assert "rejected_share" in a["guard"] and a["reference"]["agreement"] == 1.0
+    assert a["per_source"] and a["kind"].startswith("artifact")

@@ -1,0 +1,207 @@
+"""Issue 12: every input gets ImageError or a finite result; native decoder crashes are isolated;
+tampered artifacts are refused; the audit log survives threads and crashes."""
+
+import json
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgecxr.errors import ArtifactError, ImageError
+from edgecxr.imaging import load_gray
+from edgecxr.resources import eval_dir
+from edgecxr.sidecar import sidecar_path
+
+pydicom = pytest.importorskip("pydicom")
+EVAL = sorted(eval_dir().rglob("*.png"))
+
+
+def test_wide_float_range_is_finite():
+    a = np.linspace(-3e38, 3e38, 64 * 64, dtype=np.float32).reshape(64, 64)
+    g = load_gray(a)
+    assert np.isfinite(g).all() and g.min() == 0.0 and g.max() == 1.0
+
+
+@pytest.mark.parametrize("arr", [np.zeros((64, 64), np.uint8), np.full((64, 64), 7, np.uint16),
+                                 np.zeros((64, 64, 4), np.uint8)])
+def test_blank_inputs_refused(arr):
+    with pytest.raises(ImageError, match="blank"):
+        load_gray(arr)
+    with pytest.raises(ImageError, match="blank"):
+        load_gray(Image.fromarray(arr))
+
+
+def _dx(path, **over):
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    arr = (np.arange(64 * 64).reshape(64, 64) % 4000).astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "DX", 64, 64, 1
+    ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = \
+        "MONOCHROME2", 16, 12, 11, 0
+    ds.PixelData = arr.tobytes()
+    for k, v in over.items():
+        setattr(ds, k, v)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"BitsStored": 1}, "inconsistent pixel module"),
+    ({"BitsAllocated": 64}, "inconsistent pixel module"),
+    ({"Rows": 8000, "Columns": 8000}, "exceeds"),
+    ({"Rows": 128}, "truncated"),
+    ({"WindowCenter": [100, 200], "WindowWidth": 50, "BitsStored": [12, 12]}, "several values"),
+])
+def test_dicom_header_validated_before_decoding(tmp_path, over, match):
+    with pytest.raises(ImageError, match=match):
+        load_gray(_dx(tmp_path / "x.dcm", **over))
+
+
+def test_window_outside_stored_values_falls_back(tmp_path):
+    info: dict = {}
+    g = load_gray(_dx(tmp_path / "w.dcm", WindowCenter=60000, WindowWidth=10), info)
+    assert g.max() - g.min() > 0.9 and "voi_fallback" in info
+
+
+def test_any_decoder_exception_becomes_image_error(tmp_path):
+    p = _dx(tmp_path / "m.dcm")
+    ds = pydicom.dcmread(p)
+    ds.ModalityLUTSequence = [pydicom.Dataset()]  # an empty LUT item (seen in a public test suite)
+    ds.save_as(p)
+    try:
+        g = load_gray(p)
+        assert np.isfinite(g).all()
+    except ImageError:
+        pass
+
+
+def _abort(path):  # a decoder that kills its process, as python-gdcm did on some files
+    os.abort()
+
+
+def test_native_crash_is_isolated(tmp_path):
+    from edgecxr.runtime.isolation import IsolatedDecoder
+
+    dec = IsolatedDecoder(decode=_abort)
+    p = _dx(tmp_path / "c.dcm")
+    with pytest.raises(ImageError, match="crashed"):
+        dec.load_gray(p)
+    ok = IsolatedDecoder()
+    assert ok.load_gray(p).shape == (64, 64)  # a fresh worker decodes the next file
+    ok.close()
+    dec.close()
+
+
+def test_non_finite_outputs_are_errors(onnx_artifact):
+    from edgecxr.runtime import load
+
+    with load(onnx_artifact) as m:
+        run = m.runner.run
+        m.runner.run = lambda x: {"logits": run(x)["logits"] * np.nan}
+        r = m.predict(EVAL[:2])
+    assert [x.status for x in r] == ["error", "error"] and all(not x.probabilities for x in r)
+
+
+def _copy(artifact, dst):
+    for f in artifact.parent.iterdir():
+        if f.is_file():
+            shutil.copy(f, dst / f.name)
+    return dst / artifact.name
+
+
+def test_sidecar_only_edit_of_verdict_refused(tiny_checkpoint, tmp_path):
+    from edgecxr.export.core import export
+    from edgecxr.runtime import load
+
+    res = export(tiny_checkpoint, "onnx-fp32", out=tmp_path / "a", verify=False)
+    side = json.loads(sidecar_path(res.artifact).read_text())
+    side["verification"]["verdict"] = "passed"
+    sidecar_path(res.artifact).write_text(json.dumps(side))
+    with pytest.raises(ArtifactError, match="verification"):
+        load(res.artifact)
+
+
+@pytest.mark.parametrize("bad,match", [({"engine": {"backend": "onnx", "precision": "fp32", "max_batch": "abc"}}, "max_batch"),
+                                       ({"extra_files": [{"file": "../../x", "bytes": 1, "sha256": "0" * 64}]}, "plain file name"),
+                                       ({"format": 1}, "format")])
+def test_bad_sidecar_values_name_the_field(onnx_artifact, tmp_path, bad, match):
+    from edgecxr.runtime import load
+
+    art = _copy(onnx_artifact, tmp_path)
+    side = json.loads(sidecar_path(art).read_text())
+    side.update(bad)
+    sidecar_path(art).write_text(json.dumps(side))
+    with pytest.raises(ArtifactError, match=match):
+        load(art)
+
+
+def test_signed_artifacts(onnx_artifact, tmp_path):
+    pytest.importorskip("cryptography")
+    from edgecxr.runtime import load
+    from edgecxr.signing import generate_keypair, sign_artifact
+
+    generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
+    generate_keypair(tmp_path / "other.pem", tmp_path / "other.pub")
+    art = _copy(onnx_artifact, tmp_path)
+    with pytest.raises(ArtifactError, match="not signed"):
+        load(art, trusted_keys=[tmp_path / "k.pub"])
+    sign_artifact(art, tmp_path / "k.pem")
+    load(art, trusted_keys=[tmp_path / "k.pub"]).close()
+    with pytest.raises(ArtifactError, match="trusted key"):
+        load(art, trusted_keys=[tmp_path / "other.pub"])
+    # swap two class names in the sidecar (and re-sign nothing): the signature no longer matches
+    side = json.loads(sidecar_path(art).read_text())
+    side["classes"][0], side["classes"][1] = side["classes"][1], side["classes"][0]
+    sidecar_path(art).write_text(json.dumps(side))
+    with pytest.raises(ArtifactError):
+        load(art, trusted_keys=[tmp_path / "k.pub"])
+
+
+def test_load_close_100_times_does_not_grow(onnx_artifact):
+    from edgecxr.runtime import load
+
+    def rss_kb():
+        return int(next(x for x in open("/proc/self/status") if x.startswith("VmRSS")).split()[1])
+
+    for _ in range(10):
+        with load(onnx_artifact) as m:
+            m.predict(EVAL[:1])
+    before = rss_kb()
+    for _ in range(100):
+        with load(onnx_artifact) as m:
+            m.predict(EVAL[:1])
+    assert m.runner.closed
+    assert rss_kb() - before < 60_000, "memory grew by more than 60 MB over 100 load/close cycles"
+
+
+def test_audit_log_threads_and_crash(onnx_artifact, tmp_path):
+    from edgecxr.runtime import load
+    from edgecxr.runtime.audit import read_audit
+
+    log = tmp_path / "audit.jsonl"
+    with load(onnx_artifact, audit=log) as m:
+        ts = [threading.Thread(target=m.predict, args=(EVAL[:5],)) for _ in range(4)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+    lines = log.read_text().splitlines()
+    assert len(lines) == 20 and all(json.loads(x)["status"] == "ok" for x in lines)  # no interleaving
+    rec = json.loads(lines[0])
+    assert len(rec["input_sha256"]) == 64 and rec["artifact_sha256"] and rec["latency_ms"] >= 0
+    assert EVAL[0].name not in log.read_text()  # no file names or paths
+    with open(log, "ab") as fh:  # a crash in the middle of a write
+        fh.write(b'{"time": "2026-')
+    assert len(read_audit(log)) == 20
+    with load(onnx_artifact, audit=log) as m:
+        m.predict(EVAL[:1])
+    assert len(read_audit(log)) == 21  # the next line is whole
