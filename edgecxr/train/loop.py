@@ -116,23 +116,56 @@ def _atomic_torch_save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sample], out: Path,
-          resume: bool = True, data_info: dict | None = None, progress: bool = True) -> dict:
-    """Train and return the run summary. ``out`` gets last.pt, best.safetensors(+.json), metrics.{json,csv}."""
+@dataclass
+class Run:
+    """What one training run holds between its steps."""
+
+    cfg: TrainConfig
+    device: torch.device
+    rank: int
+    world: int
+    out: Path
+    model: nn.Module
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loss_fn: nn.Module
+    train_dl: DataLoader
+    val_dl: DataLoader
+    sampler: object
+    gen: torch.Generator
+    val_sources: list
+    amp_dtype: torch.dtype | None  # None: no autocast
+    channels_last: bool
+    ema: nn.Module | None = None
+    start_epoch: int = 0
+    best: float = -1.0
+    history: list = field(default_factory=list)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+
+def setup_device() -> tuple[torch.device, int, int]:
+    """Device, rank and world size; joins the process group under torchrun (NCCL on CUDA, gloo on CPU)."""
     rank, world, local_rank = _dist_info()
-    distributed = world > 1
     use_cuda = torch.cuda.is_available()
-    if distributed and not dist.is_initialized():
+    if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-    _seed_all(cfg.seed + rank)
-    out = Path(out)
-    main = rank == 0
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
+    return device, rank, world
 
+
+def make_loaders(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sample], rank: int, world: int):
+    """(train loader, val loader, sampler, generator): class-balanced or distributed sampling."""
     pcfg = PreprocessConfig(size=cfg.size, resize=cfg.resize)
     train_ds = CXRDataset(train_samples, cfg.classes, pcfg, augment=cfg.augment)
     val_ds = CXRDataset(val_samples, cfg.classes, pcfg, augment=False)
@@ -141,119 +174,155 @@ def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sampl
         counts = np.bincount(train_ds.targets, minlength=len(cfg.classes)).astype(float)
         w = [1.0 / counts[t] for t in train_ds.targets]
         sampler = WeightedRandomSampler(w, num_samples=math.ceil(len(w) / world), replacement=True, generator=gen)
-    elif distributed:
+    elif world > 1:
         sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     else:
         sampler = None
     train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, shuffle=sampler is None,
-                          generator=gen if sampler is None else None, num_workers=cfg.workers, drop_last=len(train_ds) > cfg.batch_size)
+                          generator=gen if sampler is None else None, num_workers=cfg.workers,
+                          drop_last=len(train_ds) > cfg.batch_size)
     val_dl = DataLoader(val_ds, batch_size=cfg.batch_size * 2, num_workers=cfg.workers)
+    return train_dl, val_dl, sampler, gen
 
+
+def build_run(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sample], out: Path) -> Run:
+    """Model, optimiser, schedule, loss, EMA and loaders for ``cfg``."""
+    device, rank, world = setup_device()
+    _seed_all(cfg.seed + rank)
+    out = Path(out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    train_dl, val_dl, sampler, gen = make_loaders(cfg, train_samples, val_samples, rank, world)
+    use_cuda = device.type == "cuda"
     model = build_model(cfg.arch, num_classes=len(cfg.classes), weights=cfg.weights).to(device)
     cpu_bf16 = (not use_cuda) and cfg.amp and (cpu_has_bf16() if cfg.bf16 is None else cfg.bf16)
     channels_last = use_cuda or cpu_bf16
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    net: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None) if distributed else model
+    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None) if world > 1 else model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, len(train_dl))
-    total = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, round(cfg.warmup_epochs * steps_per_epoch))))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_cuda and cfg.amp)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    steps = max(1, len(train_dl))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps * cfg.epochs, max(1, round(cfg.warmup_epochs * steps))))
     ema = None
     if cfg.ema > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
-    val_sources = [s.source for s in val_samples]
+    amp_dtype = torch.float16 if use_cuda and cfg.amp else (torch.bfloat16 if cpu_bf16 else None)
+    return Run(cfg, device, rank, world, out, model, net, opt, sched,
+               torch.amp.GradScaler("cuda", enabled=use_cuda and cfg.amp),
+               nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), train_dl, val_dl, sampler, gen,
+               [s.source for s in val_samples], amp_dtype, channels_last, ema)
 
-    start_epoch, best, history = 0, -1.0, []
-    last = out / "last.pt"
-    if resume and last.is_file():
-        st = torch.load(last, map_location="cpu", weights_only=False)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        scaler.load_state_dict(st["scaler"])
-        start_epoch, best, history = st["epoch"] + 1, st["best"], st["history"]
-        if ema is not None and "ema" in st:
-            ema.load_state_dict(st["ema"])
 
-    meta_base = {
-        "edgecxr_version": __version__, "arch": cfg.arch, "classes": cfg.classes,
-        "preprocess": pcfg.to_dict(), "train_config": asdict(cfg), "data": data_info or {},
-    }
+def resume_from(run: Run, last: Path) -> None:
+    """Restore model, optimiser, schedule, scaler, EMA and history from ``last.pt``."""
+    st = torch.load(last, map_location="cpu", weights_only=False)
+    run.model.load_state_dict(st["model"])
+    run.opt.load_state_dict(st["optimizer"])
+    run.sched.load_state_dict(st["scheduler"])
+    run.scaler.load_state_dict(st["scaler"])
+    run.start_epoch, run.best, run.history = st["epoch"] + 1, st["best"], st["history"]
+    if run.ema is not None and "ema" in st:
+        run.ema.load_state_dict(st["ema"])
+
+
+def train_one_epoch(run: Run, epoch: int, on_step=None) -> dict:
+    """One pass over the training loader; returns loss and throughput."""
+    cfg = run.cfg
+    # every epoch's randomness derives from (seed, epoch, rank): a resumed run repeats it exactly
+    _seed_all(cfg.seed * 7919 + epoch * 104729 + run.rank)
+    run.gen.manual_seed(cfg.seed * 7919 + epoch * 104729 + 1000 + run.rank)
+    if isinstance(run.sampler, DistributedSampler):
+        run.sampler.set_epoch(epoch)
+    run.net.train()
+    t0, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
+    for x, y in run.train_dl:
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device)
+        if run.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+            loss = run.loss_fn(run.net(x), y.long())
+        run.opt.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.opt)
+        run.scaler.update()
+        run.sched.step()
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
+        seen += len(y)
+        loss_sum += float(loss.detach()) * len(y)
+        steps += 1
+        if on_step:
+            on_step(loss_sum / seen)
+        if cfg.max_steps and epoch * len(run.train_dl) + steps >= cfg.max_steps:
+            break
+    return {"train_loss": loss_sum / max(seen, 1), "train_images_per_s": seen * run.world / (time.perf_counter() - t0),
+            "steps": steps}
+
+
+def validate(run: Run) -> tuple[dict, float, dict]:
+    """Val metrics of the evaluated model (the EMA when on), the selection score, and per-source sensitivities."""
+    probs, ys = predict_probs(run.eval_model, run.val_dl, run.device)
+    vm = point_metrics(ys, probs, run.cfg.classes)
+    score = selection_score(run.cfg.select, vm, ys, probs, run.cfg.classes, run.val_sources)
+    sens = {f"val_sens_{c}_{src}": v["value"] for src, r in per_source(ys, probs, run.cfg.classes, run.val_sources).items()
+            for c, v in r["sensitivity"].items()}
+    return vm, score, sens
+
+
+def save_epoch(run: Run, epoch: int, vm: dict, score: float, meta_base: dict) -> None:
+    """best.safetensors when the score improved; last.pt, metrics.json and metrics.csv every epoch (rank 0)."""
+    if score > run.best:
+        run.best = score
+        save_checkpoint(run.eval_model.state_dict(), dict(meta_base, epoch=epoch + 1, val=vm, val_score=score),
+                        run.out / "best.safetensors")
+    state = {"model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
+             "scaler": run.scaler.state_dict(), "epoch": epoch, "best": run.best, "history": run.history,
+             "meta": meta_base}
+    if run.ema is not None:
+        state["ema"] = run.ema.state_dict()
+    _atomic_torch_save(state, run.out / "last.pt")
+    atomic_write_json(run.out / "metrics.json", run.history)
+    with open(run.out / "metrics.csv", "w", newline="") as fh:
+        keys = list(dict.fromkeys(k for h in run.history for k in h))
+        w = csv.DictWriter(fh, fieldnames=keys, restval="")
+        w.writeheader()
+        w.writerows(run.history)
+
+
+def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sample], out: Path,
+          resume: bool = True, data_info: dict | None = None, progress: bool = True) -> dict:
+    """Train and return the run summary. ``out`` gets last.pt, best.safetensors(+.json), metrics.{json,csv}."""
+    run = build_run(cfg, train_samples, val_samples, out)
+    if resume and (run.out / "last.pt").is_file():
+        resume_from(run, run.out / "last.pt")
+    meta_base = {"edgecxr_version": __version__, "arch": cfg.arch, "classes": cfg.classes,
+                 "preprocess": PreprocessConfig(size=cfg.size, resize=cfg.resize).to_dict(),
+                 "train_config": asdict(cfg), "data": data_info or {}}
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    steps_done = start_epoch * steps_per_epoch
+    steps_per_epoch = max(1, len(run.train_dl))
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not (progress and main)) as bar:
-        for epoch in range(start_epoch, cfg.epochs):
-            # every epoch's randomness derives from (seed, epoch, rank): a resumed run repeats it exactly
-            _seed_all(cfg.seed * 7919 + epoch * 104729 + rank)
-            gen.manual_seed(cfg.seed * 7919 + epoch * 104729 + 1000 + rank)
-            if isinstance(sampler, DistributedSampler):
-                sampler.set_epoch(epoch)
-            net.train()
+                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not (progress and run.main)) as bar:
+        for epoch in range(run.start_epoch, cfg.epochs):
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, info="")
-            t0, seen, loss_sum = time.perf_counter(), 0, 0.0
-            for x, y in train_dl:
-                x, y = x.to(device, non_blocking=True), y.to(device)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                amp_dtype = torch.float16 if use_cuda else torch.bfloat16
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=(use_cuda and cfg.amp) or cpu_bf16):
-                    loss = loss_fn(net(x), y.long())
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                seen += len(y)
-                loss_sum += float(loss.detach()) * len(y)
-                steps_done += 1
-                bar.update(task, advance=1, info=f"loss {loss_sum / seen:.3f}")
-                if cfg.max_steps and steps_done >= cfg.max_steps:
-                    break
-            train_time = time.perf_counter() - t0
-            eval_model = ema.module if ema is not None else model
-            probs, ys = predict_probs(eval_model, val_dl, device)
-            vm = point_metrics(ys, probs, cfg.classes)
-            score = selection_score(cfg.select, vm, ys, probs, cfg.classes, val_sources)
-            row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_images_per_s": seen * world / train_time,
+            tr = train_one_epoch(run, epoch, on_step=lambda loss: bar.update(task, advance=1, info=f"loss {loss:.3f}"))
+            vm, score, sens = validate(run)
+            row = {"epoch": epoch + 1, "train_loss": tr["train_loss"], "train_images_per_s": tr["train_images_per_s"],
                    "val_accuracy": vm["accuracy"], "val_macro_f1": vm["macro_f1"], "val_macro_auc": vm["macro_auc"],
-                   "val_score": score, "lr": sched.get_last_lr()[0]}
-            for src, r in per_source(ys, probs, cfg.classes, val_sources).items():
-                for cname, sv in r["sensitivity"].items():
-                    row[f"val_sens_{cname}_{src}"] = sv["value"]
-            history.append(row)
+                   "val_score": score, "lr": run.sched.get_last_lr()[0], **sens}
+            run.history.append(row)
             bar.update(task, info=f"loss {row['train_loss']:.3f} val acc {vm['accuracy']:.3f} f1 {vm['macro_f1']:.3f}")
-            if main and progress:
+            if run.main and progress:
                 bar.console.print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}, {row['train_images_per_s']:.1f} img/s, "
                                   f"val acc {vm['accuracy']:.4f}, val macro F1 {vm['macro_f1']:.4f}")
-            if main:
-                if score > best:
-                    best = score
-                    save_checkpoint(eval_model.state_dict(), dict(meta_base, epoch=epoch + 1, val=vm, val_score=score),
-                                    out / "best.safetensors")
-                state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "scaler": scaler.state_dict(), "epoch": epoch, "best": best, "history": history, "meta": meta_base}
-                if ema is not None:
-                    state["ema"] = ema.state_dict()
-                _atomic_torch_save(state, last)
-                atomic_write_json(out / "metrics.json", history)
-                with open(out / "metrics.csv", "w", newline="") as fh:
-                    keys = list(dict.fromkeys(k for h in history for k in h))
-                    w = csv.DictWriter(fh, fieldnames=keys, restval="")
-                    w.writeheader()
-                    w.writerows(history)
-            if cfg.max_steps and steps_done >= cfg.max_steps:
+            if run.main:
+                save_epoch(run, epoch, vm, score, meta_base)
+            if cfg.max_steps and (epoch * steps_per_epoch + tr["steps"]) >= cfg.max_steps:
                 break
-    if distributed:
+    if run.world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return {"best_val_score": best, "best_val_macro_f1": max((h["val_macro_f1"] for h in history), default=best), "epochs": len(history), "history": history, "out": str(out)}
-
+    return {"best_val_score": run.best, "best_val_macro_f1": max((h["val_macro_f1"] for h in run.history), default=run.best),
+            "epochs": len(run.history), "history": run.history, "out": str(run.out)}
