@@ -61,17 +61,13 @@ def info(
     rep["dicom_decoders"] = dicom_support()
     if model:
         try:
-            from edgecxr.models import build_model, count_flops, count_params
+            from edgecxr.models import summary
         except ImportError:
             _fail("model summaries need torch: pip install 'edgecxr[train]'", EXIT_USAGE)
         try:
-            m = build_model(model)
+            rep["model"] = summary(model, size)
         except EdgeCXRError as exc:
-            _fail(str(exc))
-        flops = count_flops(m, size)
-        base = count_flops(build_model("densenet121"), size) if model != "densenet121" else flops
-        rep["model"] = {"name": model, "params": count_params(m), "input_size": size, "gflops": flops / 1e9,
-                        "flops_vs_densenet121": flops / base}
+            _fail(str(exc), EXIT_USAGE)
     if as_json:
         print(json.dumps(rep, indent=2))
         return
@@ -85,6 +81,8 @@ def info(
                                 for g in rep["gpus"]) or "none (no nvidia-smi)")
     t.add_row("Jetson", json.dumps(rep["jetson"]) if rep["jetson"] else "no")
     t.add_row("DICOM decoders", ", ".join(k for k, ok in rep["dicom_decoders"].items() if ok))
+    t.add_row("backends", escape("; ".join(f"{n}: {'available' if b['available'] else b['reason']}"
+                                           for n, b in rep["backends"].items())))
     if "model" in rep:
         m = rep["model"]
         t.add_row("model", f"{m['name']}: {m['params'] / 1e6:.2f} M params, {m['gflops']:.2f} GFLOPs at {size}x{size} "
@@ -122,13 +120,9 @@ def split(
 
 
 def _split_samples(data: Path, layout: str, permissive_only: bool):
-    from edgecxr.data import load_samples
+    from edgecxr.data.splits import split_parts
 
-    samples = load_samples(data, layout, permissive_only=permissive_only)
-    parts = {sp: [s for s in samples if s.split == sp] for sp in ("train", "val", "test")}
-    if not parts["train"] or not parts["val"]:
-        raise EdgeCXRError(f"{data}: needs train and val splits; make them with `edgecxr split {data} --out split.csv`.")
-    return samples, parts
+    return split_parts(data, layout, permissive_only)
 
 
 @app.command()

@@ -124,8 +124,8 @@ def check(path: Path) -> str | None:
 
     try:
         g = load_gray(path)
-    except ImageError:
-        return None
+    except ImageError as exc:
+        return "memory bomb: " + str(exc)[:200] if "not enough memory" in str(exc) else None
     except BaseException as exc:  # noqa: BLE001 - anything else is a finding
         return f"{type(exc).__name__}: {exc}"[:300]
     if not isinstance(g, np.ndarray) or g.ndim != 2 or g.dtype != np.float32 or not np.isfinite(g).all() \
@@ -137,6 +137,9 @@ def check(path: Path) -> str | None:
 def _worker(args) -> list[tuple[int, str, str]]:
     """Check inputs ``start .. start+n`` of the deterministic stream; return findings."""
     seed, start, n, tmp = args
+    from edgecxr.runtime.isolation import limit_memory
+
+    limit_memory()  # a memory bomb shows up as a finding instead of exhausting the machine
     seeds = image_seeds() + dicom_seeds()
     findings = []
     folder = Path(tmp)

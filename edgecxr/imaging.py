@@ -200,10 +200,70 @@ def _decode_hint(ts: str) -> str:
     return " No decoder for it is installed: pip install 'edgecxr[dicom]'."
 
 
+_JPEG_FAMILY = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
+_J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}
+
+
+def _j2k_size(cs: bytes) -> tuple[int, int, int] | None:
+    """(height, width, components) from a JPEG 2000 codestream's SIZ marker (JP2 boxes skipped)."""
+    i = cs.find(b"\xff\x4f\xff\x51")
+    if i < 0 or len(cs) < i + 42:
+        return None
+    siz = cs[i + 4:]
+    xs, ys, xo, yo = (int.from_bytes(siz[k:k + 4], "big") for k in (4, 8, 12, 16))
+    comps = int.from_bytes(siz[36:38], "big")
+    return ys - yo, xs - xo, comps
+
+
+def _jpeg_size(cs: bytes) -> tuple[int, int, int] | None:
+    """(height, width, components) from a JPEG / JPEG-LS SOF segment."""
+    i, n = 2, len(cs)
+    if cs[:2] != b"\xff\xd8":
+        return None
+    while i + 9 < n:
+        if cs[i] != 0xFF:
+            return None
+        marker = cs[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        length = int.from_bytes(cs[i + 2:i + 4], "big")
+        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+            return int.from_bytes(cs[i + 5:i + 7], "big"), int.from_bytes(cs[i + 7:i + 9], "big"), cs[i + 9]
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
+
+
+def check_codestream(ds, ts: str, name: str) -> None:
+    """The compressed frame must declare the header's size (decoders allocate from the codestream, not
+    from Rows/Columns: a J2K frame claiming 65535 x 65535 is a memory bomb)."""
+    if ts not in _JPEG_FAMILY and ts not in _J2K:
+        return
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001
+        raise ImageError(f"{name}: encapsulated pixel data is malformed ({type(exc).__name__}: {exc}).") from None
+    size = _j2k_size(frame[:4096]) if ts in _J2K else _jpeg_size(frame[:65536])
+    if size is None:
+        raise ImageError(f"{name}: the compressed frame has no readable size header (transfer syntax {ts}).")
+    h, w, comps = size
+    if (h, w) != (int(ds.Rows), int(ds.Columns)) or comps != 1:
+        raise ImageError(f"{name}: the compressed frame declares {w}x{h}x{comps}, the header {ds.Columns}x{ds.Rows}x1; "
+                         "refused before decoding.")
+
+
 def _pixel_array(ds, ts: str, name: str) -> np.ndarray:
     """Decode with the plugins of PLUGIN_ORDER, in order; an ImageError naming the syntax when all fail."""
     if ts in _NATIVE:
         return ds.pixel_array
+    check_codestream(ds, ts, name)
     plugins = _plugins(ts)
     if not plugins:
         raise ImageError(f"{name}: cannot decode pixel data (transfer syntax {ts}).{_decode_hint(ts)}")

@@ -34,3 +34,15 @@ def patient_split(samples: list[Sample], fractions: tuple[float, float, float] =
         for i, g in enumerate(gs):
             assign[g] = "train" if i < cut1 else "val" if i < cut2 else "test"
     return [replace(s, split=assign[s.group]) for s in samples]
+
+
+def split_parts(data, layout: str = "auto", permissive_only: bool = False):
+    """(all samples, {"train": [...], "val": [...], "test": [...]}) of a dataset with splits."""
+    from edgecxr.data.layouts import load_samples
+    from edgecxr.errors import DatasetError
+
+    samples = load_samples(data, layout, permissive_only=permissive_only)
+    parts = {sp: [s for s in samples if s.split == sp] for sp in ("train", "val", "test")}
+    if not parts["train"] or not parts["val"]:
+        raise DatasetError(f"{data}: needs train and val splits; make them with `edgecxr split {data} --out split.csv`.")
+    return samples, parts

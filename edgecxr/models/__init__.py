@@ -74,5 +74,14 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["covid_densenet", "densenet121_baseline", "build_model", "BUILDERS", "count_flops", "count_params",
+def summary(arch: str, size: int = 224) -> dict:
+    """Parameters and FLOPs of ``arch`` at ``size``, and its FLOPs relative to DenseNet121."""
+    m = build_model(arch)
+    flops = count_flops(m, size)
+    base = count_flops(build_model("densenet121"), size) if arch != "densenet121" else flops
+    return {"name": arch, "params": count_params(m), "input_size": size, "gflops": flops / 1e9,
+            "flops_vs_densenet121": flops / base}
+
+
+__all__ = ["summary", "covid_densenet", "densenet121_baseline", "build_model", "BUILDERS", "count_flops", "count_params",
            "CovidDenseNet", "DenseNet121Baseline"]

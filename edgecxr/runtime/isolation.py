@@ -19,6 +19,19 @@ from edgecxr.errors import ImageError
 from edgecxr.imaging import is_dicom, load_gray
 
 TIMEOUT_S = 60.0
+WORKER_MEMORY_BYTES = 4 << 30  # address-space limit of the decoding worker: a bomb becomes a MemoryError
+
+
+def limit_memory(nbytes: int = WORKER_MEMORY_BYTES) -> None:
+    """Cap this process's address space (Linux/macOS); a no-op where resource limits do not exist."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        cap = nbytes if hard == resource.RLIM_INFINITY else min(nbytes, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    except (ImportError, ValueError, OSError):
+        pass
 
 
 def _decode(path: str) -> tuple[np.ndarray, dict]:
@@ -35,7 +48,7 @@ class IsolatedDecoder:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"), initializer=limit_memory)
         return self._pool
 
     def load_gray(self, path, notes: dict | None = None) -> np.ndarray:
