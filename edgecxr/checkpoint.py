@@ -14,7 +14,8 @@ from edgecxr.artifact import atomic_write_bytes, sha256_file
 from edgecxr.errors import WeightsError
 
 META_KEY = "edgecxr"
-GUARD_PREFIX = "guard."  # the input guard's statistics travel as float32 tensors beside the weights
+GUARD_PREFIX = "guard."  # the input guard's statistics travel as tensors beside the weights
+GUARD_FP32 = {"guard.mean", "guard.precision_cholesky"}  # kept float32 (the k-NN bank is fine in fp16)
 
 
 def save_checkpoint(state: dict, meta: dict, path: Path, half: bool = True) -> Path:
@@ -24,7 +25,7 @@ def save_checkpoint(state: dict, meta: dict, path: Path, half: bool = True) -> P
     tensors = {}
     for k, v in state.items():
         v = v.detach().cpu().contiguous()
-        if half and v.is_floating_point() and "running_" not in k and not k.startswith(GUARD_PREFIX):
+        if half and v.is_floating_point() and "running_" not in k and k not in GUARD_FP32:
             v = v.half()
         tensors[k] = v
     blob = save(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)})

@@ -1,12 +1,18 @@
 """The input guard's torch side: the exported graph's second output, and fitting its statistics.
 
-Score: Mahalanobis distance of the classifier's own feature vector (``model.features``) to the
-nearest class mean, with one shared (tied) covariance, shrunk toward a scaled identity because
-there are fewer training images than feature dimensions. Lee et al. (NeurIPS 2018) introduced
-the class-conditional Gaussian view; we use only the penultimate features. The graph computes
-``sqrt(min_c ||(f - mu_c) L||^2)`` with ``L L^T`` the precision matrix: two matmuls and a
-reduction, which ONNX Runtime, OpenVINO and TensorRT all run in the same forward pass.
-The energy score (``-logsumexp(logits)``, Liu et al. 2020) is computed too when fitting, for comparison.
+Scores, all computed from the classifier's own features in the same forward pass (so ONNX Runtime,
+OpenVINO and TensorRT compute them with no extra pass), higher = less like the training X-rays:
+
+* ``knn`` - one minus the cosine similarity to the k-th nearest training image's feature vector
+  (Sun et al., ICML 2022: deep nearest neighbours); the bank of normalised training features is a
+  constant of the graph (a MatMul and a TopK).
+* ``mahalanobis`` - distance to the nearest class mean under one shared covariance, shrunk toward a
+  scaled identity (Lee et al., NeurIPS 2018): two MatMuls and a reduction.
+* ``energy`` - ``-logsumexp(logits)`` (Liu et al., NeurIPS 2020).
+
+Features: ``penultimate`` (what the classifier reads) or ``backbone`` (pooled ReLU'd last dense
+block). ``edgecxr calibrate`` measures every combination on val CXRs and an out-of-distribution
+set and keeps the chosen one; see the model card for the numbers.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+
+METHODS = ("knn", "mahalanobis", "energy")
+FEATURES = ("penultimate", "backbone")
 
 
 class GuardedClassifier(nn.Module):
@@ -23,32 +32,47 @@ class GuardedClassifier(nn.Module):
         super().__init__()
         self.model = model
         self.method = guard.get("method", "mahalanobis")
-        if self.method == "energy":
-            return
-        mean = torch.as_tensor(np.asarray(guard["mean"], np.float32))  # (C, D)
-        chol = torch.as_tensor(np.asarray(guard["precision_cholesky"], np.float32))  # (D, D)
-        self.register_buffer("chol", chol)
-        self.register_buffer("mean_proj", mean @ chol)  # (C, D)
+        self.feature = guard.get("feature", "penultimate")
+        self.k = int(guard.get("k", 1))
+        if self.method == "mahalanobis":
+            mean = torch.as_tensor(np.asarray(guard["mean"], np.float32))  # (C, D)
+            chol = torch.as_tensor(np.asarray(guard["precision_cholesky"], np.float32))  # (D, D)
+            self.register_buffer("chol", chol)
+            self.register_buffer("mean_proj", mean @ chol)  # (C, D)
+        elif self.method == "knn":
+            self.register_buffer("bank_t", torch.as_tensor(np.asarray(guard["bank"], np.float32)).t().contiguous())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.model.features(x)
-        logits = self.model.classifier(f)
+        fused, backbone = self.model.features_and_backbone(x)
+        logits = self.model.classifier(fused)
         if self.method == "energy":
             return logits, -torch.logsumexp(logits, dim=1)
+        f = fused if self.feature == "penultimate" else backbone
+        if self.method == "knn":
+            f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            sim = f @ self.bank_t  # (N, bank)
+            return logits, 1 - torch.topk(sim, self.k, dim=1).values[:, -1]
         z = f @ self.chol  # (N, D)
         d2 = (z.unsqueeze(1) - self.mean_proj.unsqueeze(0)).pow(2).sum(-1)  # (N, C)
         return logits, torch.sqrt(d2.min(dim=1).values.clamp_min(0))
 
 
 @torch.no_grad()
-def features_and_logits(model: nn.Module, x: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def forward_features(model: nn.Module, x: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
+    """penultimate features, backbone features and logits, float64."""
     model.eval()
-    fs, ls = [], []
+    out: dict[str, list] = {"penultimate": [], "backbone": [], "logits": []}
     for i in range(0, len(x), batch):
-        f = model.features(torch.from_numpy(x[i:i + batch]))
-        fs.append(f.numpy())
-        ls.append(model.classifier(f).numpy())
-    return np.concatenate(fs).astype(np.float64), np.concatenate(ls).astype(np.float64)
+        f, b = model.features_and_backbone(torch.from_numpy(x[i:i + batch]))
+        out["penultimate"].append(f.numpy())
+        out["backbone"].append(b.numpy())
+        out["logits"].append(model.classifier(f).numpy())
+    return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
+
+
+def features_and_logits(model: nn.Module, x: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    o = forward_features(model, x, batch)
+    return o["penultimate"], o["logits"]
 
 
 def fit_statistics(feats: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float = 0.2) -> dict:
@@ -68,6 +92,17 @@ def mahalanobis(feats: np.ndarray, stats: dict) -> np.ndarray:
     z = feats @ stats["precision_cholesky"].astype(np.float64)
     m = stats["mean"].astype(np.float64) @ stats["precision_cholesky"].astype(np.float64)
     return np.sqrt(((z[:, None, :] - m[None]) ** 2).sum(-1).min(1))
+
+
+def knn_bank(feats: np.ndarray) -> np.ndarray:
+    return (feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def knn_score(feats: np.ndarray, bank: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
+    f = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    sim = f @ bank.astype(np.float64).T
+    sim = -np.sort(-sim, axis=1)
+    return 1 - sim[:, k if exclude_self else k - 1]
 
 
 def energy(logits: np.ndarray) -> np.ndarray:

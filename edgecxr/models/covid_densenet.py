@@ -96,8 +96,16 @@ class CovidDenseNet(nn.Module):
         return self.classifier(self.features(x))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The fused, scale-weighted vector the classifier reads (N, scales * width): the guard's features."""
-        feats = [att(lat(t)) for t, lat, att in zip(self._taps(x), self.lateral, self.attention)]
+        """The fused, scale-weighted vector the classifier reads (N, scales * width)."""
+        return self._fuse(self._taps(x))
+
+    def features_and_backbone(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fused head vector, pooled ReLU'd block-4 backbone features (N, 1024)) from one pass: the guard's inputs."""
+        taps = self._taps(x)
+        return self._fuse(taps), torch.flatten(F.adaptive_avg_pool2d(F.relu(taps[-1]), 1), 1)
+
+    def _fuse(self, taps: list[torch.Tensor]) -> torch.Tensor:
+        feats = [att(lat(t)) for t, lat, att in zip(taps, self.lateral, self.attention)]
         # top-down: coarse context added into finer maps
         for i in range(len(feats) - 2, -1, -1):
             up = F.interpolate(feats[i + 1], size=feats[i].shape[-2:], mode="nearest")
@@ -123,6 +131,10 @@ class DenseNet121Baseline(nn.Module):
         return self.classifier(self.features(x))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled penultimate features (N, 1024): the guard's features."""
+        """Pooled penultimate features (N, 1024)."""
         x = F.relu(self.backbone(x))
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+    def features_and_backbone(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.features(x)
+        return f, f

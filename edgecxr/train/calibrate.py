@@ -71,11 +71,34 @@ def fit_operating_point(probs: np.ndarray, y: np.ndarray, classes: list[str], po
     return {"positive_class": positive, "target_sensitivity": target_sensitivity, **(best or {})}
 
 
+def _scores(method: str, feature: str, k: int, tr: dict, ytr: np.ndarray, n_classes: int, shrinkage: float):
+    """(fitted statistics, scoring function on a features dict) for one guard candidate."""
+    from edgecxr.guard_torch import energy, fit_statistics, knn_bank, knn_score, mahalanobis
+
+    if method == "energy":
+        return {}, lambda o: energy(o["logits"])
+    if method == "knn":
+        bank = knn_bank(tr[feature])
+        return {"bank": bank}, lambda o: knn_score(o[feature], bank, k)
+    st = fit_statistics(tr[feature], ytr, n_classes, shrinkage)
+    return st, lambda o: mahalanobis(o[feature], st)
+
+
+CANDIDATES = [("knn", "backbone", 5), ("knn", "backbone", 1), ("knn", "penultimate", 5),
+              ("mahalanobis", "backbone", 0), ("mahalanobis", "penultimate", 0), ("energy", "penultimate", 0)]
+
+
 def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Path, ood: list[Path] | None = None,
-              margin: float = 1.1, quantile: float = 0.995, method: str = "mahalanobis") -> dict:
-    """Fit guard, temperature and operating point; write a new checkpoint to ``out``; return the report."""
+              margin: float = 1.1, quantile: float = 0.995, method: str | None = None, shrinkage: float = 0.2) -> dict:
+    """Fit guard, temperature and operating point; write a new checkpoint to ``out``; return the report.
+
+    ``method`` None: measure every candidate (score x features) and keep the one that rejects the most
+    of ``ood`` at a threshold where >= 99% of val CXRs pass (without ``ood``: k-NN on backbone features).
+    """
+    import torch
+
     from edgecxr.checkpoint import GUARD_PREFIX, load_model, save_checkpoint
-    from edgecxr.guard_torch import energy, features_and_logits, fit_statistics, mahalanobis
+    from edgecxr.guard_torch import forward_features
     from edgecxr.imaging import read_image
     from edgecxr.preprocess import PreprocessConfig, preprocess
     from edgecxr.runtime.batching import softmax
@@ -85,31 +108,40 @@ def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Pat
     meta.pop("operating_point", None)
     classes = meta["classes"]
     pcfg = PreprocessConfig.from_dict(meta["preprocess"])
-    ftr, _ = features_and_logits(model, _images(train, pcfg))
+    tr = forward_features(model, _images(train, pcfg))
     ytr = np.array([classes.index(s.label) for s in train])
-    fva, lva = features_and_logits(model, _images(val, pcfg))
+    va = forward_features(model, _images(val, pcfg))
     yva = np.array([classes.index(s.label) for s in val])
-    stats = fit_statistics(ftr, ytr, len(classes))
-    scores_val = {"mahalanobis": mahalanobis(fva, stats), "energy": energy(lva)}
+    oo = forward_features(model, np.stack([preprocess(read_image(p), pcfg) for p in ood])) if ood else None
     report: dict = {"guard_candidates": {}}
-    if ood:
-        xo = np.stack([preprocess(read_image(p), pcfg) for p in ood])
-        fo, lo = features_and_logits(model, xo)
-        scores_ood = {"mahalanobis": mahalanobis(fo, stats), "energy": energy(lo)}
-    for name, sv in scores_val.items():
-        thr = float(np.quantile(sv, quantile) * margin if name == "mahalanobis" else np.quantile(sv, quantile) + abs(np.quantile(sv, quantile)) * (margin - 1))
-        cand = {"threshold": thr, "val_accept_rate": float(np.mean(sv <= thr))}
-        if ood:
-            so = scores_ood[name]
+    fitted = {}
+    for m, feat, k in CANDIDATES:
+        name = f"{m}/{feat}" + (f"/k={k}" if m == "knn" else "")
+        stats, score = _scores(m, feat, k, tr, ytr, len(classes), shrinkage)
+        sv = score(va)
+        q = float(np.quantile(sv, quantile))
+        thr = q * margin if q > 0 else q + abs(q) * (margin - 1)
+        cand = {"method": m, "feature": feat, "k": k, "threshold": thr, "val_accept_rate": float(np.mean(sv <= thr))}
+        if oo is not None:
+            so = score(oo)
             cand["ood_reject_rate"] = float(np.mean(so > thr))
             cand["auroc_val_vs_ood"] = auc_binary(np.r_[np.zeros(len(sv)), np.ones(len(so))], np.r_[sv, so])
         report["guard_candidates"][name] = cand
-    chosen = report["guard_candidates"][method]
-    guard = {"method": method, "threshold": chosen["threshold"], "quantile": quantile, "margin": margin,
-             "val_accept_rate": chosen["val_accept_rate"], "ood_reject_rate": chosen.get("ood_reject_rate"),
-             "feature_dim": int(ftr.shape[1]), "n_train": len(train), "n_val": len(val)}
-    t = fit_temperature(lva, yva)
-    p_raw, p_cal = softmax(lva), softmax(lva / t)
+        fitted[name] = stats
+    if method:
+        name = next(n for n, c in report["guard_candidates"].items() if c["method"] == method)
+    elif oo is not None:
+        name = max(report["guard_candidates"], key=lambda n: (report["guard_candidates"][n]["ood_reject_rate"],
+                                                              report["guard_candidates"][n]["auroc_val_vs_ood"]))
+    else:
+        name = "knn/backbone/k=5"
+    chosen = report["guard_candidates"][name]
+    guard = {"method": chosen["method"], "feature": chosen["feature"], "k": chosen["k"], "threshold": chosen["threshold"],
+             "quantile": quantile, "margin": margin, "val_accept_rate": chosen["val_accept_rate"],
+             "ood_reject_rate": chosen.get("ood_reject_rate"), "chosen_from": len(CANDIDATES),
+             "n_train": len(train), "n_val": len(val)}
+    t = fit_temperature(va["logits"], yva)
+    p_raw, p_cal = softmax(va["logits"]), softmax(va["logits"] / t)
     op = fit_operating_point(p_cal, yva, classes)
     f = finding_at(p_cal, classes, op["positive_class"], op["threshold"])
     onehot = np.eye(len(classes))[f]
@@ -118,11 +150,8 @@ def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Pat
     meta["guard"] = guard
     meta["operating_point"] = op
     state = model.state_dict()
-    if method == "mahalanobis":
-        import torch
-
-        state[GUARD_PREFIX + "mean"] = torch.from_numpy(stats["mean"])
-        state[GUARD_PREFIX + "precision_cholesky"] = torch.from_numpy(stats["precision_cholesky"])
+    for key, arr in fitted[name].items():
+        state[GUARD_PREFIX + key] = torch.from_numpy(np.ascontiguousarray(arr))
     save_checkpoint(state, meta, out)
     report.update(guard=guard, operating_point=op, checkpoint=str(out))
     return report
