@@ -1,93 +1,137 @@
-"""Write edgecxr/weights/MODEL_CARD.md from two `edgecxr eval` results (Covid-DenseNet and the baseline).
+"""Write edgecxr/weights/MODEL_CARD.md from `edgecxr eval` results (eval.json) of several models on the
+same dev test images, reported per source, on all images and on the permissive-licence subset.
 
-Usage: python benchmarks/model_card.py runs/covid-densenet-s0/eval-test/eval.json runs/densenet121-s0/eval-test/eval.json
-Adds a paired exact McNemar test on the same test images.
+Usage: python benchmarks/model_card.py SHIPPED=runs/x/eval-test/eval.json [LABEL=path ...]
+The first is the shipped model; the others are compared with it (paired exact McNemar test).
+Needs ../shared/cxr/dev/MANIFEST.csv (licence flags).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from edgecxr.metrics import mcnemar_exact
+from edgecxr.metrics import mcnemar_exact, per_source, point_metrics, wilson_ci
 
-OUT = Path(__file__).resolve().parents[1] / "edgecxr" / "weights" / "MODEL_CARD.md"
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "edgecxr" / "weights" / "MODEL_CARD.md"
+MANIFEST = ROOT.parent / "shared" / "cxr" / "dev" / "MANIFEST.csv"
 
 
-def _pct(v: float, ci: list[float] | None) -> str:
-    return f"{100 * v:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else f"{100 * v:.1f}"
+def _nc_flags() -> dict[str, bool]:
+    return {r["file"].split("/")[-1]: r["non_commercial_only"] == "yes" for r in csv.DictReader(MANIFEST.open())}
+
+
+def _arrays(res: dict, subset=None):
+    preds = [p for p in res["predictions"] if subset is None or subset(p)]
+    classes = res["classes"]
+    y = np.array([classes.index(p["label"]) for p in preds])
+    prob = np.array([p["prob"] for p in preds])
+    return preds, y, prob
+
+
+def _acc_ci(y, prob) -> str:
+    k, n = int(np.sum(prob.argmax(1) == y)), len(y)
+    lo, hi = wilson_ci(k, n)
+    return f"{100 * k / n:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] (n={n})"
+
+
+def _sens(y, prob, classes, sources, src, cls) -> str:
+    r = per_source(y, prob, classes, sources).get(src, {}).get("sensitivity", {}).get(cls)
+    return f"{r['k']}/{r['n']} = {100 * r['value']:.0f}%" if r else "-"
+
+
+def section(runs: dict[str, dict], nc: dict[str, bool], title: str, subset=None) -> list[str]:
+    first = next(iter(runs.values()))
+    classes = first["classes"]
+    lines = [f"### {title}", "", "| model | accuracy % [95% CI] | COVID-19 mhh | COVID-19 sbu | COVID-19 ieee8023 (Cohen) | "
+             "Normal (nih) | Pneumonia nih | Pneumonia ieee8023 | macro F1 |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, res in runs.items():
+        preds, y, prob = _arrays(res, subset)
+        src = [p["source"] for p in preds]
+        m = point_metrics(y, prob, classes)
+        lines.append(f"| {label} | {_acc_ci(y, prob)} | " + " | ".join(
+            _sens(y, prob, classes, src, s, c) for s, c in (("mhh", "COVID-19"), ("sbu", "COVID-19"), ("ieee8023", "COVID-19"),
+                                                            ("nih", "Normal"), ("nih", "Pneumonia"), ("ieee8023", "Pneumonia")))
+                     + f" | {100 * m['macro_f1']:.1f} |")
+    return lines + [""]
 
 
 def main() -> None:
-    a, b = (json.loads(Path(p).read_text()) for p in sys.argv[1:3])
-    classes = a["classes"]
-    rows = []
-    for level in ("image", "patient"):
-        if level not in a:
-            continue
-        for key, name in (("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("macro_auc", "macro AUC")):
-            rows.append(f"| {level} | {name} | {_pct(a[level][key], a[level]['ci95'].get(key))} | "
-                        f"{_pct(b[level][key], b[level]['ci95'].get(key))} |")
-        for c in classes:
-            for m in ("sensitivity", "specificity"):
-                k = f"{c}/{m}"
-                rows.append(f"| {level} | {c} {m} | {_pct(a[level]['per_class'][c][m], a[level]['ci95'].get(k))} | "
-                            f"{_pct(b[level]['per_class'][c][m], b[level]['ci95'].get(k))} |")
-    ya = np.array([classes.index(p["label"]) for p in a["predictions"]])
-    assert [p["file"] for p in a["predictions"]] == [p["file"] for p in b["predictions"]], "not the same images"
-    ca = np.argmax([p["prob"] for p in a["predictions"]], 1) == ya
-    cb = np.argmax([p["prob"] for p in b["predictions"]], 1) == ya
-    mc = mcnemar_exact(ca, cb)
-    train = json.loads(Path(a["checkpoint"]).with_suffix(".json").read_text())
+    runs = {}
+    for arg in sys.argv[1:]:
+        label, _, path = arg.partition("=")
+        runs[label] = json.loads(Path(path).read_text())
+    nc = _nc_flags()
+    files = [[p["file"] for p in r["predictions"]] for r in runs.values()]
+    assert all(f == files[0] for f in files), "the evals are not on the same images"
+    shipped_label, shipped = next(iter(runs.items()))
+    classes = shipped["classes"]
+    train = json.loads(Path(shipped.get("model", shipped.get("checkpoint"))).with_suffix(".json").read_text())
+    permissive = lambda p: not nc.get(Path(p["file"]).name, False)  # noqa: E731
+    lines = section(runs, nc, f"All dev test images ({len(files[0])}; non-commercial ones are evaluated, never shipped)")
+    lines += section(runs, nc, "Permissive-licence dev test images only", permissive)
+    _, ys, ps = _arrays(shipped)
+    mc_rows = []
+    for label, res in list(runs.items())[1:]:
+        _, y2, p2 = _arrays(res)
+        mc = mcnemar_exact(ps.argmax(1) == ys, p2.argmax(1) == y2)
+        mc_rows.append(f"| {shipped_label} vs {label} | {mc['a_only']} | {mc['b_only']} | {mc['p_value']:.3g} |")
+    op = train.get("operating_point") or {}
+    guard = train.get("guard") or {}
     text = f"""# Model card: Covid-DenseNet (edgecxr default model, `covid-densenet-cxr3`)
 
-**Not a medical device. Not clinically validated.** In the training and test data, class is
-confounded with hospital and source (every Normal and most Pneumonia images come from the NIH
-Clinical Center; COVID-19 images from Hannover Medical School). A model can score well here by
-recognising the source, not the disease. These numbers describe this dev split only.
+**Not a medical device. Not clinically validated.** In this data, class is confounded with hospital
+(every Normal image is NIH; COVID-19 images come from Hannover (mhh), Stony Brook (sbu) and the
+Cohen collection (ieee8023)). A model can score well by recognising the source, not the disease:
+read the per-source columns, not only the pooled accuracy. These numbers describe this dev split only.
 
 ## What it is
-- Architecture: Covid-DenseNet (our design from the abstract of the Digital Health 2025 paper; see
+- Covid-DenseNet (our own design from the abstract of the Digital Health 2025 paper; see
   `edgecxr/models/covid_densenet.py`): DenseNet121 backbone, three-scale taps, CBAM-style attention
   per scale, top-down fusion with learned scale weights. 7.33 M parameters, 5.83 GFLOPs at 224x224.
-- Classes: {", ".join(classes)}. Input: one grayscale radiograph, preprocessed by
-  `edgecxr.preprocess` ({json.dumps(train["preprocess"])}).
-- Weights: fp16 safetensors (`covid-densenet-cxr3.safetensors`), sha256 in `covid-densenet-cxr3.json`.
-- Trained **from scratch** (no ImageNet weights could be fetched on the build machine) on the
-  permissive-licence images of `../shared/cxr/dev` train ({train["data"].get("n_train")} images), model
-  selection on val ({train["data"].get("n_val")} images) by macro F1; best epoch {train["epoch"]} of
-  {train["train_config"]["epochs"]}. Training config: `{json.dumps(train["train_config"])}`.
+- Classes: {", ".join(classes)}. Input: one grayscale radiograph through `edgecxr.preprocess`
+  ({json.dumps(train["preprocess"])}).
+- Trained **from scratch** in the *shipped* configuration: permissive-licence dev training images
+  only ({train["data"].get("n_train")} images, {train["data"].get("non_commercial_training_images", 0)} non-commercial);
+  best epoch {train["epoch"]} of {train["train_config"]["epochs"]} chosen by macro F1 on **all** {train["data"].get("n_val")} val
+  images (non-commercial ones included, so the choice does not reward recognising the two permissive
+  COVID-19 hospitals). Recipe: `{json.dumps({k: train["train_config"][k] for k in ("augment", "label_smoothing", "ema", "balanced", "lr", "batch_size", "epochs", "select", "bf16")})}`.
+- Operating point (fitted on val by `edgecxr calibrate`): temperature {op.get("temperature", float("nan")):.2f}
+  (val ECE {op.get("ece_val_before", float("nan")):.3f} -> {op.get("ece_val_after", float("nan")):.3f});
+  finding COVID-19 when its calibrated probability >= {op.get("threshold", float("nan")):.3f}, which gave
+  val COVID-19 sensitivity {100 * op.get("val_sensitivity", float("nan")):.1f}% at specificity {100 * op.get("val_specificity", float("nan")):.1f}%.
+- Input guard: {guard.get("method")} score on {guard.get("feature")} features (k={guard.get("k")}), threshold
+  {guard.get("threshold", float("nan")):.4f} (val acceptance {100 * guard.get("val_accept_rate", float("nan")):.1f}%; rejects
+  {100 * (guard.get("ood_reject_rate") or float("nan")):.1f}% of `ood_data/`, which was also used to choose among {guard.get("chosen_from")} candidate scores).
 
-## Results on dev test (permissive-licence images, {a["n_images"]} images)
+## Results on dev test (image level; sensitivity k/n per source)
 
-Point estimate and 95% percentile bootstrap interval, in %. Per-patient rows average the
-probabilities of a patient's images.
+{chr(10).join(lines)}
+Accuracy intervals: Wilson 95%. Paired exact McNemar tests on all {len(files[0])} test images (one seed each:
+**no claim that one model is better follows from one seed**):
 
-| level | metric | Covid-DenseNet | DenseNet121 baseline |
+| pair | first right, second wrong | reverse | p |
 |---|---|---|---|
-{chr(10).join(rows)}
-
-Paired exact McNemar test on the same images (one seed each): Covid-DenseNet right and baseline
-wrong on {mc["a_only"]} images, the reverse on {mc["b_only"]}; p = {mc["p_value"]:.3g}.
-**One seed per model is not enough to claim that either model is better**; the paper's reported
-gains (+3.33 / +4.17 points on an external set) are not reproduced or refuted here. The test set
-is small and drawn from the same sources as training, so it can overstate what holds elsewhere.
+{chr(10).join(mc_rows)}
 
 ## Reproduce
 
 ```bash
-benchmarks/train_models.sh 0          # trains and evaluates both models (needs ../shared/cxr)
-python benchmarks/model_card.py runs/covid-densenet-s0/eval-test/eval.json runs/densenet121-s0/eval-test/eval.json
+benchmarks/train_models.sh shipped 0 covid-densenet      # AUG=light LS=0 TAG=-light for the light recipe
+benchmarks/train_models.sh research 0 covid-densenet     # never shipped: non-commercial images
+edgecxr calibrate runs/.../best.safetensors ../shared/cxr/dev/MANIFEST.csv --permissive-only --ood ood_data --out edgecxr/weights/covid-densenet-cxr3.safetensors
+python benchmarks/model_card.py "shipped=..." "old shipped=benchmarks/results/old-shipped-eval-test-all/eval.json" ...
 ```
 
 ## Data and licences
-Training images: NIH ChestX-ray14 subset (no restrictions; attribution: NIH Clinical Center, Wang
-et al. CVPR 2017), Hannover Medical School COVID-19 repository (CC BY 3.0), and CC BY / CC BY 4.0
-images of the COVID-19 image data collection (Cohen et al. 2020). Non-commercial-only images were
-excluded. See `../shared/cxr/SOURCES.md` and `calibration_data/README.md`.
+Shipped weights saw only permissive images: NIH ChestX-ray14 subset (no restrictions; NIH Clinical
+Center, Wang et al. CVPR 2017), Hannover Medical School COVID-19 repository (CC BY 3.0), Stony Brook
+COVID-19-NY-SBU (CC BY 4.0, TCIA) and CC BY images of the Cohen collection. See `../shared/cxr/SOURCES.md`.
 """
     OUT.write_text(text)
     print(f"wrote {OUT}")

@@ -354,6 +354,8 @@ def predict(
     isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="Decode DICOM in a worker process, so a "
                                  "crashing decoder costs one file, not the run."),
     audit: Optional[Path] = typer.Option(None, "--audit", help="Append one JSON line per input to this file."),
+    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Write an overlay PNG and the raw map (.npy) "
+                                            "of each finding's class-activation map into this folder."),
     trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key", help="Accept only artifacts signed by this "
                                                      "Ed25519 public key (repeatable; or EDGECXR_TRUSTED_KEYS)."),
 ) -> None:
@@ -372,7 +374,9 @@ def predict(
     if not files:
         _fail("no images found in the given paths.", EXIT_USAGE)
     with m:
-        results = m.predict(files, batch=batch)
+        results = m.predict(files, batch=batch, heatmaps=heatmaps is not None)
+        if heatmaps is not None:
+            _write_heatmaps(m, files, results, heatmaps)
     if as_json:
         for r in results:
             print(json.dumps(r.to_dict(), allow_nan=False))
@@ -401,6 +405,27 @@ def predict(
         raise typer.Exit(EXIT_INPUT)
     if any(r.status == "rejected" for r in results):
         raise typer.Exit(EXIT_REJECTED)
+
+
+def _write_heatmaps(m, files, results, folder: Path) -> None:
+    """<folder>/<n>-<stem>.png (overlay on the model's view of the image, with a caption) and .npy (raw map)."""
+    import numpy as np
+
+    from edgecxr.runtime.heatmap import overlay_png
+
+    if not m.sidecar.heatmap:
+        err.print("[yellow]warning:[/] this artifact carries no heatmap outputs (exported before heatmaps existed); "
+                  "re-export it for --heatmaps.")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = m.preprocess_config
+    for i, (f, r) in enumerate(zip(files, results)):
+        if r.heatmap is None:
+            continue
+        view = m.prepare(f)[0] * cfg.std[0] + cfg.mean[0]  # the gray image as the model saw it
+        stem = f"{i:04d}-{Path(f).stem}"
+        np.save(folder / f"{stem}.npy", r.heatmap.astype(np.float32))
+        overlay_png(view, r.heatmap, folder / f"{stem}.png", f"{r.finding} p={r.probabilities[r.finding]:.2f}")
 
 
 bench_app = typer.Typer(help="Benchmark latency and accuracy across engines; `bench compare` merges runs.",

@@ -25,6 +25,30 @@ METHODS = ("knn", "mahalanobis", "energy")
 FEATURES = ("penultimate", "backbone")
 
 
+class ExportModule(nn.Module):
+    """What is exported: logits, the guard score (when fitted) and the heatmap maps (when asked), one pass."""
+
+    def __init__(self, model: nn.Module, guard: dict | None, maps: bool = True) -> None:
+        super().__init__()
+        self.model, self.maps = model, maps
+        self.guard = GuardedClassifier(model, guard) if guard else None
+        self.n_maps = len(self.model.forward_maps(torch.zeros(1, 3, 64, 64))[2]) if maps else 0
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["logits"] + (["guard"] if self.guard else []) + [f"maps{i}" for i in range(self.n_maps)]
+
+    def forward(self, x: torch.Tensor):
+        fused, backbone, maps = self.model.forward_maps(x)
+        logits = self.model.classifier(fused)
+        out = [logits]
+        if self.guard is not None:
+            out.append(self.guard.score(fused, backbone, logits))
+        if self.maps:
+            out += maps
+        return tuple(out) if len(out) > 1 else logits
+
+
 class GuardedClassifier(nn.Module):
     """(logits, guard score) from one forward pass."""
 
@@ -45,16 +69,19 @@ class GuardedClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fused, backbone = self.model.features_and_backbone(x)
         logits = self.model.classifier(fused)
+        return logits, self.score(fused, backbone, logits)
+
+    def score(self, fused: torch.Tensor, backbone: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.method == "energy":
-            return logits, -torch.logsumexp(logits, dim=1)
+            return -torch.logsumexp(logits, dim=1)
         f = fused if self.feature == "penultimate" else backbone
         if self.method == "knn":
             f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
             sim = f @ self.bank_t  # (N, bank)
-            return logits, 1 - torch.topk(sim, self.k, dim=1).values[:, -1]
+            return 1 - torch.topk(sim, self.k, dim=1).values[:, -1]
         z = f @ self.chol  # (N, D)
         d2 = (z.unsqueeze(1) - self.mean_proj.unsqueeze(0)).pow(2).sum(-1)  # (N, C)
-        return logits, torch.sqrt(d2.min(dim=1).values.clamp_min(0))
+        return torch.sqrt(d2.min(dim=1).values.clamp_min(0))
 
 
 @torch.no_grad()

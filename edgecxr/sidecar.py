@@ -118,6 +118,7 @@ class Sidecar:
     verification: Verification = field(default_factory=Verification)
     guard: dict | None = None  # content-check statistics and threshold (issue 11)
     operating_point: dict | None = None  # per-class thresholds and temperature (issue 14)
+    heatmap: dict | None = None  # classifier weight/bias and map outputs for class-activation maps (issue 13)
     source_checkpoint: dict = field(default_factory=dict)
     target: dict = field(default_factory=dict)
     cache_key: str = ""
@@ -191,6 +192,7 @@ class Sidecar:
             verification=Verification.from_dict(_need(d, "verification", dict, where), where + ".verification"),
             guard=_need(d, "guard", dict, where, optional=True),
             operating_point=_need(d, "operating_point", dict, where, optional=True),
+            heatmap=_need(d, "heatmap", dict, where, optional=True),
             source_checkpoint=_need(d, "source_checkpoint", dict, where, optional=True) or {},
             target=_need(d, "target", dict, where, optional=True) or {},
             cache_key=_need(d, "cache_key", str, where, optional=True) or "",

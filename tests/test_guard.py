@@ -62,7 +62,8 @@ def guarded_onnx(guarded_checkpoint, tmp_path_factory):
     from edgecxr.export.core import export
 
     res = export(guarded_checkpoint, "onnx-fp32", out=tmp_path_factory.mktemp("gonnx"))
-    assert res.verified and res.sidecar.outputs == ["logits", "guard"]
+    assert res.verified and res.sidecar.outputs == ["logits", "guard", "maps0", "maps1", "maps2"]
+    assert res.sidecar.verification["heatmap_correlation_min"] > 0.999
     assert res.sidecar.verification["guard_agreement"] == 1.0
     return res.artifact
 
@@ -126,3 +127,42 @@ def test_eval_reports_rejected_share_for_artifact(guarded_onnx, guarded_checkpoi
     a = evaluate_model(guarded_onnx, samples, n_boot=10, reference=guarded_checkpoint)
     assert "rejected_share" in a["guard"] and a["reference"]["agreement"] == 1.0
     assert a["per_source"] and a["kind"].startswith("artifact")
+
+
+def test_heatmaps_match_torch_gradcam(guarded_onnx, guarded_checkpoint, tmp_path):
+    """The numpy CAM from the artifact's map outputs against a torch Grad-CAM of the same checkpoint."""
+    torch = pytest.importorskip("torch")
+    from edgecxr.checkpoint import load_model
+    from edgecxr.imaging import read_image
+    from edgecxr.preprocess import PreprocessConfig, preprocess
+    from edgecxr.runtime import load
+    from edgecxr.runtime.heatmap import correlation
+
+    model, meta = load_model(guarded_checkpoint)
+    cfg = PreprocessConfig.from_dict(meta["preprocess"])
+    files = sorted(val_dir().rglob("*.png"))[:6]
+    with load(guarded_onnx) as m:
+        res = m.predict(files, heatmaps=True)
+    corrs = []
+    for f, r in zip(files, res):
+        x = torch.from_numpy(preprocess(read_image(f), cfg)[None])
+        _, _, maps = model.forward_maps(x)
+        maps = [mp.detach().requires_grad_(True) for mp in maps]  # Grad-CAM on the last feature layer(s)
+        logit = model.classifier(torch.cat([mp.mean((2, 3)) for mp in maps], 1))[0, m.classes.index(r.finding)]
+        logit.backward()
+        size = maps[0].shape[-2:]
+        # Grad-CAM per scale (channel weight = gradient summed over the map, i.e. d logit / d pooled value, so
+        # that scales of different resolution are on one footing), scales summed, then ReLU
+        grad_cam = torch.relu(sum(torch.nn.functional.interpolate(
+            (mp.grad.sum((2, 3), keepdim=True) * mp).sum(1, keepdim=True), size=size, mode="nearest")
+            for mp in maps))[0, 0].detach().numpy()
+        corrs.append(correlation(grad_cam, r.heatmap))
+    assert np.mean(corrs) >= 0.9, corrs
+    from typer.testing import CliRunner as _R
+
+    from edgecxr.cli import app
+
+    out = _R().invoke(app, ["predict", str(files[0]), "--model", str(guarded_onnx), "--heatmaps", str(tmp_path / "h"),
+                            "--no-guard"])
+    assert out.exit_code == 0, out.output
+    assert len(list((tmp_path / "h").glob("*.png"))) == 1 and len(list((tmp_path / "h").glob("*.npy"))) == 1

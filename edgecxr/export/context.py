@@ -24,6 +24,8 @@ class ExportContext:
         self.calib_dirs, self.verify_dirs, self.progress = calib_dirs, verify_dirs, progress
         self._calib: np.ndarray | None = None
         self._verify: tuple | None = None
+        self._module = None
+        self.heatmaps = hasattr(self.model, "forward_maps")
 
     @property
     def size(self) -> int:
@@ -39,16 +41,27 @@ class ExportContext:
         return self.meta.get("operating_point")
 
     def export_module(self):
-        """The torch module that is exported: the classifier, plus the guard's score output when fitted."""
-        if self.guard:
-            from edgecxr.guard_torch import GuardedClassifier
+        """The torch module that is exported: logits, the guard's score when fitted, the heatmap maps."""
+        if self._module is None:
+            from edgecxr.guard_torch import ExportModule
 
-            return GuardedClassifier(self.model, self.guard).eval()
-        return self.model.eval()
+            self._module = ExportModule(self.model, self.guard, maps=self.heatmaps).eval()
+        return self._module
 
     @property
     def outputs(self) -> list[str]:
-        return ["logits", "guard"] if self.guard else ["logits"]
+        return self.export_module().output_names
+
+    def heatmap_record(self) -> dict | None:
+        """The classifier's weights and how the maps combine: numpy computes the CAM from the artifact's maps."""
+        if not self.heatmaps:
+            return None
+        lin = self.model.classifier[-1]
+        names = [o for o in self.outputs if o.startswith("maps")]
+        return {"outputs": names, "weight": lin.weight.detach().double().numpy().round(7).tolist(),
+                "bias": lin.bias.detach().double().numpy().round(7).tolist(),
+                "combine": "sum over maps of nearest-upsampled (W[c, block] . maps_i) to the largest map; "
+                           "block i = columns [i*C_i, (i+1)*C_i)"}
 
     def calib(self) -> np.ndarray:
         if self._calib is None:
@@ -84,6 +97,8 @@ class ExportContext:
             md["guard"] = self.guard_public()
         if self.operating_point:
             md["operating_point"] = self.operating_point
+        if self.heatmaps:
+            md["heatmap"] = self.heatmap_record()
         return md
 
     def guard_public(self) -> dict | None:

@@ -120,7 +120,7 @@ def verify_artifact(ctx: ExportContext, built: Path, engine: dict, tgt: Target) 
     with make_runner(built, engine) as runner:
         engine["runs"] = runner.info
         outs = run_batched(runner, x, progress=ctx.progress)
-    res = compare(ref, outs, y, tgt.tolerance, guard=ctx.guard)
+    res = compare(ref, outs, y, tgt.tolerance, guard=ctx.guard, heatmap=ctx.heatmap_record())
     res["image_sets"] = [str(d) for d in ctx.verify_dirs]
     res["calibration_sets"] = [str(d) for d in ctx.calib_dirs] if tgt.precision == "int8" else []
     return Verification.from_dict(res)
@@ -186,7 +186,7 @@ def export(checkpoint: str | Path, target: str | Target, precision: str | None =
         side = Sidecar(
             classes=ctx.classes, preprocess=ctx.pcfg.to_dict(), artifact=FileRecord.of(artifact), engine=engine,
             model={"arch": ctx.meta["arch"], "name": checkpoint.stem}, extra_files=[FileRecord.of(e) for e in extras],
-            outputs=ctx.outputs, verification=verification, guard=ctx.guard_public(),
+            outputs=ctx.outputs, verification=verification, guard=ctx.guard_public(), heatmap=ctx.heatmap_record(),
             operating_point=ctx.operating_point,
             source_checkpoint={"file": checkpoint.name, "sha256": ck_sha},
             target={"name": tgt.name, "description": tgt.description}, cache_key=key,

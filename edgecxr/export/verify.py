@@ -15,7 +15,7 @@ def guard_decisions(scores: np.ndarray, guard: dict) -> np.ndarray:
 
 
 def compare(ref: dict[str, np.ndarray], outs: dict[str, np.ndarray], y: np.ndarray, tolerance,
-            guard: dict | None = None) -> dict:
+            guard: dict | None = None, heatmap: dict | None = None) -> dict:
     """Agreement with the reference, flips with a 95% interval, accuracy change, guard agreement, verdict."""
     ref_logits, logits = ref["logits"], outs["logits"]
     ref_pred, pred = ref_logits.argmax(1), logits.argmax(1)
@@ -46,5 +46,14 @@ def compare(ref: dict[str, np.ndarray], outs: dict[str, np.ndarray], y: np.ndarr
         res["guard_accepted_reference"] = float(np.mean(a))
         if res["guard_agreement"] < tolerance.min_guard_agreement:
             reasons.append(f"guard accept/reject agreement {res['guard_agreement']:.4f} < {tolerance.min_guard_agreement}")
+    maps = sorted(k for k in ref if k.startswith("maps"))
+    if maps and heatmap and all(k in outs for k in maps):
+        from edgecxr.runtime.heatmap import class_activation_map, correlation
+
+        corr = [correlation(class_activation_map([ref[k][i] for k in maps], heatmap, int(ref_pred[i])),
+                            class_activation_map([outs[k][i] for k in maps], heatmap, int(ref_pred[i])))
+                for i in range(len(y))]
+        res["heatmap_correlation_mean"] = float(np.mean(corr))
+        res["heatmap_correlation_min"] = float(np.min(corr))
     res.update(verdict="passed" if not reasons else "failed", reasons=reasons)
     return res

@@ -104,7 +104,16 @@ class CovidDenseNet(nn.Module):
         taps = self._taps(x)
         return self._fuse(taps), torch.flatten(F.adaptive_avg_pool2d(F.relu(taps[-1]), 1), 1)
 
-    def _fuse(self, taps: list[torch.Tensor]) -> torch.Tensor:
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(fused vector, pooled backbone features, per-scale maps each times its scale weight) from one pass.
+
+        The classifier is linear in the maps: logit_c - bias_c equals the spatial mean of
+        ``sum_s upsample(W[c, s] . maps[s])``, so that sum is the class-activation map (CAM) of class c."""
+        taps = self._taps(x)
+        fused, maps = self._fuse(taps, return_maps=True)
+        return fused, torch.flatten(F.adaptive_avg_pool2d(F.relu(taps[-1]), 1), 1), maps
+
+    def _fuse(self, taps: list[torch.Tensor], return_maps: bool = False):
         feats = [att(lat(t)) for t, lat, att in zip(taps, self.lateral, self.attention)]
         # top-down: coarse context added into finer maps
         for i in range(len(feats) - 2, -1, -1):
@@ -113,7 +122,10 @@ class CovidDenseNet(nn.Module):
         pooled = [torch.flatten(F.adaptive_avg_pool2d(p, 1), 1) for p in feats]
         stacked = torch.stack(pooled, dim=1)  # (N, scales, width)
         weights = torch.softmax(self.scale_gate(torch.flatten(stacked, 1)), dim=1)
-        return torch.flatten(stacked * weights.unsqueeze(-1), 1)
+        fused = torch.flatten(stacked * weights.unsqueeze(-1), 1)
+        if return_maps:
+            return fused, [f * weights[:, i].view(-1, 1, 1, 1) for i, f in enumerate(feats)]
+        return fused
 
 
 class DenseNet121Baseline(nn.Module):
@@ -138,3 +150,9 @@ class DenseNet121Baseline(nn.Module):
     def features_and_backbone(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.features(x)
         return f, f
+
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(pooled features, the same, [the ReLU'd last feature maps]): CAM_c = W[c] . maps."""
+        m = F.relu(self.backbone(x))
+        f = torch.flatten(F.adaptive_avg_pool2d(m, 1), 1)
+        return f, f, [m]

@@ -57,6 +57,7 @@ class Prediction:
     guard_score: float | None = None
     notes: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
+    heatmap: Any = field(default=None, repr=False)  # (H, W) CAM of the finding in [0, 1], when asked for
 
     @property
     def ok(self) -> bool:
@@ -69,6 +70,7 @@ class Prediction:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d.pop("heatmap")
         d["schema_version"] = PREDICTION_SCHEMA_VERSION
         return d
 
@@ -138,10 +140,10 @@ class Model:
         except Exception as exc:
             raise ImageError(f"{input_name(item)}: preprocessing failed ({type(exc).__name__}: {exc}).") from exc
 
-    def predict(self, inputs: Any, batch: int | None = None) -> list[Prediction]:
+    def predict(self, inputs: Any, batch: int | None = None, heatmaps: bool = False) -> list[Prediction]:
         """Classify one input or many (paths, numpy arrays, PIL images). One result per input, in order;
         an input that cannot be read or is refused gets its own status and the others are still classified.
-        Never raises for a bad input."""
+        Never raises for a bad input. ``heatmaps=True`` adds each finding's class-activation map."""
         items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         bsz = max(1, min(batch or self.max_batch, self.max_batch))
         results = [Prediction(source=_name(it, i), model=self.identity) for i, it in enumerate(items)]
@@ -157,7 +159,7 @@ class Model:
             except Exception as exc:  # ImageError by contract; anything else is still this input's error
                 results[i].status = "error"
                 results[i].reason = str(exc) if isinstance(exc, EdgeCXRError) else f"{type(exc).__name__}: {exc}"
-        self._classify(ready, results, bsz)
+        self._classify(ready, results, bsz, heatmaps)
         if self._audit is not None:
             per = (time.perf_counter() - t0) * 1000 / max(1, len(items))
             for it, r in zip(items, results):
@@ -187,7 +189,8 @@ class Model:
             return self.classes[int(q.argmax())]
         return self.classes[int(p.argmax())]
 
-    def _classify(self, ready: list[tuple[int, np.ndarray]], results: list[Prediction], bsz: int) -> None:
+    def _classify(self, ready: list[tuple[int, np.ndarray]], results: list[Prediction], bsz: int,
+                  heatmaps: bool = False) -> None:
         guard = self.sidecar.guard if self.guard_enabled else None
         temp = float(self.operating_point.get("temperature", 1.0) or 1.0)
         for a, b in chunks(len(ready), bsz):
@@ -219,6 +222,11 @@ class Model:
                 r.label = self.classes[int(p.argmax())]
                 r.finding = self._finding(p)
                 r.probabilities = {c: float(v) for c, v in zip(self.classes, p)}
+                if heatmaps and self.sidecar.heatmap:
+                    from edgecxr.runtime.heatmap import class_activation_map, normalise
+
+                    maps = [np.asarray(outs[k][n]) for k in self.sidecar.heatmap["outputs"]]
+                    r.heatmap = normalise(class_activation_map(maps, self.sidecar.heatmap, self.classes.index(r.finding)))
 
 
 def _name(item: Any, i: int) -> str:
@@ -234,6 +242,8 @@ def check_embedded(path: Path, side: Sidecar, embedded: dict | None) -> None:
         wanted["guard"] = side.guard
     if side.operating_point is not None or "operating_point" in embedded:
         wanted["operating_point"] = side.operating_point
+    if side.heatmap is not None or "heatmap" in embedded:
+        wanted["heatmap"] = side.heatmap
     if "verification" in embedded:
         wanted["verification"] = {"verdict": side.verification.verdict}
     elif side.verified:

@@ -162,7 +162,7 @@ class TensorRTRunner(BaseRunner):
         self._ctx = self._engine = None
 
 
-EMBEDDED_KEYS = ("classes", "preprocess", "verification", "guard", "operating_point")
+EMBEDDED_KEYS = ("classes", "preprocess", "verification", "guard", "operating_point", "heatmap")
 
 
 def make_runner(path: Path, engine: dict, **options) -> BaseRunner:
