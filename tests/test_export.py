@@ -113,10 +113,10 @@ def test_verification_failure_marks_unverified(tiny_checkpoint, tmp_path, monkey
 
     real = verify.compare
 
-    def one_flip(ref, outs, y, tol, guard=None):  # as if the artifact disagreed on one image
+    def one_flip(ref, outs, y, tol, guard=None, heatmap=None):  # as if the artifact disagreed on one image
         outs = dict(outs, logits=outs["logits"].copy())
         outs["logits"][0] = outs["logits"][0][::-1] if outs["logits"][0].argmax() != 1 else np.roll(outs["logits"][0], 1)
-        return real(ref, outs, y, tol, guard)
+        return real(ref, outs, y, tol, guard, heatmap)
 
     monkeypatch.setattr(verify, "compare", one_flip)
     r = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "--target", str(strict), "--out", str(tmp_path / "o")])
