@@ -354,6 +354,7 @@ def predict(
     isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="Decode DICOM in a worker process, so a "
                                  "crashing decoder costs one file, not the run."),
     audit: Optional[Path] = typer.Option(None, "--audit", help="Append one JSON line per input to this file."),
+    sr: Optional[Path] = typer.Option(None, "--sr", help="Write a DICOM Structured Report per DICOM input into this folder."),
     heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Write an overlay PNG and the raw map (.npy) "
                                             "of each finding's class-activation map into this folder."),
     trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key", help="Accept only artifacts signed by this "
@@ -377,6 +378,17 @@ def predict(
         results = m.predict(files, batch=batch, heatmaps=heatmaps is not None)
         if heatmaps is not None:
             _write_heatmaps(m, files, results, heatmaps)
+        if sr is not None:
+            from edgecxr import __version__
+            from edgecxr.runtime.sr import write_sr
+
+            for f, r in zip(files, results):
+                try:
+                    write_sr(f, r, m.identity, __version__, sr, m.operating_point)
+                except EdgeCXRError as exc:
+                    _fail(str(exc), EXIT_USAGE)
+                except Exception as exc:  # a source header highdicom cannot reference: that file gets no SR
+                    err.print(f"[yellow]no SR for[/] {escape(str(f))}: {escape(f'{type(exc).__name__}: {exc}')}")
     if as_json:
         for r in results:
             print(json.dumps(r.to_dict(), allow_nan=False))

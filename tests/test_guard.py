@@ -166,3 +166,33 @@ def test_heatmaps_match_torch_gradcam(guarded_onnx, guarded_checkpoint, tmp_path
                             "--no-guard"])
     assert out.exit_code == 0, out.output
     assert len(list((tmp_path / "h").glob("*.png"))) == 1 and len(list((tmp_path / "h").glob("*.npy"))) == 1
+
+
+def test_dicom_sr_round_trips(guarded_onnx, tmp_path):
+    pytest.importorskip("highdicom", reason="highdicom not installed (pip install 'edgecxr[sr]')")
+    import highdicom as hd
+    from PIL import Image
+
+    from edgecxr.cli import app
+
+    src = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm", download=False))
+    src.Modality, src.BodyPartExamined, src.ViewPosition = "DX", "CHEST", "PA"
+    g = np.asarray(Image.open(EVAL[0]).convert("L").resize((128, 128)), np.uint16) * 16
+    src.PixelData, src.BitsStored, src.HighBit, src.PixelRepresentation = g.tobytes(), 12, 11, 0
+    src.RescaleSlope, src.RescaleIntercept = 1, 0
+    p = tmp_path / "cxr.dcm"
+    src.save_as(p)
+    r = CliRunner().invoke(app, ["predict", str(p), "--model", str(guarded_onnx), "--sr", str(tmp_path / "sr"),
+                                 "--json", "--no-guard"])
+    assert r.exit_code == 0, r.output
+    pred = json.loads([x for x in r.output.splitlines() if x.startswith("{")][0])
+    out = tmp_path / "sr" / f"{src.SOPInstanceUID}.sr.dcm"
+    sr = pydicom.dcmread(out)
+    assert (sr.PatientID, sr.StudyInstanceUID) == (src.PatientID, src.StudyInstanceUID)
+    assert sr.SeriesInstanceUID != src.SeriesInstanceUID and sr.Modality == "SR"
+    assert src.SOPInstanceUID in str(sr)  # the source image is referenced
+    doc = hd.sr.srread(out)  # highdicom parses it back as a TID 1500 report
+    text = str(doc)
+    assert pred["model"]["sha256"] in text and "Input accepted" in text
+    for cls, prob in pred["probabilities"].items():
+        assert f"Probability of {cls}" in text and f"{round(prob, 6)}"[:6] in text
