@@ -191,8 +191,22 @@ def test_dicom_sr_round_trips(guarded_onnx, tmp_path):
     assert (sr.PatientID, sr.StudyInstanceUID) == (src.PatientID, src.StudyInstanceUID)
     assert sr.SeriesInstanceUID != src.SeriesInstanceUID and sr.Modality == "SR"
     assert src.SOPInstanceUID in str(sr)  # the source image is referenced
-    doc = hd.sr.srread(out)  # highdicom parses it back as a TID 1500 report
-    text = str(doc)
-    assert pred["model"]["sha256"] in text and "Input accepted" in text
+    hd.sr.srread(out)  # highdicom parses it back as an SR document
+
+    def values(ds, acc):
+        for item in ds.get("ContentSequence", []):
+            name = item.ConceptNameCodeSequence[0].CodeMeaning
+            if "TextValue" in item:
+                acc.setdefault(name, []).append(str(item.TextValue))
+            if "MeasuredValueSequence" in item:
+                acc.setdefault(name, []).append(float(item.MeasuredValueSequence[0].NumericValue))
+            if "ConceptCodeSequence" in item:
+                acc.setdefault(name, []).append(item.ConceptCodeSequence[0].CodeMeaning)
+            values(item, acc)
+        return acc
+
+    v = values(sr, {})
+    assert pred["model"]["sha256"] in v["Algorithm Parameters"] and v["Input guard verdict"] == ["Input accepted"]
+    assert v["Finding"] == [pred["finding"]]
     for cls, prob in pred["probabilities"].items():
-        assert f"Probability of {cls}" in text and f"{round(prob, 6)}"[:6] in text
+        assert v[f"Probability of {cls}"][0] == pytest.approx(prob, abs=1e-5)
