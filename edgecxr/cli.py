@@ -214,7 +214,7 @@ def calibrate(
     out: Path = typer.Option(..., "--out", help="Checkpoint to write (with guard, temperature and operating point)."),
     ood: Optional[Path] = typer.Option(None, "--ood", help="Folder of non-CXR images to report the guard's rejection rate."),
     permissive_only: bool = typer.Option(False, help="Fit the guard's statistics on permissive training images only."),
-    margin: float = typer.Option(1.1, help="Guard threshold = margin x the 99.5th percentile of val CXR scores."),
+    margin: float = typer.Option(1.0, help="Guard threshold = margin x the 99.5th percentile of val CXR scores."),
     layout: str = typer.Option("auto"),
 ) -> None:
     """Fit the input guard, temperature scaling and the COVID-19 operating point on train/val; write them

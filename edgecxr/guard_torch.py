@@ -10,8 +10,8 @@ OpenVINO and TensorRT compute them with no extra pass), higher = less like the t
   scaled identity (Lee et al., NeurIPS 2018): two MatMuls and a reduction.
 * ``energy`` - ``-logsumexp(logits)`` (Liu et al., NeurIPS 2020).
 
-Features: ``penultimate`` (what the classifier reads) or ``backbone`` (pooled ReLU'd last dense
-block). ``edgecxr calibrate`` measures every combination on val CXRs and an out-of-distribution
+Features: ``penultimate`` (what the classifier reads), ``backbone`` (spatial mean of the ReLU'd
+last dense block) or ``backbone_meanstd`` (its spatial mean and standard deviation). ``edgecxr calibrate`` measures every combination on val CXRs and an out-of-distribution
 set and keeps the chosen one; see the model card for the numbers.
 """
 
@@ -22,7 +22,16 @@ import torch
 from torch import nn
 
 METHODS = ("knn", "mahalanobis", "energy")
-FEATURES = ("penultimate", "backbone")
+FEATURES = ("penultimate", "backbone", "backbone_meanstd")
+
+
+def backbone_vector(m: torch.Tensor, feature: str) -> torch.Tensor:
+    """Spatial mean (``backbone``), or mean and standard deviation (``backbone_meanstd``), of a backbone map."""
+    mean = m.mean(dim=(2, 3))
+    if feature == "backbone":
+        return mean
+    var = (m * m).mean(dim=(2, 3)) - mean * mean
+    return torch.cat([mean, torch.sqrt(var.clamp_min(0))], dim=1)
 
 
 class ExportModule(nn.Module):
@@ -74,7 +83,7 @@ class GuardedClassifier(nn.Module):
     def score(self, fused: torch.Tensor, backbone: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.method == "energy":
             return -torch.logsumexp(logits, dim=1)
-        f = fused if self.feature == "penultimate" else backbone
+        f = fused if self.feature == "penultimate" else backbone_vector(backbone, self.feature)
         if self.method == "knn":
             f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
             sim = f @ self.bank_t  # (N, bank)
@@ -88,11 +97,12 @@ class GuardedClassifier(nn.Module):
 def forward_features(model: nn.Module, x: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
     """penultimate features, backbone features and logits, float64."""
     model.eval()
-    out: dict[str, list] = {"penultimate": [], "backbone": [], "logits": []}
+    out: dict[str, list] = {"penultimate": [], "backbone": [], "backbone_meanstd": [], "logits": []}
     for i in range(0, len(x), batch):
         f, b = model.features_and_backbone(torch.from_numpy(x[i:i + batch]))
         out["penultimate"].append(f.numpy())
-        out["backbone"].append(b.numpy())
+        out["backbone"].append(backbone_vector(b, "backbone").numpy())
+        out["backbone_meanstd"].append(backbone_vector(b, "backbone_meanstd").numpy())
         out["logits"].append(model.classifier(f).numpy())
     return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
 

@@ -210,3 +210,22 @@ def test_dicom_sr_round_trips(guarded_onnx, tmp_path):
     assert v["Finding"] == [pred["finding"]]
     for cls, prob in pred["probabilities"].items():
         assert v[f"Probability of {cls}"][0] == pytest.approx(prob, abs=1e-5)
+
+
+@pytest.mark.parametrize("method", ["knn", "mahalanobis", "energy"])
+def test_every_guard_method_exports_and_matches_torch(tiny_checkpoint, tmp_path, method):
+    from edgecxr.data import load_samples
+    from edgecxr.export.core import export
+    from edgecxr.runtime import load
+    from edgecxr.train.calibrate import calibrate
+    from edgecxr.train.evaluate import checkpoint_outputs
+
+    ck = tmp_path / f"{method}.safetensors"
+    calibrate(tiny_checkpoint, load_samples(calibration_dir())[:40], load_samples(val_dir())[:30], ck, method=method)
+    res = export(ck, "onnx-fp32", out=tmp_path / "o")
+    assert res.verified and res.sidecar.guard["method"] == method
+    samples = load_samples(eval_dir())[:6]
+    ref, _ = checkpoint_outputs(ck, samples)
+    with load(res.artifact) as m:
+        got = np.array([r.guard_score for r in m.predict([s.path for s in samples], )])
+    np.testing.assert_allclose(got, ref["guard"].reshape(-1), rtol=1e-3, atol=1e-4)

@@ -47,3 +47,21 @@ def test_shipped_model_matches_recorded_outputs():
     np.testing.assert_allclose(outs["logits"], np.array(rec["logits"]), atol=2e-3)
     if "guard" in rec:
         np.testing.assert_allclose(outs["guard"].reshape(-1), np.array(rec["guard"]), rtol=1e-3, atol=1e-2)
+
+
+def test_shipped_guard_accepts_cxrs_and_rejects_ood():
+    """Issue 11's goals on the shipped model: >= 99% of the shipped dev val/test CXRs accepted, >= 95% of
+    ood_data/ rejected."""
+    pytest.importorskip("torch", reason="torch not installed")
+    from edgecxr.checkpoint import read_meta
+    from edgecxr.data.layouts import Sample
+    from edgecxr.train.evaluate import checkpoint_outputs
+
+    meta = read_meta(default_checkpoint())
+    assert meta.get("guard"), "the shipped model carries no input guard (run edgecxr calibrate)"
+    cxr = sorted(val_dir().rglob("*.png")) + sorted(eval_dir().rglob("*.png"))
+    ood = sorted((Path(__file__).resolve().parents[1] / "ood_data").rglob("*.png"))
+    outs, m = checkpoint_outputs(default_checkpoint(), [Sample(p, "Normal") for p in cxr + ood])
+    accept = outs["guard"].reshape(-1) <= m["guard"]["threshold"]
+    assert accept[: len(cxr)].mean() >= 0.99, f"CXRs accepted: {accept[: len(cxr)].mean():.3f}"
+    assert (~accept[len(cxr):]).mean() >= 0.95, f"OOD rejected: {(~accept[len(cxr):]).mean():.3f}"

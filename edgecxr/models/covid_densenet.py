@@ -100,9 +100,9 @@ class CovidDenseNet(nn.Module):
         return self._fuse(self._taps(x))
 
     def features_and_backbone(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(fused head vector, pooled ReLU'd block-4 backbone features (N, 1024)) from one pass: the guard's inputs."""
+        """(fused head vector, ReLU'd block-4 backbone map (N, 1024, 7, 7)) from one pass: the guard's inputs."""
         taps = self._taps(x)
-        return self._fuse(taps), torch.flatten(F.adaptive_avg_pool2d(F.relu(taps[-1]), 1), 1)
+        return self._fuse(taps), F.relu(taps[-1])
 
     def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """(fused vector, pooled backbone features, per-scale maps each times its scale weight) from one pass.
@@ -111,7 +111,7 @@ class CovidDenseNet(nn.Module):
         ``sum_s upsample(W[c, s] . maps[s])``, so that sum is the class-activation map (CAM) of class c."""
         taps = self._taps(x)
         fused, maps = self._fuse(taps, return_maps=True)
-        return fused, torch.flatten(F.adaptive_avg_pool2d(F.relu(taps[-1]), 1), 1), maps
+        return fused, F.relu(taps[-1]), maps
 
     def _fuse(self, taps: list[torch.Tensor], return_maps: bool = False):
         feats = [att(lat(t)) for t, lat, att in zip(taps, self.lateral, self.attention)]
@@ -148,11 +148,11 @@ class DenseNet121Baseline(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
     def features_and_backbone(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.features(x)
-        return f, f
+        """(pooled features, the ReLU'd last feature map)."""
+        m = F.relu(self.backbone(x))
+        return torch.flatten(F.adaptive_avg_pool2d(m, 1), 1), m
 
     def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """(pooled features, the same, [the ReLU'd last feature maps]): CAM_c = W[c] . maps."""
-        m = F.relu(self.backbone(x))
-        f = torch.flatten(F.adaptive_avg_pool2d(m, 1), 1)
-        return f, f, [m]
+        """(pooled features, the ReLU'd last feature map, [that map]): CAM_c = W[c] . maps."""
+        f, m = self.features_and_backbone(x)
+        return f, m, [m]
