@@ -114,8 +114,9 @@ def features_and_logits(model: nn.Module, x: np.ndarray, batch: int = 16) -> tup
 
 def fit_statistics(feats: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float = 0.2) -> dict:
     """Class means and the Cholesky factor of the shrunk tied covariance's inverse."""
-    means = np.stack([feats[y == c].mean(0) for c in range(n_classes)])
-    centred = feats - means[y]
+    present = [c for c in range(n_classes) if np.any(y == c)]  # a class without training images has no mean
+    means = np.stack([feats[y == c].mean(0) for c in present])
+    centred = feats - means[np.searchsorted(present, y)]
     cov = centred.T @ centred / max(1, len(feats) - n_classes)
     d = cov.shape[0]
     cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / d * np.eye(d)

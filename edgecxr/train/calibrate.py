@@ -137,6 +137,10 @@ def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Pat
     else:
         name = "knn/backbone/k=5"
     chosen = report["guard_candidates"][name]
+    if not np.isfinite(chosen["threshold"]):
+        from edgecxr.errors import EdgeCXRError
+
+        raise EdgeCXRError(f"guard {name}: the threshold is not finite; too few or degenerate training images.")
     guard = {"shrinkage": shrinkage if chosen["method"] == "mahalanobis" else None, "method": chosen["method"], "feature": chosen["feature"], "k": chosen["k"], "threshold": chosen["threshold"],
              "quantile": quantile, "margin": margin, "val_accept_rate": chosen["val_accept_rate"],
              "ood_reject_rate": chosen.get("ood_reject_rate"), "chosen_from": len(CANDIDATES),
