@@ -119,6 +119,18 @@ Accuracy intervals: Wilson 95%. Paired exact McNemar tests on all {len(files[0])
 |---|---|---|---|
 {chr(10).join(mc_rows)}
 
+## At the operating point, and what is not done
+
+At the operating point (COVID-19 whenever its calibrated probability reaches the threshold, chosen
+for >= 95% val COVID-19 sensitivity) the shipped model trades specificity for sensitivity; `edgecxr eval`
+prints both the argmax and the operating-point results (`benchmarks/results/shipped-eval-test/eval.md`).
+
+Not done in this release (compute: 2 CPU cores, no GPU was lent to this task): the *research*
+configuration (all training images, never shipped), several seeds per model, DenseNet121 in the new
+recipe, the paper's balanced/unbalanced and training-set-size protocols, and a completed light-vs-strong
+augmentation ablation (the light run was stopped at epoch 10 of 30; `runs/*/last.pt` resume it with
+the same command). No claim about Covid-DenseNet versus DenseNet121 is made.
+
 ## Reproduce
 
 ```bash

@@ -68,10 +68,10 @@ class GuardedClassifier(nn.Module):
         self.feature = guard.get("feature", "penultimate")
         self.k = int(guard.get("k", 1))
         if self.method == "mahalanobis":
-            mean = torch.as_tensor(np.asarray(guard["mean"], np.float32))  # (C, D)
-            chol = torch.as_tensor(np.asarray(guard["precision_cholesky"], np.float32))  # (D, D)
-            self.register_buffer("chol", chol)
-            self.register_buffer("mean_proj", mean @ chol)  # (C, D)
+            self.register_buffer("mean", torch.as_tensor(np.asarray(guard["mean"], np.float32)))  # (C, D)
+            self.register_buffer("components", torch.as_tensor(np.asarray(guard["components"], np.float32)))  # (D, r)
+            self.register_buffer("inv_lambda", torch.as_tensor(np.asarray(guard["inv_lambda"], np.float32)))  # (r,)
+            self.inv_residual = float(guard["inv_residual"])
         elif self.method == "knn":
             self.register_buffer("bank_t", torch.as_tensor(np.asarray(guard["bank"], np.float32)).t().contiguous())
 
@@ -88,8 +88,9 @@ class GuardedClassifier(nn.Module):
             f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
             sim = f @ self.bank_t  # (N, bank)
             return 1 - torch.topk(sim, self.k, dim=1).values[:, -1]
-        z = f @ self.chol  # (N, D)
-        d2 = (z.unsqueeze(1) - self.mean_proj.unsqueeze(0)).pow(2).sum(-1)  # (N, C)
+        z = f.unsqueeze(1) - self.mean.unsqueeze(0)  # (N, C, D)
+        p = z @ self.components  # (N, C, r): coordinates in the top principal directions
+        d2 = (p * p * self.inv_lambda).sum(-1) + ((z * z).sum(-1) - (p * p).sum(-1)) * self.inv_residual
         return torch.sqrt(d2.min(dim=1).values.clamp_min(0))
 
 
@@ -112,24 +113,28 @@ def features_and_logits(model: nn.Module, x: np.ndarray, batch: int = 16) -> tup
     return o["penultimate"], o["logits"]
 
 
-def fit_statistics(feats: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float = 0.2) -> dict:
-    """Class means and the Cholesky factor of the shrunk tied covariance's inverse."""
+def fit_statistics(feats: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float = 0.05, rank: int = 64) -> dict:
+    """Class means and a low-rank form of the shrunk tied covariance: its top ``rank`` principal directions
+    with their variances, and one variance for the rest (so the graph carries D x rank numbers, not D x D)."""
     present = [c for c in range(n_classes) if np.any(y == c)]  # a class without training images has no mean
     means = np.stack([feats[y == c].mean(0) for c in present])
     centred = feats - means[np.searchsorted(present, y)]
-    cov = centred.T @ centred / max(1, len(feats) - n_classes)
-    d = cov.shape[0]
-    cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / d * np.eye(d)
-    precision = np.linalg.inv(cov)
-    precision = (precision + precision.T) / 2
-    chol = np.linalg.cholesky(precision)
-    return {"mean": means.astype(np.float32), "precision_cholesky": chol.astype(np.float32)}
+    cov = centred.T @ centred / max(1, len(feats) - len(present))
+    c = np.trace(cov) / cov.shape[0]
+    w, v = np.linalg.eigh(cov)
+    w, v = w[::-1], v[:, ::-1]
+    rank = min(rank, cov.shape[0] - 1)
+    lam = (1 - shrinkage) * np.maximum(w[:rank], 0) + shrinkage * c
+    rest = (1 - shrinkage) * max(float(np.mean(w[rank:])), 0.0) + shrinkage * c
+    return {"mean": means.astype(np.float32), "components": np.ascontiguousarray(v[:, :rank]).astype(np.float32),
+            "inv_lambda": (1 / lam).astype(np.float32), "inv_residual": float(1 / rest)}
 
 
 def mahalanobis(feats: np.ndarray, stats: dict) -> np.ndarray:
-    z = feats @ stats["precision_cholesky"].astype(np.float64)
-    m = stats["mean"].astype(np.float64) @ stats["precision_cholesky"].astype(np.float64)
-    return np.sqrt(((z[:, None, :] - m[None]) ** 2).sum(-1).min(1))
+    z = feats[:, None, :] - stats["mean"].astype(np.float64)[None]
+    p = z @ stats["components"].astype(np.float64)
+    d2 = (p ** 2 * stats["inv_lambda"]).sum(-1) + ((z ** 2).sum(-1) - (p ** 2).sum(-1)) * stats["inv_residual"]
+    return np.sqrt(np.maximum(d2.min(1), 0))
 
 
 def knn_bank(feats: np.ndarray) -> np.ndarray:

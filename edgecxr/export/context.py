@@ -105,7 +105,7 @@ class ExportContext:
         """The guard record for sidecar and metadata: threshold and provenance (the statistics live in the graph)."""
         if not self.guard:
             return None
-        return {k: v for k, v in self.guard.items() if k not in ("mean", "precision_cholesky", "bank")}
+        return {k: v for k, v in self.guard.items() if k not in ("mean", "components", "inv_lambda", "bank")}
 
     def fp32_onnx(self, target, tmp: Path) -> Path:
         """The FP32 ONNX every backend starts from (built once per export)."""

@@ -90,7 +90,7 @@ CANDIDATES = [("knn", "backbone", 5), ("knn", "backbone_meanstd", 5), ("knn", "p
 
 
 def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Path, ood: list[Path] | None = None,
-              margin: float = 1.0, quantile: float = 0.995, method: str | None = None, shrinkage: float = 0.02) -> dict:
+              margin: float = 1.0, quantile: float = 0.995, method: str | None = None, shrinkage: float = 0.05) -> dict:
     """Fit guard, temperature and operating point; write a new checkpoint to ``out``; return the report.
 
     ``method`` None: measure every candidate (score x features) and keep the one that rejects the most
@@ -141,7 +141,8 @@ def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Pat
         from edgecxr.errors import EdgeCXRError
 
         raise EdgeCXRError(f"guard {name}: the threshold is not finite; too few or degenerate training images.")
-    guard = {"shrinkage": shrinkage if chosen["method"] == "mahalanobis" else None, "method": chosen["method"], "feature": chosen["feature"], "k": chosen["k"], "threshold": chosen["threshold"],
+    scalars = {k: v for k, v in fitted[name].items() if not isinstance(v, np.ndarray)}
+    guard = {**scalars, "shrinkage": shrinkage if chosen["method"] == "mahalanobis" else None, "method": chosen["method"], "feature": chosen["feature"], "k": chosen["k"], "threshold": chosen["threshold"],
              "quantile": quantile, "margin": margin, "val_accept_rate": chosen["val_accept_rate"],
              "ood_reject_rate": chosen.get("ood_reject_rate"), "chosen_from": len(CANDIDATES),
              "n_train": len(train), "n_val": len(val)}
@@ -156,7 +157,8 @@ def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Pat
     meta["operating_point"] = op
     state = model.state_dict()
     for key, arr in fitted[name].items():
-        state[GUARD_PREFIX + key] = torch.from_numpy(np.ascontiguousarray(arr))
+        if isinstance(arr, np.ndarray):
+            state[GUARD_PREFIX + key] = torch.from_numpy(np.ascontiguousarray(arr))
     save_checkpoint(state, meta, out)
     report.update(guard=guard, operating_point=op, checkpoint=str(out))
     return report

@@ -47,7 +47,7 @@ def checkpoint_outputs(checkpoint: Path, samples: list[Sample], batch_size: int 
             out = model(x)
             for k, v in zip(names, out if isinstance(out, tuple) else (out,)):
                 parts.setdefault(k, []).append(v.numpy())
-    meta["guard"] = {k: v for k, v in (meta.get("guard") or {}).items() if k not in ("mean", "precision_cholesky", "bank")} or None
+    meta["guard"] = {k: v for k, v in (meta.get("guard") or {}).items() if k not in ("mean", "components", "inv_lambda", "bank")} or None
     return {k: np.concatenate(v) for k, v in parts.items()}, meta
 
 
