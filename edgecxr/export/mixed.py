@@ -187,11 +187,16 @@ def _openvino_search(ctx, tgt, tmp: Path, engine: dict, history: list):
     ignored = None
     if tgt.int8.exclude:
         ignored = nncf.IgnoredScope(patterns=[f".*{n}.*" for n in tgt.int8.exclude], validate=False)
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    restorer = AdvancedAccuracyRestorerParameters(  # bounded: rank on a subset, revert at most N groups
+        max_num_iterations=tgt.int8.max_float_layers, ranking_subset_size=min(24, len(calib)), num_ranking_workers=2)
     q = nncf.quantize_with_accuracy_control(
         model, ds, ds, agreement, max_drop=max(0.0, 1 - tgt.tolerance.min_agreement) / 2,
         drop_type=nncf.DropType.ABSOLUTE, subset_size=min(tgt.int8.subset_size, len(calib)),
         fast_bias_correction=tgt.int8.fast_bias_correction, ignored_scope=ignored,
-        preset=nncf.QuantizationPreset.PERFORMANCE if tgt.int8.preset == "performance" else nncf.QuantizationPreset.MIXED)
+        preset=nncf.QuantizationPreset.PERFORMANCE if tgt.int8.preset == "performance" else nncf.QuantizationPreset.MIXED,
+        advanced_accuracy_restorer_parameters=restorer)
     float_convs = [op.get_friendly_name() for op in q.get_ordered_ops() if op.get_type_name() == "Convolution"
                    and op.input_value(0).get_node().get_type_name() != "FakeQuantize"]
     for k, v in ctx.metadata().items():
