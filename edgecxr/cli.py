@@ -269,6 +269,8 @@ def export(
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder. Default: exports/<checkpoint>-<sha8>/<target>."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the verification gate (artifact stays unverified)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even when a matching export exists."),
+    heatmaps: bool = typer.Option(False, "--heatmaps", help="Also output the spatial maps that `predict --heatmaps` "
+                                  "needs (costs latency on some engines: see README)."),
     sign: Optional[Path] = typer.Option(None, "--sign", help="Ed25519 private key: sign the sidecar (see `edgecxr keygen`)."),
     list_targets: bool = typer.Option(False, "--list", help="List the available targets and exit."),
 ) -> None:
@@ -298,7 +300,7 @@ def export(
             task = prog.add_task(f"export {escape(target)}: building + verifying", total=None)
             res = run_export(ck, target, precision=precision, batch=batch, dynamic=dynamic or None, calib=calib,
                              verify_on=verify_on, out=out, verify=not no_verify, force=force,
-                             progress=lambda n: prog.advance(task, n))
+                             progress=lambda n: prog.advance(task, n), heatmaps=heatmaps or None)
         if sign:
             from edgecxr.signing import sign_artifact
 
@@ -426,8 +428,8 @@ def _write_heatmaps(m, files, results, folder: Path) -> None:
     from edgecxr.runtime.heatmap import overlay_png
 
     if not m.sidecar.heatmap:
-        err.print("[yellow]warning:[/] this artifact carries no heatmap outputs (exported before heatmaps existed); "
-                  "re-export it for --heatmaps.")
+        err.print("[yellow]warning:[/] this artifact carries no heatmap outputs; export it with "
+                  "`edgecxr export --heatmaps` for --heatmaps.")
         return
     folder.mkdir(parents=True, exist_ok=True)
     cfg = m.preprocess_config

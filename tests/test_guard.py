@@ -61,7 +61,7 @@ def guarded_checkpoint(tiny_checkpoint, tmp_path_factory):
 def guarded_onnx(guarded_checkpoint, tmp_path_factory):
     from edgecxr.export.core import export
 
-    res = export(guarded_checkpoint, "onnx-fp32", out=tmp_path_factory.mktemp("gonnx"))
+    res = export(guarded_checkpoint, "onnx-fp32", out=tmp_path_factory.mktemp("gonnx"), heatmaps=True)
     assert res.verified and res.sidecar.outputs == ["logits", "guard", "maps0", "maps1", "maps2"]
     assert res.sidecar.verification["heatmap_correlation_min"] > 0.999
     assert res.sidecar.verification["guard_agreement"] == 1.0

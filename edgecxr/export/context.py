@@ -14,7 +14,7 @@ class ExportContext:
     """Built once per export; the builders (one module per backend) read from it."""
 
     def __init__(self, checkpoint: Path, calib_dirs: list[Path], verify_dirs: list[Path],
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None, heatmaps: bool = False) -> None:
         from edgecxr.checkpoint import load_model
 
         self.checkpoint = Path(checkpoint)
@@ -25,7 +25,7 @@ class ExportContext:
         self._calib: np.ndarray | None = None
         self._verify: tuple | None = None
         self._module = None
-        self.heatmaps = hasattr(self.model, "forward_maps")
+        self.heatmaps = heatmaps and hasattr(self.model, "forward_maps")
 
     @property
     def size(self) -> int:

@@ -138,7 +138,8 @@ def install(tmp: Path, out: Path, built: Path, backend) -> tuple[Path, list[Path
 
 def export(checkpoint: str | Path, target: str | Target, precision: str | None = None, batch: int | None = None,
            dynamic: bool | None = None, calib: list[Path] | None = None, verify_on: list[Path] | None = None,
-           out: Path | None = None, verify: bool = True, force: bool = False, progress=None) -> ExportResult:
+           out: Path | None = None, verify: bool = True, force: bool = False, progress=None,
+           heatmaps: bool | None = None) -> ExportResult:
     """Export ``checkpoint`` for ``target``; return the artifact, its sidecar and whether it was cached.
 
     Raises :class:`~edgecxr.errors.BackendUnavailable` when the engine is missing (the prepared
@@ -148,7 +149,7 @@ def export(checkpoint: str | Path, target: str | Target, precision: str | None =
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise EdgeCXRError(f"{checkpoint}: no such checkpoint. Train one (`edgecxr train`) or use the shipped default.")
-    tgt = target if isinstance(target, Target) else load_target(target, precision, batch, dynamic)
+    tgt = target if isinstance(target, Target) else load_target(target, precision, batch, dynamic, heatmaps)
     backend = get_backend(tgt.backend)
     calib_dirs = [Path(p) for p in (calib or [calibration_dir()])]
     verify_dirs = [Path(p) for p in (verify_on or verification_dirs())]
@@ -164,7 +165,7 @@ def export(checkpoint: str | Path, target: str | Target, precision: str | None =
         return ExportResult(artifact, side, cached=True)
 
     t0 = time.perf_counter()
-    ctx = ExportContext(checkpoint, calib_dirs, verify_dirs, progress)
+    ctx = ExportContext(checkpoint, calib_dirs, verify_dirs, progress, heatmaps=tgt.heatmaps)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=out))

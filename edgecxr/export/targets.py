@@ -133,6 +133,7 @@ class Target:
     opt_batch: int = 1
     max_batch: int = 64
     opset: int = 18
+    heatmaps: bool = False  # also output the classifier's spatial maps (for --heatmaps); costs latency in some engines
     int8: Int8Options = field(default_factory=Int8Options)
     openvino: OpenVINOOptions = field(default_factory=OpenVINOOptions)
     tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
@@ -176,7 +177,7 @@ def target_from_dict(data: dict, where: str) -> Target:
     data["tensorrt"] = _typed(TensorRTOptions, data.pop("tensorrt", {}), f"{where} [tensorrt]")
     data["tolerance"] = _typed(Tolerance, {"min_agreement": agree, "max_accuracy_drop": drop,
                                            **data.pop("tolerance", {})}, f"{where} [tolerance]")
-    for key, typ in (("dynamic_batch", bool), ("min_batch", int), ("opt_batch", int), ("max_batch", int),
+    for key, typ in (("heatmaps", bool), ("dynamic_batch", bool), ("min_batch", int), ("opt_batch", int), ("max_batch", int),
                      ("opset", int), ("name", str), ("description", str)):
         if key in data and (not isinstance(data[key], typ) or (typ is int and isinstance(data[key], bool))):
             raise TargetError(f"{where}.{key}: expected {typ.__name__}, got {data[key]!r}")
@@ -188,7 +189,7 @@ def target_from_dict(data: dict, where: str) -> Target:
 
 
 def load_target(name_or_path: str, precision: str | None = None, batch: int | None = None,
-                dynamic: bool | None = None) -> Target:
+                dynamic: bool | None = None, heatmaps: bool | None = None) -> Target:
     """Resolve a target by name (``export/NAME.toml``), by backend name, or by path; apply overrides.
 
     A bare backend name (``onnx``, ``openvino``, ``tensorrt``) picks ``BACKEND-PRECISION`` (fp32 for
@@ -221,4 +222,6 @@ def load_target(name_or_path: str, precision: str | None = None, batch: int | No
         data.update(dynamic_batch=False, min_batch=batch, opt_batch=batch, max_batch=batch)
     if dynamic is True:
         data["dynamic_batch"] = True
+    if heatmaps is not None:
+        data["heatmaps"] = heatmaps
     return target_from_dict(data, str(path))
