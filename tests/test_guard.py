@@ -229,3 +229,17 @@ def test_every_guard_method_exports_and_matches_torch(tiny_checkpoint, tmp_path,
     with load(res.artifact) as m:
         got = np.array([r.guard_score for r in m.predict([s.path for s in samples], )])
     np.testing.assert_allclose(got, ref["guard"].reshape(-1), rtol=1e-3, atol=1e-4)
+
+
+def test_int8_keeps_the_guard_score(guarded_checkpoint, tmp_path):
+    """INT8 quantizes the convolutions only: the guard's distance stays float and tracks FP32 (a quantized guard
+    once collapsed to one constant score that still 'agreed' on CXRs)."""
+    from edgecxr.export.core import export
+
+    res = export(guarded_checkpoint, "onnx-int8", out=tmp_path)
+    v = res.sidecar.verification
+    assert v["guard_score_correlation"] >= 0.95, v.get("guard_score_correlation")
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(res.artifact)).graph.node}
+    assert "QLinearConv" in ops and "QLinearMatMul" not in ops

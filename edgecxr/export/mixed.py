@@ -184,9 +184,7 @@ def _openvino_search(ctx, tgt, tmp: Path, engine: dict, history: list):
         return float(np.mean(hits))
 
     model = ov.convert_model(str(ctx.fp32_onnx(tgt, tmp)))
-    ignored = None
-    if tgt.int8.exclude:
-        ignored = nncf.IgnoredScope(patterns=[f".*{n}.*" for n in tgt.int8.exclude], validate=False)
+    ignored = nncf.IgnoredScope(patterns=[f".*{n}.*" for n in tgt.int8.exclude], types=["MatMul"], validate=False)
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     restorer = AdvancedAccuracyRestorerParameters(  # bounded: rank on a subset, revert at most N groups

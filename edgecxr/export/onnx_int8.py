@@ -73,9 +73,12 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperato
                             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                            "CalibMovingAverage": method == "minmax"})
         else:
+            # convolutions only: the classifier and the guard's MatMuls stay float (quantizing the guard's
+            # distance computation collapsed its score to a constant)
             quantize_static(str(pre), str(out), _Reader(calib, input_name), quant_format=QuantFormat.QOperator,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                            reduce_range=reduce_range, calibrate_method=cm, nodes_to_exclude=exclude or [])
+                            reduce_range=reduce_range, calibrate_method=cm, nodes_to_exclude=exclude or [],
+                            op_types_to_quantize=["Conv"])
     return Path(out)
 
 

@@ -44,9 +44,8 @@ def to_openvino(onnx_path: Path, out_xml: Path, precision: str, calib: np.ndarra
         preset = {"performance": nncf.QuantizationPreset.PERFORMANCE,
                   "mixed": nncf.QuantizationPreset.MIXED}[opts.preset]
         ds = nncf.Dataset([calib[i : i + 1] for i in range(len(calib))])
-        ignored = None
-        if opts.exclude:  # ONNX node names; the IR's op names derive from them
-            ignored = nncf.IgnoredScope(patterns=[f".*{n}.*" for n in opts.exclude], validate=False)
+        # the classifier and the guard's MatMuls stay float; excluded convs by name (the IR's names derive from ONNX's)
+        ignored = nncf.IgnoredScope(patterns=[f".*{n}.*" for n in opts.exclude], types=["MatMul"], validate=False)
         model = nncf.quantize(model, ds, preset=preset, subset_size=min(opts.subset_size, len(calib)),
                               fast_bias_correction=opts.fast_bias_correction, ignored_scope=ignored)
     for k, v in (metadata or {}).items():  # read back by the runtime to cross-check the sidecar

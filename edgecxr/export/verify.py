@@ -43,6 +43,10 @@ def compare(ref: dict[str, np.ndarray], outs: dict[str, np.ndarray], y: np.ndarr
     if guard and "guard" in ref and "guard" in outs:
         a, b = guard_decisions(ref["guard"], guard), guard_decisions(outs["guard"], guard)
         res["guard_agreement"] = float(np.mean(a == b))
+        ra, rb = np.ravel(ref["guard"]).astype(np.float64), np.ravel(outs["guard"]).astype(np.float64)
+        res["guard_score_correlation"] = float(np.corrcoef(ra, rb)[0, 1]) if ra.std() > 0 and rb.std() > 0 else 0.0
+        if len(ra) > 2 and res["guard_score_correlation"] < 0.95:  # decisions alone pass a constant score on CXRs
+            reasons.append(f"guard score correlation {res['guard_score_correlation']:.3f} < 0.95")
         res["guard_accepted_reference"] = float(np.mean(a))
         if res["guard_agreement"] < tolerance.min_guard_agreement:
             reasons.append(f"guard accept/reject agreement {res['guard_agreement']:.4f} < {tolerance.min_guard_agreement}")
