@@ -11,7 +11,9 @@ OpenVINO and TensorRT compute them with no extra pass), higher = less like the t
 * ``energy`` - ``-logsumexp(logits)`` (Liu et al., NeurIPS 2020).
 
 Features: ``penultimate`` (what the classifier reads), ``backbone`` (spatial mean of the ReLU'd
-last dense block) or ``backbone_meanstd`` (its spatial mean and standard deviation). ``edgecxr calibrate`` measures every combination on val CXRs and an out-of-distribution
+last dense block), ``backbone_meanstd`` (its spatial mean and standard deviation) or ``backbone_layout``
+(mean and standard deviation plus the mean of each image quadrant: pooled statistics are blind to
+layout, so a CXR turned 90 degrees or cropped to one lung looks normal to them, not to the quadrants). ``edgecxr calibrate`` measures every combination on val CXRs and an out-of-distribution
 set and keeps the chosen one; see the model card for the numbers.
 """
 
@@ -22,16 +24,23 @@ import torch
 from torch import nn
 
 METHODS = ("knn", "mahalanobis", "energy")
-FEATURES = ("penultimate", "backbone", "backbone_meanstd")
+FEATURES = ("penultimate", "backbone", "backbone_meanstd", "backbone_layout")
 
 
 def backbone_vector(m: torch.Tensor, feature: str) -> torch.Tensor:
-    """Spatial mean (``backbone``), or mean and standard deviation (``backbone_meanstd``), of a backbone map."""
+    """Spatial mean (``backbone``), mean and standard deviation (``backbone_meanstd``), or those plus the
+    four quadrant means (``backbone_layout``; with an odd map size the middle row/column is in both halves)."""
     mean = m.mean(dim=(2, 3))
     if feature == "backbone":
         return mean
     var = (m * m).mean(dim=(2, 3)) - mean * mean
-    return torch.cat([mean, torch.sqrt(var.clamp_min(0))], dim=1)
+    parts = [mean, torch.sqrt(var.clamp_min(0))]
+    if feature == "backbone_layout":
+        h, w = m.shape[2], m.shape[3]
+        h2, w2 = (h + 1) // 2, (w + 1) // 2
+        for rows in (m[:, :, :h2], m[:, :, h - h2:]):
+            parts += [rows[:, :, :, :w2].mean(dim=(2, 3)), rows[:, :, :, w - w2:].mean(dim=(2, 3))]
+    return torch.cat(parts, dim=1)
 
 
 class ExportModule(nn.Module):
@@ -98,12 +107,12 @@ class GuardedClassifier(nn.Module):
 def forward_features(model: nn.Module, x: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
     """penultimate features, backbone features and logits, float64."""
     model.eval()
-    out: dict[str, list] = {"penultimate": [], "backbone": [], "backbone_meanstd": [], "logits": []}
+    out: dict[str, list] = {k: [] for k in FEATURES + ("logits",)}
     for i in range(0, len(x), batch):
         f, b = model.features_and_backbone(torch.from_numpy(x[i:i + batch]))
         out["penultimate"].append(f.numpy())
-        out["backbone"].append(backbone_vector(b, "backbone").numpy())
-        out["backbone_meanstd"].append(backbone_vector(b, "backbone_meanstd").numpy())
+        for feature in FEATURES[1:]:
+            out[feature].append(backbone_vector(b, feature).numpy())
         out["logits"].append(model.classifier(f).numpy())
     return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
 
@@ -119,13 +128,15 @@ def fit_statistics(feats: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: 
     present = [c for c in range(n_classes) if np.any(y == c)]  # a class without training images has no mean
     means = np.stack([feats[y == c].mean(0) for c in present])
     centred = feats - means[np.searchsorted(present, y)]
-    cov = centred.T @ centred / max(1, len(feats) - len(present))
-    c = np.trace(cov) / cov.shape[0]
-    w, v = np.linalg.eigh(cov)
-    w, v = w[::-1], v[:, ::-1]
-    rank = min(rank, cov.shape[0] - 1)
+    dof = max(1, len(feats) - len(present))
+    d = feats.shape[1]
+    # eigenpairs of the tied covariance from the SVD of the centred features (N x D: cheap for wide D)
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    w, v = sv ** 2 / dof, vt.T
+    c = float(np.sum(w)) / d  # trace / D
+    rank = min(rank, d - 1, len(w))
     lam = (1 - shrinkage) * np.maximum(w[:rank], 0) + shrinkage * c
-    rest = (1 - shrinkage) * max(float(np.mean(w[rank:])), 0.0) + shrinkage * c
+    rest = (1 - shrinkage) * float(np.sum(w[rank:])) / max(1, d - rank) + shrinkage * c
     return {"mean": means.astype(np.float32), "components": np.ascontiguousarray(v[:, :rank]).astype(np.float32),
             "inv_lambda": (1 / lam).astype(np.float32), "inv_residual": float(1 / rest)}
 

@@ -214,3 +214,29 @@ def test_batchnorm_to_depthwise_is_exact(tiny_checkpoint, tmp_path):
     a = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"input": x[:8]})[0]
     b = ort.InferenceSession(str(tmp_path / "dw.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x[:8]})[0]
     np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_onnx_search_takes_the_cheap_knob_that_agrees_on_calibration(tiny_checkpoint, tmp_path, monkeypatch):
+    """The search judges knobs on the calibration images only and returns the best one once it reaches the
+    target's agreement (here only percentile calibration 'agrees'; the others flip every image)."""
+    import dataclasses
+    import time
+
+    from edgecxr.export import mixed
+
+    ctx, tgt = _ctx_and_target(tiny_checkpoint, "onnx-int8")
+    tgt = dataclasses.replace(tgt, int8=dataclasses.replace(tgt.int8, calibration="minmax", bn_to_conv=True))
+    ref = mixed._calib_reference(ctx)
+    seen = []
+
+    def fake_logits(path, engine, x):
+        seen.append((engine["int8"]["calibration"], engine["int8"]["bn_to_conv"]))
+        return ref if engine["int8"]["calibration"] == "percentile" else np.roll(ref, 1, axis=1)
+
+    monkeypatch.setattr(mixed, "_runner_logits", fake_logits)
+    history: list = []
+    path, eng, why = mixed._onnx_search(ctx, tgt, tmp_path, {"backend": "onnx"}, time.perf_counter(), 600, history)
+    assert eng["int8"]["calibration"] == "percentile"
+    assert "percentile" in why and path.exists()
+    assert ("percentile", True) in seen
+    assert all("calib_agreement" in h for h in history)

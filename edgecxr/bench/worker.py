@@ -114,6 +114,11 @@ def measure(cfg: dict) -> dict:
     xb = np.ascontiguousarray(np.resize(x_eval, (b,) + x_eval.shape[1:]))
     tb = _timed(runner, xb, max(1, cfg["warmup"] // 2), max(3, cfg["iters"] // 5), cfg["min_seconds"] / 2)
     res["throughput"] = {"batch": b, "images_per_s": b / float(np.median(tb)), "ms_per_image": float(np.median(tb)) / b * 1000}
+    mode = getattr(runner, "throughput_mode", None)
+    if mode is not None:
+        tput = mode(one, max(2.0, cfg["min_seconds"]))
+        if tput:
+            res["throughput_mode"] = tput
     from edgecxr.runtime.batching import run_batched
 
     outs = run_batched(runner, x_eval, batch=b)

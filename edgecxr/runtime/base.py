@@ -36,6 +36,11 @@ class BaseRunner:
         """edgecxr metadata embedded in the artifact (None when the format carries none)."""
         return None
 
+    def throughput_mode(self, x: np.ndarray, seconds: float) -> dict | None:
+        """Images/s in the engine's own throughput mode (several streams, asynchronous requests), fed ``x``
+        one request at a time; None when the engine has no such mode. Used by the bench."""
+        return None
+
     def close(self) -> None:
         """Free the engine's memory (sessions, compiled models, device buffers); idempotent."""
         if not self.closed:

@@ -85,7 +85,8 @@ def _scores(method: str, feature: str, k: int, tr: dict, ytr: np.ndarray, n_clas
 
 
 CANDIDATES = [("knn", "backbone", 5), ("knn", "backbone_meanstd", 5), ("knn", "penultimate", 5),
-              ("mahalanobis", "backbone", 0), ("mahalanobis", "backbone_meanstd", 0), ("mahalanobis", "penultimate", 0),
+              ("mahalanobis", "backbone", 0), ("mahalanobis", "backbone_meanstd", 0), ("mahalanobis", "backbone_layout", 0),
+              ("mahalanobis", "penultimate", 0), ("knn", "backbone_layout", 5),
               ("energy", "penultimate", 0)]
 
 
