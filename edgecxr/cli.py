@@ -135,6 +135,8 @@ def train(
     weight_decay: float = typer.Option(1e-4), warmup: float = typer.Option(1.0, help="Warm-up epochs."),
     balanced: bool = typer.Option(False, help="Class-balanced sampling."),
     seed: int = typer.Option(0), size: int = typer.Option(224), resize: str = typer.Option("crop"),
+    equalize: bool = typer.Option(False, help="Histogram-equalise every image in preprocessing (carried into "
+                                  "checkpoints and artifacts)."),
     workers: int = typer.Option(0), weights: Optional[str] = typer.Option(None, help="imagenet | PATH"),
     permissive_only: bool = typer.Option(False, help="Train only on images whose licence allows commercial use "
                                          "(validation still uses every val image: evaluating is not redistributing)."),
@@ -164,7 +166,7 @@ def train(
             parts["val"] = [s for s in parts["val"] if not s.licence_nc]
         classes = sorted({s.label for s in samples})
         cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                          warmup_epochs=warmup, balanced=balanced, seed=seed, size=size, resize=resize, workers=workers,
+                          warmup_epochs=warmup, balanced=balanced, seed=seed, size=size, resize=resize, equalize=equalize, workers=workers,
                           weights=weights, max_steps=max_steps, classes=classes, augment=augment,
                           label_smoothing=label_smoothing, ema=ema, select=select, bf16=bf16)
         info = {"source": str(data), "layout": layout, "permissive_only": permissive_only,

@@ -8,8 +8,11 @@ Policy (parameters in :class:`PreprocessConfig`, written into every checkpoint a
    source's aspect ratio would be one more shortcut to the hospital); ``"pad"`` keeps the whole
    image, scaling the longer side to ``size`` and padding with black; ``"stretch"`` resizes to
    ``size`` x ``size``. Resampling is Pillow's bilinear on float32 data;
-3. replicate the gray channel to 3 channels (the backbone was designed for RGB);
-4. normalise with ImageNet mean and std, as torchvision's pretrained DenseNet121 expects.
+3. optionally (``equalize``), global histogram equalisation of the resized image (256 bins on [0, 1]):
+   spreads each image's grey levels over the whole range, one more way to make hospitals' exposure
+   and processing differences smaller;
+4. replicate the gray channel to 3 channels (the backbone was designed for RGB);
+5. normalise with ImageNet mean and std, as torchvision's pretrained DenseNet121 expects.
 
 Output: float32 array (3, size, size). Torch-free: numpy and Pillow only.
 """
@@ -32,6 +35,7 @@ class PreprocessConfig:
     resize: str = "crop"
     mean: tuple[float, float, float] = field(default=IMAGENET_MEAN)
     std: tuple[float, float, float] = field(default=IMAGENET_STD)
+    equalize: bool = False
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_POLICIES:
@@ -46,7 +50,8 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessConfig":
-        return cls(size=int(d["size"]), resize=str(d["resize"]), mean=tuple(d["mean"]), std=tuple(d["std"]))
+        return cls(size=int(d["size"]), resize=str(d["resize"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
+                   equalize=bool(d.get("equalize", False)))  # absent in checkpoints written before the option
 
 
 def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -74,11 +79,20 @@ def resize_policy(gray: np.ndarray, size: int, policy: str) -> np.ndarray:
     return out
 
 
+def equalize_hist(g: np.ndarray, bins: int = 256) -> np.ndarray:
+    """Global histogram equalisation of a [0, 1] image: each value becomes the share of pixels at or below it."""
+    hist, edges = np.histogram(g, bins=bins, range=(0.0, 1.0))
+    cdf = np.cumsum(hist, dtype=np.float64) / max(1, g.size)
+    return np.interp(g, edges[1:], cdf).astype(np.float32)
+
+
 def preprocess(gray: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
     """2-D float32 grayscale in [0, 1] -> float32 (3, size, size), normalised."""
     if gray.ndim != 2:
         raise ValueError(f"preprocess expects a 2-D grayscale array, got shape {gray.shape}")
     g = resize_policy(np.ascontiguousarray(gray, dtype=np.float32), cfg.size, cfg.resize)
+    if cfg.equalize:
+        g = equalize_hist(g)
     mean = np.asarray(cfg.mean, np.float32).reshape(3, 1, 1)
     std = np.asarray(cfg.std, np.float32).reshape(3, 1, 1)
     return ((np.broadcast_to(g, (3, cfg.size, cfg.size)) - mean) / std).astype(np.float32)

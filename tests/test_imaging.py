@@ -164,3 +164,19 @@ def test_preprocess_policies():
     assert np.allclose(padded[0, 0], (0 - 0.485) / 0.229)  # black border rows
     with pytest.raises(ValueError):
         PreprocessConfig(resize="zoom")
+
+
+def test_histogram_equalisation_option():
+    from edgecxr.preprocess import equalize_hist
+
+    rng = np.random.default_rng(0)
+    g = (rng.random((80, 60)) ** 3).astype(np.float32)  # dark-skewed image
+    e = equalize_hist(g)
+    assert e.min() >= 0 and e.max() <= 1 and abs(float(np.median(e)) - 0.5) < 0.05  # spread over the range
+    order = np.argsort(g, axis=None)
+    assert np.all(np.diff(e.ravel()[order]) >= -1e-6)  # monotone: grey-level order is kept
+    cfg = PreprocessConfig(size=32, equalize=True)
+    assert not np.allclose(preprocess(g, cfg), preprocess(g, PreprocessConfig(size=32)))
+    assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg  # carried through checkpoints and sidecars
+    old = {k: v for k, v in cfg.to_dict().items() if k != "equalize"}  # written before the option existed
+    assert PreprocessConfig.from_dict(old).equalize is False

@@ -46,6 +46,7 @@ class TrainConfig:
     seed: int = 0
     size: int = 224
     resize: str = "crop"
+    equalize: bool = False  # histogram equalisation in preprocessing (carried in the checkpoint)
     workers: int = 0
     weights: str | None = None
     amp: bool = True
@@ -166,7 +167,7 @@ def setup_device() -> tuple[torch.device, int, int]:
 
 def make_loaders(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sample], rank: int, world: int):
     """(train loader, val loader, sampler, generator): class-balanced or distributed sampling."""
-    pcfg = PreprocessConfig(size=cfg.size, resize=cfg.resize)
+    pcfg = PreprocessConfig(size=cfg.size, resize=cfg.resize, equalize=cfg.equalize)
     train_ds = CXRDataset(train_samples, cfg.classes, pcfg, augment=cfg.augment)
     val_ds = CXRDataset(val_samples, cfg.classes, pcfg, augment=False)
     gen = torch.Generator().manual_seed(cfg.seed + 1000 * rank)
@@ -298,7 +299,7 @@ def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sampl
     if resume and (run.out / "last.pt").is_file():
         resume_from(run, run.out / "last.pt")
     meta_base = {"edgecxr_version": __version__, "arch": cfg.arch, "classes": cfg.classes,
-                 "preprocess": PreprocessConfig(size=cfg.size, resize=cfg.resize).to_dict(),
+                 "preprocess": PreprocessConfig(size=cfg.size, resize=cfg.resize, equalize=cfg.equalize).to_dict(),
                  "train_config": asdict(cfg), "data": data_info or {}}
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 

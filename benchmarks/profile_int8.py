@@ -1,0 +1,101 @@
+"""Where the INT8 time goes: per-layer timings of an exported artifact, top N layers.
+
+    python benchmarks/profile_int8.py exports/<model>/openvino-int8/model.xml [--top 12] [--runs 20]
+    python benchmarks/profile_int8.py exports/<model>/onnx-int8/model.onnx
+
+OpenVINO: the CPU plugin's performance counters (``PERF_COUNT``), summed over ``--runs`` batch-1
+inferences, with the kernel each layer ran (e.g. ``jit_avx512_amx_I8``, ``brgconv_avx512_core_vnni``).
+ONNX Runtime: its built-in profiler (``SessionOptions.enable_profiling``), node events summed by node.
+Prints a markdown table (layer, type, kernel, ms per image, share of the total).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def _input(shape) -> np.ndarray:
+    dims = [1 if not isinstance(d, int) or d <= 0 else d for d in shape]
+    return np.random.default_rng(0).standard_normal(dims).astype(np.float32)
+
+
+def profile_openvino(path: Path, runs: int, threads: int | None) -> list[tuple]:
+    import openvino as ov
+
+    core = ov.Core()
+    cfg = {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        cfg["INFERENCE_NUM_THREADS"] = threads
+    model = core.read_model(str(path))
+    shape = [d.get_length() if d.is_static else 1 for d in model.inputs[0].get_partial_shape()]
+    compiled = core.compile_model(model, "CPU", cfg)
+    req = compiled.create_infer_request()
+    x = _input(shape)
+    req.infer({0: x})
+    total = collections.defaultdict(float)
+    kind = {}
+    for _ in range(runs):
+        req.infer({0: x})
+        for p in req.profiling_info:
+            if p.status == p.Status.EXECUTED:
+                total[p.node_name] += p.real_time.total_seconds() * 1000
+                kind[p.node_name] = (p.node_type, p.exec_type)
+    return [(n, *kind[n], t / runs) for n, t in total.items()]
+
+
+def profile_onnxruntime(path: Path, runs: int, threads: int | None) -> list[tuple]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    so.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    x = _input(inp.shape)
+    sess.run(None, {inp.name: x})
+    for _ in range(runs):
+        sess.run(None, {inp.name: x})
+    trace = json.loads(Path(sess.end_profiling()).read_text())
+    total = collections.defaultdict(float)
+    kind = {}
+    for ev in trace:
+        if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
+            node = ev["name"][: -len("_kernel_time")]
+            total[node] += ev["dur"] / 1000
+            kind[node] = (ev["args"].get("op_name", ""), ev["args"].get("provider", ""))
+    return [(n, *kind[n], t / (runs + 1)) for n, t in total.items()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("artifact", type=Path)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args()
+    rows = (profile_openvino if a.artifact.suffix == ".xml" else profile_onnxruntime)(a.artifact, a.runs, a.threads)
+    rows.sort(key=lambda r: -r[3])
+    tot = sum(r[3] for r in rows)
+    by_type = collections.defaultdict(float)
+    for r in rows:
+        by_type[r[1]] += r[3]
+    print(f"{a.artifact}: {tot:.2f} ms per batch-1 image summed over {len(rows)} executed layers\n")
+    print("| layer | type | kernel | ms | share |\n|---|---|---|---|---|")
+    for n, t, k, ms in rows[: a.top]:
+        print(f"| {n} | {t} | {k} | {ms:.3f} | {ms / tot:.1%} |")
+    print("\n| layer type | ms | share |\n|---|---|---|")
+    for t, ms in sorted(by_type.items(), key=lambda kv: -kv[1])[:8]:
+        print(f"| {t} | {ms:.3f} | {ms / tot:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
