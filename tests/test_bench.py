@@ -1,5 +1,7 @@
 import json
 
+import numpy as np
+
 import pytest
 
 pytest.importorskip("torch", reason="torch not installed")
@@ -60,3 +62,18 @@ def test_bench_and_compare(tiny_checkpoint, tmp_path):
                                  "--out", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "c" / "compare.png").is_file()
+
+
+def test_openvino_throughput_mode(tiny_checkpoint, tmp_path):
+    from edgecxr.backends import backend_available
+    from edgecxr.export import core
+    from edgecxr.runtime import load
+
+    if not backend_available("openvino"):
+        pytest.skip("OpenVINO is not installed (extra 'openvino')")
+    res = core.export(tiny_checkpoint, "openvino-fp32", out=tmp_path, verify=False)
+    m = load(res.artifact, allow_unverified=True)
+    x = np.zeros((1, 3, m.preprocess_config.size, m.preprocess_config.size), np.float32)
+    t = m.runner.throughput_mode(x, 0.2)
+    assert t["mode"] == "THROUGHPUT" and t["requests"] >= 1 and t["images_per_s"] > 0
+    assert m.runner.run(x)["logits"].shape[0] == 1  # the latency model still works afterwards
