@@ -13,6 +13,7 @@ ARCHS=${3:-"covid-densenet densenet121"}
 EPOCHS=${EPOCHS:-30}
 AUG=${AUG:-strong}          # augmentation strength: light | strong (see benchmarks/ablation.md)
 LS=${LS:-0.1}               # label smoothing
+EQ=""; [ "${EQUALIZE:-0}" = 1 ] && EQ=--equalize   # histogram equalisation in preprocessing
 TAG=${TAG:-}
 DATA=${DATA:-../shared/cxr/dev/MANIFEST.csv}
 EDGECXR=${EDGECXR:-edgecxr}
@@ -24,7 +25,7 @@ esac
 for ARCH in $ARCHS; do
   RUN="runs/$CONFIG-$ARCH$TAG-s$SEED"
   $EDGECXR train "$DATA" $FLAG --arch "$ARCH" --epochs "$EPOCHS" --batch 16 --lr 1e-3 --balanced \
-    --augment "$AUG" --label-smoothing "$LS" --ema 0.99 --select macro_f1 --seed "$SEED" --threads 2 --out "$RUN"
+    --augment "$AUG" --label-smoothing "$LS" --ema 0.99 --select macro_f1 --seed "$SEED" --threads 2 $EQ --out "$RUN"
   $EDGECXR eval "$RUN/best.safetensors" "$DATA" --split test --out "$RUN/eval-test"
   $EDGECXR eval "$RUN/best.safetensors" "$DATA" --split val --out "$RUN/eval-val" --n-boot 200
 done

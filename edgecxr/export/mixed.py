@@ -218,8 +218,10 @@ def _openvino_search(ctx, tgt, tmp: Path, engine: dict, history: list):
         hits = [int(np.argmax(compiled(x)[out])) == y for x, y in data]
         return float(np.mean(hits))
 
+    from edgecxr.export.openvino_ir import guard_ignored_scope
+
     model = ov.convert_model(str(ctx.fp32_onnx(tgt, tmp)))
-    ignored = nncf.IgnoredScope(patterns=[f".*{n}.*" for n in tgt.int8.exclude], types=["MatMul"], validate=False)
+    ignored = guard_ignored_scope(ctx.fp32_onnx(tgt, tmp), list(tgt.int8.exclude))
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     restorer = AdvancedAccuracyRestorerParameters(  # bounded: rank on a subset, revert at most N groups

@@ -28,6 +28,17 @@ def build(ctx, target, tmp: Path) -> tuple[Path, dict]:
     return out, engine
 
 
+def guard_ignored_scope(onnx_path: Path, exclude: list[str]):
+    """NNCF scope kept float: the guard-only nodes by name, MatMuls (classifier, guard) and the target's
+    excluded convs (the IR's names derive from ONNX's)."""
+    import nncf
+
+    from edgecxr.export.onnx_int8 import output_only_nodes
+
+    return nncf.IgnoredScope(names=output_only_nodes(onnx_path), patterns=[f".*{n}.*" for n in exclude],
+                             types=["MatMul"], validate=False)
+
+
 def to_openvino(onnx_path: Path, out_xml: Path, precision: str, calib: np.ndarray | None = None,
                 int8=None, metadata: dict | None = None) -> Path:
     import openvino as ov
@@ -44,8 +55,7 @@ def to_openvino(onnx_path: Path, out_xml: Path, precision: str, calib: np.ndarra
         preset = {"performance": nncf.QuantizationPreset.PERFORMANCE,
                   "mixed": nncf.QuantizationPreset.MIXED}[opts.preset]
         ds = nncf.Dataset([calib[i : i + 1] for i in range(len(calib))])
-        # the classifier and the guard's MatMuls stay float; excluded convs by name (the IR's names derive from ONNX's)
-        ignored = nncf.IgnoredScope(patterns=[f".*{n}.*" for n in opts.exclude], types=["MatMul"], validate=False)
+        ignored = guard_ignored_scope(onnx_path, opts.exclude)
         model = nncf.quantize(model, ds, preset=preset, subset_size=min(opts.subset_size, len(calib)),
                               fast_bias_correction=opts.fast_bias_correction, ignored_scope=ignored)
     for k, v in (metadata or {}).items():  # read back by the runtime to cross-check the sidecar
