@@ -286,3 +286,24 @@ def test_int8_guard_nodes_stay_float(guarded_checkpoint, tmp_path, target):
         todo += [n.input_value(i).get_node() for i in range(n.get_input_size())]
     assert quantized, "no quantizer upstream of the guard: the backbone was not quantized"
     assert not guard_nodes & set(quantized), sorted(guard_nodes & set(quantized))
+
+
+def test_mahalanobis_score_survives_bf16():
+    """OpenVINO runs float parts in bf16 on AVX-512 BF16 CPUs: the graph's distance must not cancel there
+    (|z|^2 - |p|^2 did: score correlation with FP32 0.24 on the shipped model)."""
+    import torch
+
+    from edgecxr.guard_torch import GuardedClassifier, fit_statistics, mahalanobis
+
+    rng = np.random.default_rng(0)
+    d, n = 512, 400
+    basis = rng.standard_normal((16, d))
+    def feats(k):  # features far from the origin, most variance in a few directions, as a CNN's are
+        return 4.0 + rng.standard_normal((k, 16)) @ basis * 0.5 + 0.01 * rng.standard_normal((k, d))
+    tr, y = feats(n), rng.integers(0, 3, n)
+    st = fit_statistics(tr, y, 3, shrinkage=0.001, rank=16)  # the residual is small: |z|^2 ~ |p|^2
+    test = np.concatenate([feats(100), feats(20) + 0.02 * rng.standard_normal((20, d))])
+    ref = mahalanobis(test, st)
+    g = GuardedClassifier(torch.nn.Identity(), {"method": "mahalanobis", "feature": "penultimate", **st})
+    got = g.to(torch.bfloat16).score(torch.from_numpy(test).to(torch.bfloat16), None, None).float().numpy()
+    assert np.corrcoef(ref, got)[0, 1] > 0.99

@@ -68,10 +68,25 @@ def _digest(dirs: list[Path]) -> str:
     return hashlib.sha256(json.dumps(sorted(image_digests(dirs))).encode()).hexdigest()
 
 
-def cache_key(ck_sha: str, tgt: Target, calib_dirs: list[Path], verify_dirs: list[Path], guard: dict | None) -> str:
+def isa_class() -> dict | None:
+    """What an INT8 CPU artifact's numbers depend on: architecture and the integer/bf16 ISA extensions
+    (VNNI or not changes ORT's reduce_range and both engines' kernels)."""
+    from edgecxr.hardware import cpu_info
+
+    cpu = cpu_info()
+    return {"arch": cpu["arch"], "isa": sorted(f for f in cpu["isa"] if "VNNI" in f or "AMX" in f or "BF16" in f
+                                               or f in ("AVX2", "AVX-512F", "NEON dot-product"))}
+
+
+def cache_key(ck_sha: str, tgt: Target, calib_dirs: list[Path], verify_dirs: list[Path], guard: dict | None,
+              isa: dict | None = None) -> str:
+    """Everything a verdict depends on; for INT8 on CPU engines also the CPU's ISA class, so an export copied
+    to a machine with other int8 kernels is rebuilt and re-verified there."""
+    cpu_int8 = tgt.precision == "int8" and tgt.backend in ("onnx", "openvino")
     return hashlib.sha256(json.dumps({
         "checkpoint": ck_sha, "target": tgt.key, "calib": _digest(calib_dirs) if tgt.precision == "int8" else None,
-        "verify": _digest(verify_dirs), "guard": guard, "edgecxr": __version__}, sort_keys=True, default=str).encode()
+        "verify": _digest(verify_dirs), "guard": guard, "edgecxr": __version__,
+        "isa": (isa or isa_class()) if cpu_int8 else None}, sort_keys=True, default=str).encode()
     ).hexdigest()
 
 
