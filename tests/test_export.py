@@ -252,3 +252,18 @@ def test_int8_cache_key_depends_on_the_cpu_isa():
         t = load_target(name)
         k = [core.cache_key(*args, t, [calibration_dir()], verification_dirs(), None, isa=i) for i in (vnni, avx2)]
         assert (k[0] != k[1]) == differs, name
+
+
+def test_openvino_int8_from_ort_qdq(tiny_checkpoint, tmp_path):
+    """OpenVINO INT8 built from ONNX Runtime's Q/DQ quantization: OpenVINO reads the Q/DQ pairs as FakeQuantize."""
+    if not backend_available("openvino"):
+        pytest.skip("OpenVINO is not installed (extra 'openvino')")
+    toml = tmp_path / "ov-qdq.toml"
+    toml.write_text("backend = \"openvino\"\nprecision = \"int8\"\n[int8]\nsource = \"ort-qdq\"\ncalibration = \"minmax\"\n")
+    res = core.export(tiny_checkpoint, str(toml), out=tmp_path / "o", verify=False)
+    import openvino as ov
+
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(res.artifact)).get_ordered_ops()}
+    assert "FakeQuantize" in ops
+    assert res.sidecar.engine["int8"]["source"] == "ort-qdq" and res.sidecar.engine["int8"]["calibration"] == "minmax"
+    assert not list((tmp_path / "o").glob("*.qdq.onnx"))

@@ -8,7 +8,7 @@ layers in float until it passes.
   on the *calibration* images (onnxruntime.quantization.qdq_loss_debug, on the Q/DQ twin of the
   graph), then exclude the worst 1, 2, 4, ... nodes until the calibration images agree with FP32,
   and run the real gate on the verification images.
-* OpenVINO: the other NNCF preset first, then NNCF's ``quantize_with_accuracy_control``, its metric being top-1 agreement with the
+* OpenVINO: the other NNCF preset and ONNX Runtime's Q/DQ model first, then NNCF's ``quantize_with_accuracy_control``, its metric being top-1 agreement with the
   FP32 model on the calibration images, ``max_drop`` = 1 - the target's minimum agreement.
 
 The verification images are never used to choose layers, only to judge the result. The search is
@@ -194,21 +194,30 @@ def _openvino_search(ctx, tgt, tmp: Path, engine: dict, history: list):
 
     ref = _calib_reference(ctx).argmax(1)
     calib = ctx.calib()
-    # 1. cheap knob: the other NNCF preset (mixed = asymmetric activations), judged on the calibration images
+    # 1. cheap knobs, judged on the calibration images: the other NNCF preset, and ONNX Runtime's Q/DQ
+    #    quantization (its calibration methods) read by OpenVINO
     from edgecxr.export.openvino_ir import build as ov_build
 
-    other = "mixed" if tgt.int8.preset == "performance" else "performance"
-    sub = tmp / "trial-preset"
-    sub.mkdir()
     import shutil
 
-    shutil.copyfile(ctx.fp32_onnx(tgt, tmp), sub / "fp32.onnx")
-    path, eng = ov_build(ctx, dataclasses.replace(tgt, int8=dataclasses.replace(tgt.int8, preset=other)), sub)
-    eng = dict(engine, int8=eng["int8"], version=eng.get("version", engine.get("version")))
-    agree = float(np.mean(_runner_logits(path, eng, calib).argmax(1) == ref))
-    history.append({"step": f"preset={other}", "calib_agreement": agree})
-    if agree >= tgt.tolerance.min_agreement:
-        return path, eng, f"NNCF preset {other} (agreement {agree:.4f} with FP32 on the calibration images)"
+    other = "mixed" if tgt.int8.preset == "performance" else "performance"
+    knobs = [(f"preset={other}", dataclasses.replace(tgt.int8, preset=other))]
+    if tgt.int8.source == "nncf":
+        knobs.append(("source=ort-qdq, calibration=percentile",
+                      dataclasses.replace(tgt.int8, source="ort-qdq", calibration="percentile")))
+    best = None
+    for label, opts in knobs:
+        sub = tmp / f"trial-{len(history)}"
+        sub.mkdir()
+        shutil.copyfile(ctx.fp32_onnx(tgt, tmp), sub / "fp32.onnx")
+        path, eng = ov_build(ctx, dataclasses.replace(tgt, int8=opts), sub)
+        eng = dict(engine, int8=eng["int8"], version=eng.get("version", engine.get("version")))
+        agree = float(np.mean(_runner_logits(path, eng, calib).argmax(1) == ref))
+        history.append({"step": label, "calib_agreement": agree})
+        if best is None or agree > best[2]:
+            best = (path, eng, agree, label)
+    if best and best[2] >= tgt.tolerance.min_agreement:
+        return best[0], best[1], f"{best[3]} (agreement {best[2]:.4f} with FP32 on the calibration images)"
     # 2. NNCF accuracy control
     items = [(calib[i:i + 1], int(ref[i])) for i in range(len(calib))]
     ds = nncf.Dataset(items, lambda item: item[0])

@@ -23,7 +23,9 @@ def build(ctx, target, tmp: Path) -> tuple[Path, dict]:
     engine = {"version": ov.get_version(), "device": o.device, "inference_precision": o.inference_precision,
               "performance_hint": o.performance_hint}
     if target.precision == "int8":
-        engine["int8"] = {"preset": target.int8.preset, "calibration_images": int(len(ctx.calib())),
+        engine["int8"] = {"preset": target.int8.preset, "source": target.int8.source,
+                          "calibration": target.int8.calibration if target.int8.source == "ort-qdq" else "nncf",
+                          "calibration_images": int(len(ctx.calib())),
                           "float_nodes": list(target.int8.exclude)}
     return out, engine
 
@@ -43,14 +45,27 @@ def to_openvino(onnx_path: Path, out_xml: Path, precision: str, calib: np.ndarra
                 int8=None, metadata: dict | None = None) -> Path:
     import openvino as ov
 
-    model = ov.convert_model(str(onnx_path))
-    if precision == "int8":
+    from edgecxr.export.targets import Int8Options
+
+    if precision == "int8" and (int8 or Int8Options()).source == "ort-qdq":
+        # ONNX Runtime's static quantization (Q/DQ, its calibration methods) read by OpenVINO, which runs the
+        # Q/DQ pairs as int8 kernels; the guard-only nodes and MatMuls stay float as in every INT8 form
+        from edgecxr.export.onnx_int8 import quantize_onnx
+
+        if calib is None:
+            raise ValueError("INT8 needs calibration images")
+        qdq = Path(out_xml).with_suffix(".qdq.onnx")
+        quantize_onnx(onnx_path, qdq, calib, fmt="qdq", method=int8.calibration, per_channel=int8.per_channel,
+                      exclude=list(int8.exclude))
+        model = ov.convert_model(str(qdq))
+        qdq.unlink()
+    else:
+        model = ov.convert_model(str(onnx_path))
+    if precision == "int8" and (int8 or Int8Options()).source == "nncf":
         import nncf
 
         if calib is None:
             raise ValueError("INT8 needs calibration images")
-        from edgecxr.export.targets import Int8Options
-
         opts = int8 or Int8Options()
         preset = {"performance": nncf.QuantizationPreset.PERFORMANCE,
                   "mixed": nncf.QuantizationPreset.MIXED}[opts.preset]

@@ -59,6 +59,7 @@ class Int8Options:
     bn_to_conv: bool = False
     exclude: list = field(default_factory=list)  # ONNX node names kept in float
     preset: str = "performance"  # NNCF: performance | mixed
+    source: str = "nncf"  # OpenVINO INT8 from NNCF (nncf) or from ONNX Runtime's Q/DQ quantization (ort-qdq)
     subset_size: int = 300
     fast_bias_correction: bool = True
     mixed_precision: bool = True  # keep the most sensitive layers in float until the gate passes
@@ -74,6 +75,8 @@ class Int8Options:
             raise ValueError(f"reduce_range {self.reduce_range!r} must be true, false or \"auto\"")
         if self.preset not in ("performance", "mixed"):
             raise ValueError(f"preset {self.preset!r} must be performance or mixed")
+        if self.source not in ("nncf", "ort-qdq"):
+            raise ValueError(f"source {self.source!r} must be nncf or ort-qdq")
         if not all(isinstance(n, str) for n in self.exclude):
             raise ValueError("exclude must be a list of node names")
         if self.subset_size < 1:
