@@ -8,8 +8,8 @@ layers in float until it passes.
   on the *calibration* images (onnxruntime.quantization.qdq_loss_debug, on the Q/DQ twin of the
   graph), then exclude the worst 1, 2, 4, ... nodes until the calibration images agree with FP32,
   and run the real gate on the verification images.
-* OpenVINO: the other NNCF preset and ONNX Runtime's Q/DQ model first, then NNCF's ``quantize_with_accuracy_control``, its metric being top-1 agreement with the
-  FP32 model on the calibration images, ``max_drop`` = 1 - the target's minimum agreement.
+* OpenVINO: the other NNCF preset and ONNX Runtime's Q/DQ model first, then NNCF's
+  ``quantize_with_accuracy_control``, its metric being top-1 agreement with the FP32 model on the calibration images, ``max_drop`` = 1 - the target's minimum agreement.
 
 The verification images are never used to choose layers, only to judge the result. The search is
 bounded by the target's ``[int8] search_minutes`` and ``max_float_layers``; the sidecar records
@@ -115,6 +115,37 @@ def rank_onnx_nodes(fp32_pre: Path, calib: np.ndarray, method: str, exclude: lis
     return [n for _, n in sorted(scored)]
 
 
+def _trial(ctx, tgt, tmp: Path, engine: dict, history: list, builder, ref_pred: np.ndarray, opts, label: str):
+    """Build ``tgt`` with ``opts`` as its [int8] block in a fresh folder; return (artifact, engine, agreement with
+    FP32 on the calibration images) and record the step."""
+    import shutil
+
+    sub = tmp / f"trial-{len(history)}"
+    sub.mkdir()
+    shutil.copyfile(ctx.fp32_onnx(tgt, tmp), sub / "fp32.onnx")  # export torch -> ONNX once
+    path, eng = builder(ctx, dataclasses.replace(tgt, int8=opts), sub)
+    eng = dict(engine, int8=eng["int8"], version=eng.get("version", engine.get("version")))
+    agree = float(np.mean(_runner_logits(path, eng, ctx.calib()).argmax(1) == ref_pred))
+    history.append({"step": label, "float_nodes": list(opts.exclude), "calibration": opts.calibration,
+                    "calib_agreement": agree})
+    return path, eng, agree
+
+
+def _best_knob(knobs: list, run, deadline: float):
+    """Try ``(label, opts)`` knobs until one agrees fully or time runs out; the best as (path, engine,
+    agreement, label, opts), or None."""
+    best = None
+    for label, opts in knobs:
+        if time.perf_counter() > deadline:
+            break
+        path, eng, agree = run(opts, label)
+        if best is None or agree > best[2]:
+            best = (path, eng, agree, label, opts)
+        if agree >= 1.0:
+            break
+    return best
+
+
 def _onnx_search(ctx, tgt, tmp: Path, engine: dict, t0: float, budget: float, history: list):
     from edgecxr.export.onnx_build import build
 
@@ -123,37 +154,17 @@ def _onnx_search(ctx, tgt, tmp: Path, engine: dict, t0: float, budget: float, hi
     base = list(tgt.int8.exclude)
 
     def trial(opts, label):
-        sub = tmp / f"trial-{len(history)}"
-        sub.mkdir()
-        import shutil
-
-        shutil.copyfile(ctx.fp32_onnx(tgt, tmp), sub / "fp32.onnx")  # export torch -> ONNX once
-        t = dataclasses.replace(tgt, int8=opts)
-        path, eng = build(ctx, t, sub)
-        eng = dict(engine, int8=eng["int8"], version=eng["version"])
-        agree = float(np.mean(_runner_logits(path, eng, calib).argmax(1) == ref.argmax(1)))
-        history.append({"step": label, "float_nodes": list(opts.exclude), "calibration": opts.calibration,
-                        "bn_to_conv": opts.bn_to_conv, "calib_agreement": agree,
-                        "seconds": round(time.perf_counter() - t0, 1)})
-        return path, eng, agree
+        return _trial(ctx, tgt, tmp, engine, history, build, ref.argmax(1), opts, label)
 
     # 1. cheap knobs: other calibration methods, BatchNorm kept float instead of int8 depthwise convs.
     #    Each is judged on the calibration images; the best one goes to the real gate when it reaches the
     #    target's agreement there (a flip-free calibration set is too strict a bar: it rejected configurations
     #    that pass the gate).
-    knobs = [dataclasses.replace(tgt.int8, calibration=m) for m in ("percentile", "entropy")
-             if m != tgt.int8.calibration]
-    knobs += [dataclasses.replace(o, bn_to_conv=not tgt.int8.bn_to_conv) for o in [tgt.int8] + knobs[:1]]
-    best_knob = None
-    for opts in knobs:
-        if time.perf_counter() - t0 > budget:
-            break
-        label = f"calibration={opts.calibration}, bn_to_conv={opts.bn_to_conv}"
-        path, eng, agree = trial(opts, label)
-        if best_knob is None or agree > best_knob[2]:
-            best_knob = (path, eng, agree, label)
-        if agree >= 1.0:
-            break
+    methods = [dataclasses.replace(tgt.int8, calibration=m) for m in ("percentile", "entropy")
+               if m != tgt.int8.calibration]
+    knobs = [(f"calibration={o.calibration}, bn_to_conv={o.bn_to_conv}", o) for o in
+             methods + [dataclasses.replace(o, bn_to_conv=not o.bn_to_conv) for o in [tgt.int8] + methods[:1]]]
+    best_knob = _best_knob(knobs, trial, t0 + budget)
     if best_knob and best_knob[2] >= tgt.tolerance.min_agreement:
         return best_knob[0], best_knob[1], (f"{best_knob[3]} (agreement {best_knob[2]:.4f} with FP32 on the "
                                             "calibration images)")
@@ -164,9 +175,7 @@ def _onnx_search(ctx, tgt, tmp: Path, engine: dict, t0: float, budget: float, hi
 
     pre = tmp / "rank-pre.onnx"
     quant_pre_process(str(ctx.fp32_onnx(tgt, tmp)), str(pre), skip_symbolic_shape=True)
-    start = tgt.int8
-    if best_knob:  # rank under the best knob's settings
-        start = next(o for o in knobs if f"calibration={o.calibration}, bn_to_conv={o.bn_to_conv}" == best_knob[3])
+    start = best_knob[4] if best_knob else tgt.int8  # rank under the best knob's settings
     if start.bn_to_conv:
         batchnorm_to_depthwise(pre, pre)
     try:
@@ -195,27 +204,16 @@ def _openvino_search(ctx, tgt, tmp: Path, engine: dict, history: list):
     ref = _calib_reference(ctx).argmax(1)
     calib = ctx.calib()
     # 1. cheap knobs, judged on the calibration images: the other NNCF preset, and ONNX Runtime's Q/DQ
-    #    quantization (its calibration methods) read by OpenVINO
+    #    quantization (percentile calibration) read by OpenVINO
     from edgecxr.export.openvino_ir import build as ov_build
-
-    import shutil
 
     other = "mixed" if tgt.int8.preset == "performance" else "performance"
     knobs = [(f"preset={other}", dataclasses.replace(tgt.int8, preset=other))]
     if tgt.int8.source == "nncf":
         knobs.append(("source=ort-qdq, calibration=percentile",
                       dataclasses.replace(tgt.int8, source="ort-qdq", calibration="percentile")))
-    best = None
-    for label, opts in knobs:
-        sub = tmp / f"trial-{len(history)}"
-        sub.mkdir()
-        shutil.copyfile(ctx.fp32_onnx(tgt, tmp), sub / "fp32.onnx")
-        path, eng = ov_build(ctx, dataclasses.replace(tgt, int8=opts), sub)
-        eng = dict(engine, int8=eng["int8"], version=eng.get("version", engine.get("version")))
-        agree = float(np.mean(_runner_logits(path, eng, calib).argmax(1) == ref))
-        history.append({"step": label, "calib_agreement": agree})
-        if best is None or agree > best[2]:
-            best = (path, eng, agree, label)
+    best = _best_knob(knobs, lambda opts, label: _trial(ctx, tgt, tmp, engine, history, ov_build, ref, opts, label),
+                      time.perf_counter() + tgt.int8.search_minutes * 60)
     if best and best[2] >= tgt.tolerance.min_agreement:
         return best[0], best[1], f"{best[3]} (agreement {best[2]:.4f} with FP32 on the calibration images)"
     # 2. NNCF accuracy control
@@ -229,8 +227,9 @@ def _openvino_search(ctx, tgt, tmp: Path, engine: dict, history: list):
 
     from edgecxr.export.openvino_ir import guard_ignored_scope
 
-    model = ov.convert_model(str(ctx.fp32_onnx(tgt, tmp)))
-    ignored = guard_ignored_scope(ctx.fp32_onnx(tgt, tmp), list(tgt.int8.exclude))
+    fp32 = ctx.fp32_onnx(tgt, tmp)
+    model = ov.convert_model(str(fp32))
+    ignored = guard_ignored_scope(fp32, list(tgt.int8.exclude))
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     restorer = AdvancedAccuracyRestorerParameters(  # bounded: rank on a subset, revert at most N groups

@@ -70,7 +70,7 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperato
         if fmt == "qdq":
             quantize_static(str(pre), str(out), _Reader(calib, input_name), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                            calibrate_method=cm, op_types_to_quantize=["Conv", "Gemm"], nodes_to_exclude=exclude or [],
+                            calibrate_method=cm, op_types_to_quantize=["Conv", "Gemm"], nodes_to_exclude=exclude,
                             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                            "CalibMovingAverage": method == "minmax"})
         else:
@@ -78,7 +78,7 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperato
             # distance computation collapsed its score to a constant)
             quantize_static(str(pre), str(out), _Reader(calib, input_name), quant_format=QuantFormat.QOperator,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                            reduce_range=reduce_range, calibrate_method=cm, nodes_to_exclude=exclude or [],
+                            reduce_range=reduce_range, calibrate_method=cm, nodes_to_exclude=exclude,
                             op_types_to_quantize=["Conv"])
     return Path(out)
 
@@ -103,9 +103,9 @@ def output_only_nodes(path: Path, outputs: tuple[str, ...] = ("guard",)) -> list
                 todo += list(n.input)
         return seen
 
-    names = [o.name for o in g.output]
-    wanted = set().union(*(ancestors(o) for o in names if o in outputs)) if any(o in outputs for o in names) else set()
-    others = set().union(set(), *(ancestors(o) for o in names if o not in outputs))
+    wanted, others = set(), set()
+    for o in g.output:
+        (wanted if o.name in outputs else others).update(ancestors(o.name))
     return sorted(wanted - others)
 
 

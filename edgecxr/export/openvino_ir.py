@@ -47,26 +47,24 @@ def to_openvino(onnx_path: Path, out_xml: Path, precision: str, calib: np.ndarra
 
     from edgecxr.export.targets import Int8Options
 
-    if precision == "int8" and (int8 or Int8Options()).source == "ort-qdq":
+    opts = int8 or Int8Options()
+    if precision == "int8" and calib is None:
+        raise ValueError("INT8 needs calibration images")
+    if precision == "int8" and opts.source == "ort-qdq":
         # ONNX Runtime's static quantization (Q/DQ, its calibration methods) read by OpenVINO, which runs the
-        # Q/DQ pairs as int8 kernels; the guard-only nodes and MatMuls stay float as in every INT8 form
+        # Q/DQ pairs as int8 kernels; the guard-only nodes stay float as in every INT8 form
         from edgecxr.export.onnx_int8 import quantize_onnx
 
-        if calib is None:
-            raise ValueError("INT8 needs calibration images")
         qdq = Path(out_xml).with_suffix(".qdq.onnx")
-        quantize_onnx(onnx_path, qdq, calib, fmt="qdq", method=int8.calibration, per_channel=int8.per_channel,
-                      exclude=list(int8.exclude))
+        quantize_onnx(onnx_path, qdq, calib, fmt="qdq", method=opts.calibration, per_channel=opts.per_channel,
+                      exclude=list(opts.exclude))
         model = ov.convert_model(str(qdq))
         qdq.unlink()
     else:
         model = ov.convert_model(str(onnx_path))
-    if precision == "int8" and (int8 or Int8Options()).source == "nncf":
+    if precision == "int8" and opts.source == "nncf":
         import nncf
 
-        if calib is None:
-            raise ValueError("INT8 needs calibration images")
-        opts = int8 or Int8Options()
         preset = {"performance": nncf.QuantizationPreset.PERFORMANCE,
                   "mixed": nncf.QuantizationPreset.MIXED}[opts.preset]
         ds = nncf.Dataset([calib[i : i + 1] for i in range(len(calib))])

@@ -75,7 +75,7 @@ class OpenVINORunner(BaseRunner):
         if threads:
             cfg["INFERENCE_NUM_THREADS"] = threads
         model = core.read_model(str(path))
-        self._core, self._model, self._device, self._cfg = core, model, device, cfg
+        self._core, self._device, self._cfg = core, device, cfg
         self._meta = {k: json.loads(model.get_rt_info(["edgecxr", k]).astype(str))
                       for k in EMBEDDED_KEYS if model.has_rt_info(["edgecxr", k])}
         self._outputs = [o.get_any_name() for o in model.outputs]
@@ -107,7 +107,9 @@ class OpenVINORunner(BaseRunner):
         import openvino as ov
 
         cfg = {k: v for k, v in self._cfg.items() if k != "PERFORMANCE_HINT"}
-        compiled = self._core.compile_model(self._model, self._device, dict(cfg, PERFORMANCE_HINT="THROUGHPUT"))
+        # read again rather than keep the ov.Model alive for the runner's lifetime (device memory)
+        compiled = self._core.compile_model(self._core.read_model(str(self.path)), self._device,
+                                            dict(cfg, PERFORMANCE_HINT="THROUGHPUT"))
         n_req = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         queue = ov.AsyncInferQueue(compiled, n_req)
         x = np.ascontiguousarray(x, np.float32)
@@ -129,7 +131,6 @@ class OpenVINORunner(BaseRunner):
     def _release(self) -> None:
         self._local = threading.local()
         self._compiled = None
-        self._model = None
 
 
 class TensorRTRunner(BaseRunner):
