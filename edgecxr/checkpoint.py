@@ -15,7 +15,7 @@ from edgecxr.errors import WeightsError
 
 META_KEY = "edgecxr"
 GUARD_PREFIX = "guard."  # the input guard's statistics travel as tensors beside the weights
-GUARD_FP32 = {"guard.mean", "guard.components", "guard.inv_lambda"}  # kept float32 (the k-NN bank is fine in fp16)
+GUARD_FP32 = {"guard.mean", "guard.components", "guard.inv_lambda", "guard.center", "guard.weight"}  # kept float32 (the k-NN bank is fine in fp16)
 
 
 def save_checkpoint(state: dict, meta: dict, path: Path, half: bool = True) -> Path:

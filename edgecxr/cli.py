@@ -217,18 +217,25 @@ def calibrate(
     ood: Optional[Path] = typer.Option(None, "--ood", help="Folder of non-CXR images to report the guard's rejection rate."),
     permissive_only: bool = typer.Option(False, help="Fit the guard's statistics on permissive training images only."),
     margin: float = typer.Option(1.0, help="Guard threshold = margin x the 99.5th percentile of val CXR scores."),
+    outlier_exclude: Optional[Path] = typer.Option(
+        None, "--outlier-exclude",
+        help="Folder of training images to leave out of the damaged copies the outlier guard learns from (e.g. the "
+             "sources of the --ood set's hard cases: calibration_data/calib for ood_data)."),
     layout: str = typer.Option("auto"),
 ) -> None:
     """Fit the input guard, temperature scaling and the COVID-19 operating point on train/val; write them
     into a new checkpoint, which every export then carries."""
+    import hashlib
+
     from edgecxr.runtime import iter_images
     from edgecxr.train.calibrate import calibrate as run_calibrate
 
     try:
         _, parts = _split_samples(data, layout, False)
         train = [s for s in parts["train"] if not (permissive_only and s.licence_nc)]
+        exclude = {hashlib.sha256(p.read_bytes()).hexdigest() for p in iter_images([outlier_exclude])} if outlier_exclude else None
         report = run_calibrate(checkpoint, train, parts["val"], out, ood=iter_images([ood]) if ood else None,
-                               margin=margin)
+                               margin=margin, outlier_exclude=exclude)
     except EdgeCXRError as exc:
         _fail(str(exc), _code_for(exc))
     console.print_json(json.dumps(report, default=float))

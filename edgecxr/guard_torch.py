@@ -9,6 +9,9 @@ OpenVINO and TensorRT compute them with no extra pass), higher = less like the t
 * ``mahalanobis`` - distance to the nearest class mean under one shared covariance, shrunk toward a
   scaled identity (Lee et al., NeurIPS 2018): two MatMuls and a reduction.
 * ``energy`` - ``-logsumexp(logits)`` (Liu et al., NeurIPS 2020).
+* ``outlier`` - a logistic head on the features, fitted to tell the training CXRs from damaged or
+  mis-oriented copies of them (rotated, flipped, inverted, half and tiny crops: outlier exposure,
+  Hendrycks et al., ICLR 2019); its logit is the score: a dot product and an add.
 
 Features: ``penultimate`` (what the classifier reads), ``backbone`` (spatial mean of the ReLU'd
 last dense block), ``backbone_meanstd`` (its spatial mean and standard deviation) or ``backbone_layout``
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-METHODS = ("knn", "mahalanobis", "energy")
+METHODS = ("knn", "mahalanobis", "energy", "outlier")
 FEATURES = ("penultimate", "backbone", "backbone_meanstd", "backbone_layout")
 
 
@@ -81,6 +84,10 @@ class GuardedClassifier(nn.Module):
             self.register_buffer("components", torch.as_tensor(np.asarray(guard["components"], np.float32)))  # (D, r)
             self.register_buffer("inv_lambda", torch.as_tensor(np.asarray(guard["inv_lambda"], np.float32)))  # (r,)
             self.inv_residual = float(guard["inv_residual"])
+        elif self.method == "outlier":
+            self.register_buffer("center", torch.as_tensor(np.asarray(guard["center"], np.float32)))  # (D,)
+            self.register_buffer("weight", torch.as_tensor(np.asarray(guard["weight"], np.float32)))  # (D,)
+            self.bias = float(guard["bias"])
         elif self.method == "knn":
             self.register_buffer("bank_t", torch.as_tensor(np.asarray(guard["bank"], np.float32)).t().contiguous())
 
@@ -93,6 +100,8 @@ class GuardedClassifier(nn.Module):
         if self.method == "energy":
             return -torch.logsumexp(logits, dim=1)
         f = fused if self.feature == "penultimate" else backbone_vector(backbone, self.feature)
+        if self.method == "outlier":  # centred first: a smaller dot product, kinder to bf16
+            return ((f - self.center) * self.weight).sum(dim=1) + self.bias
         if self.method == "knn":
             f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
             sim = f @ self.bank_t  # (N, bank)
@@ -151,6 +160,34 @@ def mahalanobis(feats: np.ndarray, stats: dict) -> np.ndarray:
     r = z - p @ c.T  # as the graph computes it (see GuardedClassifier.score)
     d2 = (p ** 2 * stats["inv_lambda"]).sum(-1) + (r ** 2).sum(-1) * stats["inv_residual"]
     return np.sqrt(np.maximum(d2.min(1), 0))
+
+
+def outlier_score(feats: np.ndarray, head: dict) -> np.ndarray:
+    return (feats - head["center"].astype(np.float64)) @ head["weight"].astype(np.float64) + head["bias"]
+
+
+def fit_outlier_head(pos: np.ndarray, neg: np.ndarray, val_pos: np.ndarray, val_neg: np.ndarray,
+                     cs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)) -> dict:
+    """Logistic regression of training CXRs (0) against their damaged copies (1) on standardised features;
+    the inverse regularisation C is chosen by AUROC on val CXRs against damaged copies of *them*. The
+    standardisation is folded into the returned (center, weight, bias): score = (f - center) . weight + bias."""
+    from sklearn.linear_model import LogisticRegression
+
+    from edgecxr.metrics import auc_binary
+
+    x, y = np.r_[pos, neg], np.r_[np.zeros(len(pos)), np.ones(len(neg))]
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    best = None
+    for c in cs:
+        lr = LogisticRegression(C=c, max_iter=5000, class_weight="balanced").fit((x - mu) / sd, y)
+        head = {"center": mu.astype(np.float32), "weight": (lr.coef_[0] / sd).astype(np.float32),
+                "bias": float(lr.intercept_[0])}
+        auc = auc_binary(np.r_[np.zeros(len(val_pos)), np.ones(len(val_neg))],
+                         np.r_[outlier_score(val_pos, head), outlier_score(val_neg, head)])
+        if best is None or auc > best[0] + 1e-9:
+            best = (auc, c, head)
+    auc, c, head = best
+    return {**head, "C": c, "val_auroc_damaged": float(auc)}
 
 
 def knn_bank(feats: np.ndarray) -> np.ndarray:

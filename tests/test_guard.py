@@ -43,6 +43,34 @@ def test_header_rules_configurable():
         HeaderRules.from_dict({"modality": ["CR"]})
 
 
+def test_image_rules_refuse_strips_and_featureless_images():
+    from edgecxr.imaging import load_gray
+    from edgecxr.runtime.image_rules import ImageRules
+
+    rules = ImageRules()
+    g = load_gray(EVAL[0])
+    assert rules.check(g) is None
+    assert "width/height" in rules.check(g[:, : g.shape[1] // 4])  # a quarter-width strip
+    assert "width/height" in rules.check(np.hstack([g, g, g]))  # a strip three chest widths wide
+    ramp = np.tile(np.linspace(0, 1, 200, dtype=np.float32)[:, None], (1, 240))  # a display test gradient
+    assert "no fine structure" in rules.check(ramp)
+    assert rules.check(np.rot90(g).copy()) is None  # orientation is the content check's job, not the rules'
+    assert ImageRules.from_dict({"enabled": False}).check(ramp) is None
+    assert ImageRules.from_dict({"max_aspect": 4.0}).check(np.hstack([g, g, g])) is None
+    with pytest.raises(ValueError, match="unknown"):
+        ImageRules.from_dict({"aspect": 2})
+
+
+def test_image_rules_pass_every_shipped_cxr():
+    from edgecxr.imaging import load_gray
+    from edgecxr.runtime.image_rules import ImageRules
+
+    files = sorted(calibration_dir().parent.rglob("*.png"))
+    assert len(files) > 300
+    refused = [(f.name, r) for f in files if (r := ImageRules().check(load_gray(f)))]
+    assert not refused, refused[:3]
+
+
 @pytest.fixture(scope="session")
 def guarded_checkpoint(tiny_checkpoint, tmp_path_factory):
     pytest.importorskip("torch")
@@ -99,6 +127,14 @@ def test_rejected_inputs_get_no_finding_and_exit_3(guarded_onnx, tmp_path):
         r = m.predict(EVAL[:2])
     assert [x.status for x in r] == ["rejected", "rejected"]
     assert all(x.finding is None and not x.probabilities and "unlike the training X-rays" in x.reason for x in r)
+    with load(art) as m:  # half a radiograph is refused by the image rules before the model runs
+        from edgecxr.imaging import load_gray
+
+        g = load_gray(EVAL[0])
+        r = m.predict([g[:, : g.shape[1] // 3], EVAL[0]])
+    assert r[0].status == "rejected" and "width/height" in r[0].reason and r[0].guard_score is None
+    assert r[1].status == "ok"
+    assert m.sidecar.guard["image_rules"]["min_aspect"] == 0.6  # the sidecar records the rules that run
     # a DICOM of a hand is refused by its header, whatever the pixels
     from PIL import Image
 
@@ -212,7 +248,7 @@ def test_dicom_sr_round_trips(guarded_onnx, tmp_path):
         assert v[f"Probability of {cls}"][0] == pytest.approx(prob, abs=1e-5)
 
 
-@pytest.mark.parametrize("method", ["knn", "mahalanobis", "energy"])
+@pytest.mark.parametrize("method", ["knn", "mahalanobis", "energy", "outlier"])
 def test_every_guard_method_exports_and_matches_torch(tiny_checkpoint, tmp_path, method):
     from edgecxr.data import load_samples
     from edgecxr.export.core import export
@@ -306,3 +342,31 @@ def test_mahalanobis_score_survives_bf16():
     g = GuardedClassifier(torch.nn.Identity(), {"method": "mahalanobis", "feature": "penultimate", **st})
     got = g.to(torch.bfloat16).score(torch.from_numpy(test).to(torch.bfloat16), None, None).float().numpy()
     assert np.corrcoef(ref, got)[0, 1] > 0.99
+
+
+def test_damaged_copies_and_outlier_head():
+    """The outlier-exposure head: its folded (center, weight, bias) score equals the logistic regression's logit,
+    and damaged copies are what they say (rotated, flipped, inverted, cut)."""
+    pytest.importorskip("sklearn", reason="scikit-learn not installed (extra 'train')")
+    from edgecxr.guard_torch import fit_outlier_head, outlier_score
+    from edgecxr.train.calibrate import DAMAGES, damaged_copy
+
+    rng = np.random.default_rng(0)
+    g = rng.random((40, 30)).astype(np.float32)
+    r = damaged_copy(g, "rotate", rng)
+    assert any(r.shape == np.rot90(g, k).shape and np.array_equal(r, np.rot90(g, k)) for k in (1, 2, 3))
+    np.testing.assert_array_equal(damaged_copy(g, "flip", rng), g[::-1])
+    np.testing.assert_allclose(damaged_copy(g, "invert", rng) + g, g.max() + g.min())
+    for kind in ("half", "crop"):
+        c = damaged_copy(g, kind, rng)
+        assert c.size < g.size and c.shape[0] >= 8 and c.shape[1] >= 8
+    with pytest.raises(ValueError):
+        damaged_copy(g, "blur", rng)
+    assert set(DAMAGES) == {"rotate", "flip", "invert", "half", "crop"}
+    pos = rng.normal(0, 1, (80, 12)) + 5
+    neg = rng.normal(0, 1, (80, 12)) + 5 + np.r_[2.0, np.zeros(11)]
+    head = fit_outlier_head(pos[:60], neg[:60], pos[60:], neg[60:])
+    assert head["val_auroc_damaged"] > 0.8
+    s_pos, s_neg = outlier_score(pos[60:], head), outlier_score(neg[60:], head)
+    assert s_neg.mean() > s_pos.mean()
+    assert head["C"] in (0.01, 0.03, 0.1, 0.3, 1.0)

@@ -105,7 +105,12 @@ class ExportContext:
         """The guard record for sidecar and metadata: threshold and provenance (the statistics live in the graph)."""
         if not self.guard:
             return None
-        return {k: v for k, v in self.guard.items() if k not in ("mean", "components", "inv_lambda", "bank")}
+        from edgecxr.runtime.header_rules import HeaderRules
+        from edgecxr.runtime.image_rules import ImageRules
+
+        rec = {k: v for k, v in self.guard.items() if k not in ("mean", "components", "inv_lambda", "bank", "center", "weight")}
+        # the pixel-free rules the runtime applies before the model, recorded so the sidecar says what runs
+        return {"header_rules": HeaderRules().to_dict(), "image_rules": ImageRules().to_dict(), **rec}
 
     def fp32_onnx(self, target, tmp: Path) -> Path:
         """The FP32 ONNX every backend starts from (built once per export)."""

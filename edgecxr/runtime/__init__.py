@@ -39,6 +39,7 @@ from edgecxr.imaging import input_name, load_gray
 from edgecxr.preprocess import PreprocessConfig, preprocess
 from edgecxr.runtime.batching import chunks, softmax
 from edgecxr.runtime.header_rules import HeaderRules
+from edgecxr.runtime.image_rules import ImageRules
 from edgecxr.sidecar import Sidecar, read_sidecar
 
 __all__ = ["load", "Model", "Prediction", "PREDICTION_SCHEMA_VERSION"]
@@ -85,6 +86,7 @@ class Model:
         self.preprocess_config = PreprocessConfig.from_dict(sidecar.preprocess)
         self.guard_enabled = guard
         self.header_rules = HeaderRules.from_dict((sidecar.guard or {}).get("header_rules"))
+        self.image_rules = ImageRules.from_dict((sidecar.guard or {}).get("image_rules"))
         self.operating_point = sidecar.operating_point or {}
         self.identity = {"name": sidecar.model.get("name"), "arch": sidecar.model.get("arch"),
                          "artifact": path.name, "sha256": sidecar.artifact.sha256,
@@ -131,10 +133,14 @@ class Model:
 
     def prepare(self, item: Any, notes: dict | None = None) -> np.ndarray:
         """Decode and preprocess one input: (3, S, S) float32. Raises :class:`ImageError` only."""
+        return self._preprocess(item, self._decode(item, notes))
+
+    def _decode(self, item: Any, notes: dict | None = None) -> np.ndarray:
         if self._decoder is not None and isinstance(item, (str, Path)):
-            g = self._decoder.load_gray(item, notes)
-        else:
-            g = load_gray(item, notes)
+            return self._decoder.load_gray(item, notes)
+        return load_gray(item, notes)
+
+    def _preprocess(self, item: Any, g: np.ndarray) -> np.ndarray:
         try:
             return preprocess(g, self.preprocess_config)
         except Exception as exc:
@@ -152,10 +158,13 @@ class Model:
         for i, it in enumerate(items):
             try:
                 reason = self.check_header(it)
+                if not reason:
+                    g = self._decode(it, results[i].notes)
+                    reason = self.image_rules.check(g) if self.guard_enabled else None
                 if reason:
                     results[i].status, results[i].reason = "rejected", reason
                     continue
-                ready.append((i, self.prepare(it, results[i].notes)))
+                ready.append((i, self._preprocess(it, g)))
             except Exception as exc:  # ImageError by contract; anything else is still this input's error
                 results[i].status = "error"
                 results[i].reason = str(exc) if isinstance(exc, EdgeCXRError) else f"{type(exc).__name__}: {exc}"

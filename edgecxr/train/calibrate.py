@@ -3,6 +3,10 @@ the checkpoint, from which every export carries them (issue 11 and issue 14, ite
 
 * Guard: statistics from the training images' features; threshold at the 99.5th percentile of the
   validation CXRs' scores (times a margin, 1.0 by default), so that at least 99% of val CXRs pass.
+  Candidates include an outlier-exposure head fitted on damaged copies of the training images
+  (:func:`damaged_copy`); the images named in ``outlier_exclude`` are left out of those copies, so an
+  OOD set built from some training images (ours: ``ood_data/hard`` from ``calibration_data/calib``)
+  still measures the head on images it never saw damaged.
 * Temperature: one scalar fitted on val logits by minimising the negative log-likelihood;
   expected calibration error (15 bins) reported before and after.
 * Operating point: the COVID-19 probability threshold (on calibrated probabilities) with the
@@ -25,6 +29,41 @@ def _images(samples: list[Sample], pcfg) -> np.ndarray:
     from edgecxr.preprocess import preprocess
 
     return np.stack([preprocess(read_image(s.path), pcfg) for s in samples])
+
+
+DAMAGES = ("rotate", "flip", "invert", "half", "crop")
+
+
+def damaged_copy(gray: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A copy of a radiograph that is no longer a usable frontal CXR: turned by 90/180/270 degrees, flipped
+    upside down, inverted, cut to 35-60% of one side, or cut to a 8-30% patch anywhere."""
+    h, w = gray.shape
+    if kind == "rotate":
+        return np.rot90(gray, int(rng.integers(1, 4)))
+    if kind == "flip":
+        return gray[::-1]
+    if kind == "invert":
+        return gray.max() + gray.min() - gray
+    if kind == "half":
+        f = rng.uniform(0.35, 0.6)
+        cw, ch = max(8, int(w * f)), max(8, int(h * f))
+        return (gray[:, :cw], gray[:, w - cw:], gray[:ch], gray[h - ch:])[int(rng.integers(4))]
+    if kind == "crop":
+        f = rng.uniform(0.08, 0.3)
+        ch, cw = max(8, int(h * f)), max(8, int(w * f))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        return gray[y:y + ch, x:x + cw]
+    raise ValueError(f"unknown damage {kind!r}; one of {DAMAGES}")
+
+
+def _damaged(samples: list[Sample], pcfg, seed: int = 0) -> np.ndarray:
+    """One damaged copy per image, the kinds in turn."""
+    from edgecxr.imaging import read_image
+    from edgecxr.preprocess import preprocess
+
+    rng = np.random.default_rng(seed)
+    return np.stack([preprocess(np.ascontiguousarray(damaged_copy(read_image(s.path), DAMAGES[i % len(DAMAGES)], rng)), pcfg)
+                     for i, s in enumerate(samples)])
 
 
 def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
@@ -71,10 +110,14 @@ def fit_operating_point(probs: np.ndarray, y: np.ndarray, classes: list[str], po
     return {"positive_class": positive, "target_sensitivity": target_sensitivity, **(best or {})}
 
 
-def _scores(method: str, feature: str, k: int, tr: dict, ytr: np.ndarray, n_classes: int, shrinkage: float):
+def _scores(method: str, feature: str, k: int, tr: dict, ytr: np.ndarray, n_classes: int, shrinkage: float,
+            outlier_heads: dict | None = None):
     """(fitted statistics, scoring function on a features dict) for one guard candidate."""
-    from edgecxr.guard_torch import energy, fit_statistics, knn_bank, knn_score, mahalanobis
+    from edgecxr.guard_torch import energy, fit_statistics, knn_bank, knn_score, mahalanobis, outlier_score
 
+    if method == "outlier":
+        head = outlier_heads[feature]
+        return head, lambda o: outlier_score(o[feature], head)
     if method == "energy":
         return {}, lambda o: energy(o["logits"])
     if method == "knn":
@@ -87,16 +130,20 @@ def _scores(method: str, feature: str, k: int, tr: dict, ytr: np.ndarray, n_clas
 CANDIDATES = [("knn", "backbone", 5), ("knn", "backbone_meanstd", 5), ("knn", "penultimate", 5),
               ("mahalanobis", "backbone", 0), ("mahalanobis", "backbone_meanstd", 0), ("mahalanobis", "backbone_layout", 0),
               ("mahalanobis", "penultimate", 0), ("knn", "backbone_layout", 5),
-              ("energy", "penultimate", 0)]
+              ("energy", "penultimate", 0), ("outlier", "backbone_meanstd", 0)]
 
 
 def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Path, ood: list[Path] | None = None,
-              margin: float = 1.0, quantile: float = 0.995, method: str | None = None, shrinkage: float = 0.05) -> dict:
+              margin: float = 1.0, quantile: float = 0.995, method: str | None = None, shrinkage: float = 0.05,
+              outlier_exclude: set[str] | None = None) -> dict:
     """Fit guard, temperature and operating point; write a new checkpoint to ``out``; return the report.
 
     ``method`` None: measure every candidate (score x features) and keep the one that rejects the most
     of ``ood`` at a threshold where >= 99% of val CXRs pass (without ``ood``: k-NN on backbone features).
+    ``outlier_exclude``: sha256 of training images to leave out of the damaged copies the outlier head learns from.
     """
+    import hashlib
+
     import torch
 
     from edgecxr.checkpoint import GUARD_PREFIX, load_model, save_checkpoint
@@ -115,15 +162,29 @@ def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Pat
     va = forward_features(model, _images(val, pcfg))
     yva = np.array([classes.index(s.label) for s in val])
     oo = forward_features(model, np.stack([preprocess(read_image(p), pcfg) for p in ood])) if ood else None
+    excl = outlier_exclude or set()
+    donors = [s for s in train if hashlib.sha256(s.path.read_bytes()).hexdigest() not in excl]
+    heads = {}
+    if len(donors) >= 10 and len(val) >= 5:
+        from edgecxr.guard_torch import fit_outlier_head
+
+        dtr, dva = forward_features(model, _damaged(donors, pcfg, 0)), forward_features(model, _damaged(val, pcfg, 1))
+        heads = {f: fit_outlier_head(tr[f], dtr[f], va[f], dva[f]) for f in {c[1] for c in CANDIDATES if c[0] == "outlier"}}
+        for h in heads.values():
+            h["n_damaged"] = len(donors)
     report: dict = {"guard_candidates": {}}
     fitted = {}
     for m, feat, k in CANDIDATES:
+        if m == "outlier" and not heads:
+            continue
         name = f"{m}/{feat}" + (f"/k={k}" if m == "knn" else "")
-        stats, score = _scores(m, feat, k, tr, ytr, len(classes), shrinkage)
+        stats, score = _scores(m, feat, k, tr, ytr, len(classes), shrinkage, heads)
         sv = score(va)
         q = float(np.quantile(sv, quantile))
         thr = q * margin if q > 0 else q + abs(q) * (margin - 1)
         cand = {"method": m, "feature": feat, "k": k, "threshold": thr, "val_accept_rate": float(np.mean(sv <= thr))}
+        if heads:
+            cand["damaged_val_reject_rate"] = float(np.mean(score(dva) > thr))  # val CXRs rotated, cropped, ...
         if oo is not None:
             so = score(oo)
             cand["ood_reject_rate"] = float(np.mean(so > thr))
@@ -145,7 +206,7 @@ def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Pat
     scalars = {k: v for k, v in fitted[name].items() if not isinstance(v, np.ndarray)}
     guard = {**scalars, "shrinkage": shrinkage if chosen["method"] == "mahalanobis" else None, "method": chosen["method"], "feature": chosen["feature"], "k": chosen["k"], "threshold": chosen["threshold"],
              "quantile": quantile, "margin": margin, "val_accept_rate": chosen["val_accept_rate"],
-             "ood_reject_rate": chosen.get("ood_reject_rate"), "chosen_from": len(CANDIDATES),
+             "ood_reject_rate": chosen.get("ood_reject_rate"), "chosen_from": len(report["guard_candidates"]),
              "n_train": len(train), "n_val": len(val)}
     t = fit_temperature(va["logits"], yva)
     p_raw, p_cal = softmax(va["logits"]), softmax(va["logits"] / t)
