@@ -466,6 +466,8 @@ def bench(
     iters: int = typer.Option(50, help="Minimum timed runs at batch 1."),
     warmup: int = typer.Option(10, help="Warm-up runs."),
     seconds: float = typer.Option(2.0, help="Minimum timed seconds at batch 1."),
+    rounds: int = typer.Option(3, min=1, help="Timing rounds over all rows, interleaved; each row keeps its median "
+                                              "(one pass on a shared machine can flatter or punish a row)."),
     threads: Optional[int] = typer.Option(None, help="Threads for every engine (default: each engine's own)."),
     out: Path = typer.Option(Path("bench-results"), "--out", help="Folder for bench.json/.csv/.md/.png."),
     exports: Path = typer.Option(Path("exports"), help="Where exported artifacts are cached."),
@@ -480,7 +482,7 @@ def bench(
 
     cfg = BenchConfig(checkpoint=checkpoint or _default_checkpoint(), data=data or [eval_dir()],
                       targets=targets.split(",") if targets else list(DEFAULT_TARGETS), batch=batch, warmup=warmup,
-                      iters=iters, min_seconds=seconds, threads=threads, out=out, export_root=exports)
+                      iters=iters, min_seconds=seconds, threads=threads, out=out, export_root=exports, rounds=rounds)
     if not cfg.checkpoint.is_file():
         _fail(f"{cfg.checkpoint}: no such checkpoint.")
     from rich.progress import Progress

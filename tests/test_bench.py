@@ -40,7 +40,7 @@ def test_bench_and_compare(tiny_checkpoint, tmp_path):
 
     r = CliRunner().invoke(app, ["bench", "--model", str(tiny_checkpoint), "--data", str(eval_dir()),
                                  "--targets", "torch-fp32,onnx-fp32,torch-fp16,tensorrt-int8", "--iters", "3",
-                                 "--warmup", "1", "--seconds", "0", "--batch", "4", "--threads", "1",
+                                 "--warmup", "1", "--seconds", "0", "--batch", "4", "--threads", "1", "--rounds", "2",
                                  "--out", str(tmp_path / "b"), "--exports", str(tmp_path / "x")])
     assert r.exit_code == 0, r.output
     run = json.loads((tmp_path / "b" / "bench.json").read_text())
@@ -51,6 +51,8 @@ def test_bench_and_compare(tiny_checkpoint, tmp_path):
     lat = rows["onnx-fp32"]["latency_b1"]
     assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] and lat["n"] >= 3
     assert rows["onnx-fp32"]["throughput"]["batch"] == 4
+    assert rows["onnx-fp32"]["rounds"] == 2 and len(lat["p50_ms_rounds"]) == 2 and lat["p50_ms"] in lat["p50_ms_rounds"]
+    assert min(rows["onnx-fp32"]["throughput"]["ms_per_image_rounds"]) <= rows["onnx-fp32"]["throughput"]["ms_per_image"]
     assert 10 < rows["onnx-fp32"]["peak_rss_mb"] < rows["torch-fp32"]["peak_rss_mb"] * 4
     assert rows["torch-fp16"]["status"] == "skipped"
     assert rows["tensorrt-int8"]["status"] == "skipped" and rows["tensorrt-int8"]["reason"]

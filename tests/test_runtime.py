@@ -202,3 +202,20 @@ def test_cli_predict(onnx_artifact, tmp_path):
     (folder / "bad.png").write_bytes(b"")
     r = CliRunner().invoke(app, ["predict", str(folder), "--model", str(onnx_artifact)])
     assert r.exit_code == 1 and "bad.png" in r.output
+
+
+def test_openvino_static_shapes_per_batch(openvino_artifact):
+    """The OpenVINO runner compiles a static-shape model per batch size it sees (a few at most) and returns what
+    the dynamic model returns."""
+    from edgecxr.runtime import load
+    from edgecxr.runtime.runners import MAX_STATIC_BATCHES
+
+    rng = np.random.default_rng(0)
+    with load(openvino_artifact) as m:
+        s = m.preprocess_config.size
+        xs = {b: rng.standard_normal((b, 3, s, s)).astype(np.float32) for b in (1, 3, 2, 5, 4, 6)}
+        got = {b: m.runner.run(x)["logits"] for b, x in xs.items()}
+        assert sorted(m.runner._by_batch) == [1, 2, 3, 5][:MAX_STATIC_BATCHES]  # batch 1 at load, then the first sizes seen
+        m.runner._static = False
+        for b, x in xs.items():
+            np.testing.assert_allclose(got[b], m.runner.run(x)["logits"], rtol=1e-4, atol=1e-4)

@@ -139,7 +139,7 @@ def write(run: dict, out: Path) -> list[dict]:
             f"batch-1 latency over >= {cfg['iters']} runs after {cfg['warmup']} warm-up; throughput at batch {cfg['batch']}; "
             "throughput mode: the engine's own (OpenVINO THROUGHPUT hint, asynchronous batch-1 requests), "
             "speed-up throughput = the row's best images/s over eager's batch images/s; "
-            f"threads: {cfg['threads']}; {run['created']}.")
+            f"threads: {cfg['threads']}; each timing the median of {cfg.get('rounds', 1)} interleaved round(s); {run['created']}.")
     (out / "bench.md").write_text(markdown(rows, "edgecxr bench", info))
     plot(rows, out / "bench.png", f"edgecxr bench - {machine_label(run)}")
     return rows
