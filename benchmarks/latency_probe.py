@@ -1,0 +1,56 @@
+"""Two latency probes behind numbers in README's Results (run with nothing else on the CPU).
+
+  python benchmarks/latency_probe.py ARTIFACT            # drift: medians of 10 consecutive batch-1 runs, 150 runs,
+                                                          # through the runtime (shows an engine switching speed mid-process)
+  python benchmarks/latency_probe.py MODEL.xml --static   # OpenVINO: dynamic vs static-shape compile, batch 1 and 8
+"""
+import sys
+import time
+
+import numpy as np
+
+
+def drift(path: str, n: int = 150) -> None:
+    from edgecxr.runtime import load
+
+    with load(path) as m:
+        s = m.preprocess_config.size
+        x = np.random.default_rng(0).random((1, 3, s, s), dtype=np.float32)
+        t = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            m.runner.run(x)
+            t.append((time.perf_counter() - t0) * 1000)
+    t = np.array(t)
+    print("ms per 10 runs:", " ".join(f"{np.median(t[i:i + 10]):.0f}" for i in range(0, n, 10)))
+
+
+def static_ab(path: str) -> None:
+    import openvino as ov
+
+    core = ov.Core()
+
+    def per_image(static: bool, b: int, n: int) -> float:
+        m = core.read_model(path)
+        dims = m.inputs[0].get_partial_shape()
+        size = [dims[i].get_length() for i in range(1, dims.rank.get_length())]
+        if static:
+            m.reshape({m.inputs[0].get_any_name(): [b] + size})
+        req = core.compile_model(m, "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+        x = np.random.default_rng(0).random([b] + size, dtype=np.float32)
+        for _ in range(10):
+            req.infer({0: x})
+        t = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            req.infer({0: x})
+            t.append(time.perf_counter() - t0)
+        return float(np.median(t)) * 1000 / b
+
+    for rep in range(2):
+        for b, n in ((1, 60), (8, 15)):
+            print(f"round {rep} batch {b}: dynamic {per_image(False, b, n):.2f} ms/img, static {per_image(True, b, n):.2f} ms/img")
+
+
+if __name__ == "__main__":
+    static_ab(sys.argv[1]) if "--static" in sys.argv else drift(sys.argv[1])
