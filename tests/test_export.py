@@ -136,6 +136,9 @@ def test_int8_qoperator_for_ort(tiny_checkpoint, tmp_path):
     ops = [n.op_type for n in onnx.load(str(res.artifact)).graph.node]
     assert "QLinearConv" in ops
     assert "BatchNormalization" not in ops  # rewritten as depthwise conv, so it is quantized too
+    # the dense blocks' concatenations and the ReLUs stay int8: few (de)quantizations left (one per float region)
+    assert "QLinearConcat" in ops and ops.count("Relu") < ops.count("QLinearConv") / 4  # float stem and head only
+    assert ops.count("DequantizeLinear") < ops.count("QLinearConv") / 4, ops.count("DequantizeLinear")
     assert res.sidecar.engine["int8"]["bn_to_conv"] is True
     assert res.sidecar.verification.verdict == "skipped"
     assert res.sidecar.engine["int8"]["calibration_images"] == 90
