@@ -211,7 +211,14 @@ def test_openvino_static_shapes_per_batch(openvino_artifact):
     from edgecxr.runtime.runners import MAX_STATIC_BATCHES
 
     rng = np.random.default_rng(0)
+    side = json.loads(sidecar_path(openvino_artifact).read_text())
+    assert not side["engine"].get("static_shapes")  # off by default: the gate verified the dynamic model
     with load(openvino_artifact) as m:
+        assert not m.runner._static
+    from edgecxr.runtime.runners import OpenVINORunner
+
+    with load(openvino_artifact) as m:
+        m.runner = OpenVINORunner(openvino_artifact, dict(side["engine"], static_shapes=True))
         s = m.preprocess_config.size
         xs = {b: rng.standard_normal((b, 3, s, s)).astype(np.float32) for b in (1, 3, 2, 5, 4, 6)}
         got = {b: m.runner.run(x)["logits"] for b, x in xs.items()}

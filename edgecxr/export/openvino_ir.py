@@ -21,7 +21,7 @@ def build(ctx, target, tmp: Path) -> tuple[Path, dict]:
                 int8=target.int8, metadata=ctx.metadata())
     o = target.openvino
     engine = {"version": ov.get_version(), "device": o.device, "inference_precision": o.inference_precision,
-              "performance_hint": o.performance_hint}
+              "performance_hint": o.performance_hint, "static_shapes": o.static_shapes}
     if target.precision == "int8":
         engine["int8"] = {"preset": target.int8.preset, "source": target.int8.source,
                           "calibration": target.int8.calibration if target.int8.source == "ort-qdq" else "nncf",

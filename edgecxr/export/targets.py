@@ -88,7 +88,7 @@ class OpenVINOOptions:
     device: str = "CPU"
     inference_precision: str = "default"  # default | f32 | bf16 | f16
     performance_hint: str = "LATENCY"  # LATENCY | THROUGHPUT
-    static_batch: bool = False  # compile with a fixed batch when the target's batch is fixed
+    static_shapes: bool = False  # runtime compiles a fixed-batch model per batch size (faster; the gate verifies that)
 
     def check(self) -> None:
         if self.inference_precision not in ("default", "f32", "bf16", "f16"):
