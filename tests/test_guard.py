@@ -155,13 +155,24 @@ def test_rejected_inputs_get_no_finding_and_exit_3(guarded_onnx, tmp_path):
     assert line["status"] == "error" and line["schema_version"] == 1 and "blank" in line["reason"]
 
 
-def test_eval_reports_rejected_share_for_artifact(guarded_onnx, guarded_checkpoint):
+def test_eval_reports_rejected_share_for_artifact(guarded_onnx, guarded_checkpoint, tmp_path):
+    from PIL import Image
+
     from edgecxr.data import load_samples
     from edgecxr.train.evaluate import evaluate_model
 
     samples = [s for s in load_samples(calibration_dir().parent / "val")][:12]
     a = evaluate_model(guarded_onnx, samples, n_boot=10, reference=guarded_checkpoint)
     assert "rejected_share" in a["guard"] and a["reference"]["agreement"] == 1.0
+    assert a["guard"]["rejected_by_image_rules"] == 0  # every shipped CXR passes them
+    from edgecxr.data.layouts import Sample
+    from edgecxr.imaging import load_gray
+
+    g = load_gray(samples[0].path)
+    strip = tmp_path / "strip.png"
+    Image.fromarray((g[:, : g.shape[1] // 3] * 255).astype(np.uint8)).save(strip)
+    b = evaluate_model(guarded_checkpoint, samples[:3] + [Sample(strip, samples[0].label)], n_boot=10)
+    assert b["guard"]["rejected_by_image_rules"] == 1 and str(strip) in b["guard"]["rejected_files"]
     assert a["per_source"] and a["kind"].startswith("artifact")
 
 

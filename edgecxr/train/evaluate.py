@@ -100,8 +100,14 @@ def evaluate_model(path: Path, samples: list[Sample], n_boot: int = 1000, refere
         res["operating_point"] = {"rule": op, "image": point_metrics(ys, onehot, classes),
                                   "per_source": per_source(ys, onehot, classes, [s.source for s in samples])}
     if meta.get("guard") and "guard" in outs:
-        rej = outs["guard"].reshape(-1) > meta["guard"]["threshold"]
+        from edgecxr.imaging import load_gray
+        from edgecxr.runtime.image_rules import ImageRules
+
+        rules = ImageRules.from_dict(meta["guard"].get("image_rules"))  # as the runtime applies them, before the model
+        by_rules = np.array([rules.check(load_gray(s.path)) is not None for s in samples])
+        rej = (outs["guard"].reshape(-1) > meta["guard"]["threshold"]) | by_rules
         res["guard"] = {"threshold": meta["guard"]["threshold"], "rejected": int(rej.sum()),
+                        "rejected_by_image_rules": int(by_rules.sum()),
                         "rejected_share": float(rej.mean()), "rejected_files": [str(s.path) for s, r in zip(samples, rej) if r]}
     if reference is not None:
         ref, _ = checkpoint_outputs(reference, samples)
@@ -163,7 +169,8 @@ def markdown_report(res: dict) -> str:
     if res.get("guard"):
         g = res["guard"]
         lines += [f"**input guard**: {g['rejected']} of {res['n_images']} images rejected "
-                  f"({100 * g['rejected_share']:.1f}%; threshold {g['threshold']:.2f})", ""]
+                  f"({100 * g['rejected_share']:.1f}%; threshold {g['threshold']:.2f}; "
+                  f"{g.get('rejected_by_image_rules', 0)} by the image rules)", ""]
     if res.get("reference"):
         r = res["reference"]
         lines += [f"**vs reference** {r['checkpoint']}: agreement {100 * r['agreement']:.2f}% ({r['flips']} flips, "
