@@ -140,7 +140,7 @@ the same command). No claim about Covid-DenseNet versus DenseNet121 is made.
 ```bash
 benchmarks/train_models.sh shipped 0 covid-densenet      # AUG=light LS=0 TAG=-light for the light recipe
 benchmarks/train_models.sh research 0 covid-densenet     # never shipped: non-commercial images
-edgecxr calibrate runs/.../best.safetensors ../shared/cxr/dev/MANIFEST.csv --permissive-only --ood ood_data --out edgecxr/weights/covid-densenet-cxr3.safetensors
+edgecxr calibrate runs/.../best.safetensors ../shared/cxr/dev/MANIFEST.csv --permissive-only --ood ood_data --outlier-exclude calibration_data/calib --out edgecxr/weights/covid-densenet-cxr3.safetensors
 python benchmarks/model_card.py "shipped=..." "old shipped=benchmarks/results/old-shipped-eval-test-all/eval.json" ...
 ```
 
