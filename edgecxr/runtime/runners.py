@@ -122,10 +122,10 @@ class OpenVINORunner(BaseRunner):
         reqs = getattr(self._local, "reqs", None)
         if reqs is None:
             reqs = self._local.reqs = {}
-        b = int(x.shape[0])
+        b = int(x.shape[0]) if self._static else 0  # the dynamic model: one request for every batch size
         req = reqs.get(b)
         if req is None:
-            req = reqs[b] = self._for_batch(b).create_infer_request()
+            req = reqs[b] = self._for_batch(int(x.shape[0])).create_infer_request()
         req.infer({0: x})
         return {n: np.array(req.get_output_tensor(i).data, copy=True) for i, n in enumerate(self._outputs)}
 
