@@ -46,8 +46,8 @@ class _Reader:
 # What the QOperator form quantizes. Convolutions alone left each dense layer's Concat and the ReLU between its
 # BatchNorm-as-conv and its conv in float, each wrapped in DequantizeLinear/QuantizeLinear (202 DQ, 199 Q: a third of
 # the INT8 time in ORT's profiler). With the concatenations (QLinearConcat), the pools and the ReLUs (folded into the
-# range of the op before them) quantized too, 14 DQ / 16 Q remain: batch 1 21.5 vs 39.1 ms (FP32 51.6 ms; same process,
-# interleaved), with the same 1 flip of 222 on the verification images.
+# range of the op before them) quantized too, 14 DQ / 16 Q remain, with the same 1 flip of 222 in the gate; the bench
+# went from 22-40 to 16 ms at batch 1 (README, Results).
 QOPERATOR_OPS = ("Conv", "Concat", "AveragePool", "MaxPool", "Relu")
 
 
