@@ -172,6 +172,10 @@ def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Pat
         heads = {f: fit_outlier_head(tr[f], dtr[f], va[f], dva[f]) for f in {c[1] for c in CANDIDATES if c[0] == "outlier"}}
         for h in heads.values():
             h["n_damaged"] = len(donors)
+    if method == "outlier" and not heads:
+        from edgecxr.errors import EdgeCXRError
+
+        raise EdgeCXRError("the outlier guard needs >= 10 training images (outside --outlier-exclude) and >= 5 val images.")
     report: dict = {"guard_candidates": {}}
     fitted = {}
     for m, feat, k in CANDIDATES:
