@@ -14,6 +14,8 @@ EPOCHS=${EPOCHS:-30}
 AUG=${AUG:-strong}          # augmentation strength: light | strong (see benchmarks/ablation.md)
 LS=${LS:-0.1}               # label smoothing
 EQ=""; [ "${EQUALIZE:-0}" = 1 ] && EQ=--equalize   # histogram equalisation in preprocessing
+BAL=--balanced; [ "${BALANCED:-1}" = 0 ] && BAL=--no-balanced   # class-balanced sampling (paper: balanced vs unbalanced)
+FRACTION=${FRACTION:-1.0}   # share of training patients per class and source (size sweep: 0.25 / 0.5 / 1.0)
 TAG=${TAG:-}
 DATA=${DATA:-../shared/cxr/dev/MANIFEST.csv}
 EDGECXR=${EDGECXR:-edgecxr}
@@ -24,7 +26,7 @@ case "$CONFIG" in
 esac
 for ARCH in $ARCHS; do
   RUN="runs/$CONFIG-$ARCH$TAG-s$SEED"
-  $EDGECXR train "$DATA" $FLAG --arch "$ARCH" --epochs "$EPOCHS" --batch 16 --lr 1e-3 --balanced \
+  $EDGECXR train "$DATA" $FLAG --arch "$ARCH" --epochs "$EPOCHS" --batch 16 --lr 1e-3 $BAL --fraction "$FRACTION" \
     --augment "$AUG" --label-smoothing "$LS" --ema 0.99 --select macro_f1 --seed "$SEED" --threads 2 $EQ --out "$RUN"
   $EDGECXR eval "$RUN/best.safetensors" "$DATA" --split test --out "$RUN/eval-test"
   $EDGECXR eval "$RUN/best.safetensors" "$DATA" --split val --out "$RUN/eval-val" --n-boot 200

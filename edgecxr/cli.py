@@ -141,6 +141,8 @@ def train(
     permissive_only: bool = typer.Option(False, help="Train only on images whose licence allows commercial use "
                                          "(validation still uses every val image: evaluating is not redistributing)."),
     val_permissive_only: bool = typer.Option(False, help="Also drop non-commercial images from validation."),
+    fraction: float = typer.Option(1.0, help="Train on this share of the training patients (per class and source; "
+                                   "for training-set-size sweeps)."),
     augment: str = typer.Option("light", help="Augmentation: light | strong | none."),
     label_smoothing: float = typer.Option(0.0, help="Label smoothing of the cross-entropy loss."),
     ema: float = typer.Option(0.0, help="EMA decay of the weights (e.g. 0.99); 0 turns it off."),
@@ -162,6 +164,13 @@ def train(
         samples, parts = _split_samples(data, layout, False)
         if permissive_only:
             parts["train"] = [s for s in parts["train"] if not s.licence_nc]
+        if fraction != 1.0:
+            from edgecxr.data.splits import subsample
+
+            try:
+                parts["train"] = subsample(parts["train"], fraction, seed)
+            except ValueError as exc:
+                _fail(f"--fraction: {exc}")
         if val_permissive_only:
             parts["val"] = [s for s in parts["val"] if not s.licence_nc]
         classes = sorted({s.label for s in samples})
@@ -173,7 +182,7 @@ def train(
                 "configuration": "shipped (permissive training images)" if permissive_only
                 else "research (includes non-commercial images: never ship these weights)",
                 "non_commercial_training_images": sum(s.licence_nc for s in parts["train"]),
-                "n_train": len(parts["train"]), "n_val": len(parts["val"])}
+                "n_train": len(parts["train"]), "n_val": len(parts["val"]), "train_fraction": fraction}
         summary = run_train(cfg, parts["train"], parts["val"], out, resume=not fresh, data_info=info)
     except EdgeCXRError as exc:
         _fail(str(exc))

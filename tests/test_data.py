@@ -65,6 +65,25 @@ def test_patient_split_keeps_patients_together(tmp_path):
     assert [(b.split, b.patient) for b in back] == [(s.split, s.patient) for s in out]
 
 
+def test_subsample_keeps_whole_patients_per_stratum(tmp_path):
+    from edgecxr.data.layouts import Sample
+    from edgecxr.data.splits import subsample
+
+    samples = [Sample(tmp_path / f"{p}-{k}.png", ["COVID-19", "Normal"][p % 2], "train", f"pat{p}",
+                      source="a" if p < 80 else "b") for p in range(100) for k in range(1 + p % 3)]
+    quarter = subsample(samples, 0.25, seed=3)
+    kept = {s.patient for s in quarter}
+    assert all(s.patient in kept for s in samples if s.patient in kept)  # patients whole
+    for label in ("COVID-19", "Normal"):
+        for src, n in (("a", 40), ("b", 10)):
+            assert len({s.patient for s in quarter if s.label == label and s.source == src}) == round(n * 0.25)
+    assert quarter == subsample(samples, 0.25, seed=3)
+    assert kept != {s.patient for s in subsample(samples, 0.25, seed=4)}
+    assert subsample(samples, 1.0) == samples
+    with pytest.raises(ValueError):
+        subsample(samples, 0)
+
+
 def test_split_cli(tmp_path):
     from typer.testing import CliRunner
 

@@ -36,6 +36,25 @@ def patient_split(samples: list[Sample], fractions: tuple[float, float, float] =
     return [replace(s, split=assign[s.group]) for s in samples]
 
 
+def subsample(samples: list[Sample], fraction: float, seed: int = 0) -> list[Sample]:
+    """Keep about ``fraction`` of the patients of each (class, source) stratum, whole patients only.
+
+    For training-set-size sweeps: deterministic for a seed, every stratum keeps at least one patient.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return list(samples)
+    strata: dict[tuple, set[str]] = defaultdict(set)
+    for s in samples:
+        strata[(s.label, s.source)].add(s.group)
+    keep: set[str] = set()
+    for key, groups in strata.items():
+        ordered = sorted(groups, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+        keep.update(ordered[:max(1, round(len(ordered) * fraction))])
+    return [s for s in samples if s.group in keep]
+
+
 def split_parts(data, layout: str = "auto", permissive_only: bool = False):
     """(all samples, {"train": [...], "val": [...], "test": [...]}) of a dataset with splits."""
     from edgecxr.data.layouts import load_samples

@@ -131,11 +131,13 @@ class Model:
         ds = read_dicom_header(p)
         return None if ds is None else self.header_rules.check(ds)
 
-    def prepare(self, item: Any, notes: dict | None = None) -> np.ndarray:
-        """Decode and preprocess one input: (3, S, S) float32. Raises :class:`ImageError` only."""
-        return self._preprocess(item, self._decode(item, notes))
+    def prepare(self, item: Any, notes: dict | None = None, gray: np.ndarray | None = None) -> np.ndarray:
+        """Decode (unless ``gray``, from :meth:`decode`, is given) and preprocess one input: (3, S, S) float32.
+        Raises :class:`ImageError` only."""
+        return self._preprocess(item, self.decode(item, notes) if gray is None else gray)
 
-    def _decode(self, item: Any, notes: dict | None = None) -> np.ndarray:
+    def decode(self, item: Any, notes: dict | None = None) -> np.ndarray:
+        """One input as the runtime reads it: float32 (H, W) in [0, 1]. Raises :class:`ImageError` only."""
         if self._decoder is not None and isinstance(item, (str, Path)):
             return self._decoder.load_gray(item, notes)
         return load_gray(item, notes)
@@ -159,7 +161,7 @@ class Model:
             try:
                 reason = self.check_header(it)
                 if not reason:
-                    g = self._decode(it, results[i].notes)
+                    g = self.decode(it, results[i].notes)
                     reason = self.image_rules.check(g) if self.guard_enabled else None
                 if reason:
                     results[i].status, results[i].reason = "rejected", reason

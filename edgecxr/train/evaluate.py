@@ -24,7 +24,8 @@ def select_split(samples: list[Sample], split: str, data) -> list[Sample]:
 
 
 def checkpoint_outputs(checkpoint: Path, samples: list[Sample], batch_size: int = 16) -> tuple[dict, dict]:
-    """Named outputs (logits, and guard scores when fitted) of a checkpoint in torch, and its metadata."""
+    """Named outputs of a checkpoint in torch, and its metadata: logits and, when a guard is fitted, the content
+    score ``guard`` and ``image_rules_ok`` (the runtime's image rules on the same decoded pixels)."""
     import torch
 
     from edgecxr.checkpoint import load_model
@@ -34,17 +35,21 @@ def checkpoint_outputs(checkpoint: Path, samples: list[Sample], batch_size: int 
 
     model, meta = load_model(checkpoint)
     _check_labels(samples, meta["classes"])
-    names = ["logits"]
+    names, rules = ["logits"], None
     if meta.get("guard"):
         from edgecxr.guard_torch import GuardedClassifier
+        from edgecxr.runtime.image_rules import ImageRules
 
         model, names = GuardedClassifier(model, meta["guard"]).eval(), ["logits", "guard"]
+        rules = ImageRules.from_dict(meta["guard"].get("image_rules"))
     pcfg = PreprocessConfig.from_dict(meta["preprocess"])
     parts: dict[str, list] = {}
     with torch.no_grad():
         for i, j in chunks(len(samples), batch_size):
-            x = torch.from_numpy(np.stack([preprocess(read_image(s.path), pcfg) for s in samples[i:j]]))
-            out = model(x)
+            grays = [read_image(s.path) for s in samples[i:j]]
+            if rules is not None:
+                parts.setdefault("image_rules_ok", []).append(np.array([rules.check(g) is None for g in grays]))
+            out = model(torch.from_numpy(np.stack([preprocess(g, pcfg) for g in grays])))
             for k, v in zip(names, out if isinstance(out, tuple) else (out,)):
                 parts.setdefault(k, []).append(v.numpy())
     meta["guard"] = {k: v for k, v in (meta.get("guard") or {}).items() if k not in ("mean", "components", "inv_lambda", "bank")} or None
@@ -52,18 +57,31 @@ def checkpoint_outputs(checkpoint: Path, samples: list[Sample], batch_size: int 
 
 
 def artifact_outputs(artifact: Path, samples: list[Sample], allow_unverified: bool = False) -> tuple[dict, dict]:
-    """Named outputs of an exported artifact through the runtime's own runner and preprocessing."""
+    """Named outputs of an exported artifact through the runtime's own decoder, image rules, preprocessing and
+    runner (``image_rules_ok`` as in :func:`checkpoint_outputs`)."""
     from edgecxr.runtime import load
     from edgecxr.runtime.batching import run_batched
 
     with load(artifact, allow_unverified=allow_unverified) as m:
         _check_labels(samples, m.classes)
-        x = np.stack([m.prepare(s.path) for s in samples])
-        outs = run_batched(m.runner, x)
+        xs, ok = [], []
+        for s in samples:
+            g = m.decode(s.path)
+            ok.append(m.image_rules.check(g) is None)
+            xs.append(m.prepare(s.path, gray=g))
+        outs = run_batched(m.runner, np.stack(xs))
+        if m.sidecar.guard:
+            outs["image_rules_ok"] = np.array(ok)
         side = m.sidecar
     meta = {"arch": side.model.get("arch"), "classes": side.classes, "guard": side.guard,
             "operating_point": side.operating_point, "data": {}, "backend": side.backend, "precision": side.precision}
     return outs, meta
+
+
+def guard_accepts(outs: dict, meta: dict, margin: float = 1.0) -> np.ndarray:
+    """Which inputs the runtime's guard accepts: image rules, then content score <= threshold x ``margin``."""
+    score = outs["guard"].reshape(-1)
+    return (score <= meta["guard"]["threshold"] * margin) & outs.get("image_rules_ok", np.ones(len(score), bool))
 
 
 def _check_labels(samples: list[Sample], classes: list[str]) -> None:
@@ -100,12 +118,8 @@ def evaluate_model(path: Path, samples: list[Sample], n_boot: int = 1000, refere
         res["operating_point"] = {"rule": op, "image": point_metrics(ys, onehot, classes),
                                   "per_source": per_source(ys, onehot, classes, [s.source for s in samples])}
     if meta.get("guard") and "guard" in outs:
-        from edgecxr.imaging import load_gray
-        from edgecxr.runtime.image_rules import ImageRules
-
-        rules = ImageRules.from_dict(meta["guard"].get("image_rules"))  # as the runtime applies them, before the model
-        by_rules = np.array([rules.check(load_gray(s.path)) is not None for s in samples])
-        rej = (outs["guard"].reshape(-1) > meta["guard"]["threshold"]) | by_rules
+        rej = ~guard_accepts(outs, meta)
+        by_rules = ~outs.get("image_rules_ok", np.ones(len(samples), bool))
         res["guard"] = {"threshold": meta["guard"]["threshold"], "rejected": int(rej.sum()),
                         "rejected_by_image_rules": int(by_rules.sum()),
                         "rejected_share": float(rej.mean()), "rejected_files": [str(s.path) for s, r in zip(samples, rej) if r]}
