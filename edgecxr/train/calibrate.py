@@ -24,13 +24,6 @@ from edgecxr.data.layouts import Sample
 from edgecxr.metrics import auc_binary, per_source
 
 
-def _images(samples: list[Sample], pcfg) -> np.ndarray:
-    from edgecxr.imaging import read_image
-    from edgecxr.preprocess import preprocess
-
-    return np.stack([preprocess(read_image(s.path), pcfg) for s in samples])
-
-
 DAMAGES = ("rotate", "flip", "invert", "half", "crop")
 
 
@@ -56,14 +49,20 @@ def damaged_copy(gray: np.ndarray, kind: str, rng: np.random.Generator) -> np.nd
     raise ValueError(f"unknown damage {kind!r}; one of {DAMAGES}")
 
 
-def _damaged(samples: list[Sample], pcfg, seed: int = 0) -> np.ndarray:
-    """One damaged copy per image, the kinds in turn."""
+def _images_and_damaged(samples: list[Sample], pcfg, donor=lambda s: True, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Each image preprocessed, and one damaged copy of each ``donor`` image (the kinds in turn): one decode each."""
     from edgecxr.imaging import read_image
     from edgecxr.preprocess import preprocess
 
     rng = np.random.default_rng(seed)
-    return np.stack([preprocess(np.ascontiguousarray(damaged_copy(read_image(s.path), DAMAGES[i % len(DAMAGES)], rng)), pcfg)
-                     for i, s in enumerate(samples)])
+    clean, damaged = [], []
+    for s in samples:
+        g = read_image(s.path)
+        clean.append(preprocess(g, pcfg))
+        if donor(s):
+            kind = DAMAGES[len(damaged) % len(DAMAGES)]
+            damaged.append(preprocess(np.ascontiguousarray(damaged_copy(g, kind, rng)), pcfg))
+    return np.stack(clean), np.stack(damaged) if damaged else np.zeros((0, *clean[0].shape), np.float32)
 
 
 def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
@@ -157,18 +156,19 @@ def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Pat
     meta.pop("operating_point", None)
     classes = meta["classes"]
     pcfg = PreprocessConfig.from_dict(meta["preprocess"])
-    tr = forward_features(model, _images(train, pcfg))
+    excl = outlier_exclude or set()
+    donors = {s.path for s in train if hashlib.sha256(s.path.read_bytes()).hexdigest() not in excl}
+    x_tr, x_dtr = _images_and_damaged(train, pcfg, lambda s: s.path in donors, seed=0)
+    x_va, x_dva = _images_and_damaged(val, pcfg, seed=1)
+    tr, va = forward_features(model, x_tr), forward_features(model, x_va)
     ytr = np.array([classes.index(s.label) for s in train])
-    va = forward_features(model, _images(val, pcfg))
     yva = np.array([classes.index(s.label) for s in val])
     oo = forward_features(model, np.stack([preprocess(read_image(p), pcfg) for p in ood])) if ood else None
-    excl = outlier_exclude or set()
-    donors = [s for s in train if hashlib.sha256(s.path.read_bytes()).hexdigest() not in excl]
     heads = {}
     if len(donors) >= 10 and len(val) >= 5:
         from edgecxr.guard_torch import fit_outlier_head
 
-        dtr, dva = forward_features(model, _damaged(donors, pcfg, 0)), forward_features(model, _damaged(val, pcfg, 1))
+        dtr, dva = forward_features(model, x_dtr), forward_features(model, x_dva)
         heads = {f: fit_outlier_head(tr[f], dtr[f], va[f], dva[f]) for f in {c[1] for c in CANDIDATES if c[0] == "outlier"}}
         for h in heads.values():
             h["n_damaged"] = len(donors)
