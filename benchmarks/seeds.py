@@ -36,38 +36,41 @@ def msd(values: list[float]) -> str:
     return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v.mean():.1f}"
 
 
-def main() -> None:
-    root, config, split = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+def summary(root: Path, config: str, split: str) -> list[str]:
+    """Markdown lines: mean +- sd per metric for each architecture, then McNemar per seed pair."""
     table = {a: runs(root, config, a, split) for a in ARCHS}
     for a, r in table.items():
         if not r:
-            sys.exit(f"no {config}-{a}-sN-eval-{split}/eval.json under {root}")
+            raise SystemExit(f"no {config}-{a}-sN-eval-{split}/eval.json under {root}")
     first = next(iter(table[ARCHS[0]].values()))
-    rows = [("accuracy", lambda r: r["image"]["accuracy"])]
+    rows = [("accuracy", lambda r: r["image"]["accuracy"]), ("macro F1", lambda r: r["image"]["macro_f1"])]
     rows += [(f"{c} sensitivity", lambda r, c=c: r["image"]["per_class"][c]["sensitivity"]) for c in first["classes"]]
     for src, v in sorted(first["per_source"].items()):
         for c in v["sensitivity"]:
             rows.append((f"{c} sensitivity, {src}", lambda r, s=src, c=c: r["per_source"][s]["sensitivity"][c]["value"]))
-    print(f"### {config} configuration, dev {split} ({first['n_images']} images): mean ± sd over seeds (%)\n")
-    print("| metric | " + " | ".join(f"{a} (seeds {', '.join(map(str, sorted(table[a])))})" for a in ARCHS) + " |")
-    print("|---|" + "---|" * len(ARCHS))
+    out = [f"{config} configuration, dev {split} ({first['n_images']} images): mean ± sd over seeds (%), each seed in brackets", "",
+           "| metric | " + " | ".join(f"{a} (seeds {', '.join(map(str, sorted(table[a])))})" for a in ARCHS) + " |",
+           "|---|" + "---|" * len(ARCHS)]
     for name, get in rows:
         cells = []
         for a in ARCHS:
             vals = [get(table[a][s]) for s in sorted(table[a])]
             cells.append(f"{msd(vals)} ({', '.join(f'{100 * v:.1f}' for v in vals)})")
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    print("\n| seed | accuracy A / B | discordant (A right only / B right only) | exact McNemar p |")
-    print("|---|---|---|---|")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out += ["", f"Paired per seed (A = {ARCHS[0]}, B = {ARCHS[1]}; same data, recipe and seed):", "",
+            "| seed | accuracy A / B | A right only / B right only | exact McNemar p |", "|---|---|---|---|"]
     for s in sorted(set(table[ARCHS[0]]) & set(table[ARCHS[1]])):
         fa, ca = correct(table[ARCHS[0]][s])
         fb, cb = correct(table[ARCHS[1]][s])
         if fa != fb:
-            sys.exit(f"seed {s}: the two evaluations hold different images")
+            raise SystemExit(f"seed {s}: the two evaluations hold different images")
         t = mcnemar_exact(ca, cb)
-        print(f"| {s} | {100 * ca.mean():.1f} / {100 * cb.mean():.1f} | {int((ca & ~cb).sum())} / {int((cb & ~ca).sum())} | "
-              f"{t['p_value']:.3g} |")
-    print(f"\nA = {ARCHS[0]}, B = {ARCHS[1]}; a seed pair shares data, recipe and seed, not the initial weights.")
+        out.append(f"| {s} | {100 * ca.mean():.1f} / {100 * cb.mean():.1f} | {t['a_only']} / {t['b_only']} | {t['p_value']:.3g} |")
+    return out
+
+
+def main() -> None:
+    print("\n".join(summary(Path(sys.argv[1]), sys.argv[2], sys.argv[3])))
 
 
 if __name__ == "__main__":
