@@ -350,7 +350,10 @@ def sidecar_table(side, title: str) -> Table:
             f"agreement {v['agreement']:.4f} ({v['flips']} flips of {v['images']}; min {v['tolerance']['min_agreement']}), "
             f"accuracy {v['accuracy']:.4f} vs reference {v['accuracy_reference']:.4f} "
             f"(max drop {v['tolerance']['max_accuracy_drop']})"
-            + (f", guard agreement {v['guard_agreement']:.4f}" if v.get("guard_agreement") is not None else "")))
+            + (f", guard agreement {v['guard_agreement']:.4f}" if v.get("guard_agreement") is not None else "")
+            + (f", {o['positive_class']} sensitivity at the operating point {o['sensitivity']:.4f} vs "
+               f"{o['sensitivity_reference']:.4f} (of {o['positives']})"
+               if (o := v.get("operating_point")) and "sensitivity" in o else "")))
     else:
         t.add_row("verification", "[yellow]skipped (--no-verify): artifact is unverified[/]")
     if side.guard:

@@ -113,10 +113,10 @@ def test_verification_failure_marks_unverified(tiny_checkpoint, tmp_path, monkey
 
     real = verify.compare
 
-    def one_flip(ref, outs, y, tol, guard=None, heatmap=None):  # as if the artifact disagreed on one image
+    def one_flip(ref, outs, y, tol, **kw):  # as if the artifact disagreed on one image
         outs = dict(outs, logits=outs["logits"].copy())
         outs["logits"][0] = outs["logits"][0][::-1] if outs["logits"][0].argmax() != 1 else np.roll(outs["logits"][0], 1)
-        return real(ref, outs, y, tol, guard, heatmap)
+        return real(ref, outs, y, tol, **kw)
 
     monkeypatch.setattr(verify, "compare", one_flip)
     r = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "--target", str(strict), "--out", str(tmp_path / "o")])
@@ -270,3 +270,27 @@ def test_openvino_int8_from_ort_qdq(tiny_checkpoint, tmp_path):
     assert "FakeQuantize" in ops
     assert res.sidecar.engine["int8"]["source"] == "ort-qdq" and res.sidecar.engine["int8"]["calibration"] == "minmax"
     assert not list((tmp_path / "o").glob("*.qdq.onnx"))
+
+
+def test_gate_checks_sensitivity_at_the_operating_point():
+    """An artifact whose argmax agrees everywhere but which moves a COVID-19 image below the operating-point
+    threshold fails the gate (issue 14: sensitivity at the operating point within 1 point of FP32)."""
+    from edgecxr.export.targets import Tolerance
+    from edgecxr.export.verify import compare
+
+    classes = ["COVID-19", "Normal", "Pneumonia"]
+    op = {"positive_class": "COVID-19", "threshold": 0.2, "temperature": 1.0}
+    # 20 COVID-19 images whose COVID-19 probability sits just above 0.2 while Normal stays the argmax
+    ref = np.tile(np.log(np.array([[0.22, 0.5, 0.28]], np.float32)), (20, 1))
+    y = np.zeros(20, int)
+    same = compare({"logits": ref}, {"logits": ref.copy()}, y, Tolerance(), classes=classes, operating_point=op)
+    assert same["verdict"] == "passed" and same["operating_point"]["sensitivity"] == 1.0
+    moved = ref.copy()
+    moved[0] = np.log([0.18, 0.52, 0.30])  # same argmax (Normal), below the threshold now
+    res = compare({"logits": ref}, {"logits": moved}, y, Tolerance(), classes=classes, operating_point=op)
+    assert res["agreement"] == 1.0 and res["operating_point"]["finding_agreement"] == 0.95
+    assert res["verdict"] == "failed" and any("operating point" in r for r in res["reasons"])
+    loose = compare({"logits": ref}, {"logits": moved}, y, Tolerance(max_op_sensitivity_drop=0.1), classes=classes,
+                    operating_point=op)
+    assert loose["verdict"] == "passed"
+    assert "operating_point" not in compare({"logits": ref}, {"logits": ref}, y, Tolerance(), classes=classes)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="torch not installed")
@@ -83,3 +84,23 @@ def test_ddp_two_cpu_processes_gloo(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert (tmp_path / "ddp" / "best.safetensors").is_file()
+
+
+def test_operating_point_lies_between_val_scores():
+    """The operating point keeps the target val sensitivity with no val score on the threshold itself (a score
+    there would flip under any numeric change of an exported engine)."""
+    from edgecxr.train.calibrate import finding_at, fit_operating_point
+
+    rng = np.random.default_rng(0)
+    classes = ["COVID-19", "Normal", "Pneumonia"]
+    y = rng.integers(0, 3, 200)
+    logits = rng.normal(size=(200, 3)) + 1.5 * np.eye(3)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    op = fit_operating_point(probs, y, classes, "COVID-19", 0.95)
+    t = op["threshold"]
+    assert op["val_sensitivity"] >= 0.95 and not np.any(np.isclose(probs[:, 0], t, rtol=0, atol=1e-9))
+    assert op["val_score_below"] < t < op["val_score_kept"]
+    f = finding_at(probs, classes, "COVID-19", t)
+    assert np.mean(f[y == 0] == 0) == op["val_sensitivity"]
+    # the highest such threshold: keeping one positive fewer misses the target
+    assert np.mean(probs[y == 0, 0] > op["val_score_kept"]) < 0.95

@@ -135,7 +135,8 @@ def verify_artifact(ctx: ExportContext, built: Path, engine: dict, tgt: Target) 
     with make_runner(built, engine) as runner:
         engine["runs"] = runner.info
         outs = run_batched(runner, x, progress=ctx.progress)
-    res = compare(ref, outs, y, tgt.tolerance, guard=ctx.guard, heatmap=ctx.heatmap_record())
+    res = compare(ref, outs, y, tgt.tolerance, guard=ctx.guard, heatmap=ctx.heatmap_record(), classes=ctx.classes,
+                  operating_point=ctx.operating_point)
     res["image_sets"] = [str(d) for d in ctx.verify_dirs]
     res["calibration_sets"] = [str(d) for d in ctx.calib_dirs] if tgt.precision == "int8" else []
     return Verification.from_dict(res)

@@ -14,9 +14,31 @@ def guard_decisions(scores: np.ndarray, guard: dict) -> np.ndarray:
     return np.asarray(scores, np.float64).reshape(-1) <= float(guard["threshold"])
 
 
+def operating_point_check(ref_logits: np.ndarray, logits: np.ndarray, y: np.ndarray, classes: list[str],
+                          op: dict) -> dict | None:
+    """Findings at the operating point (temperature, positive-class threshold) of reference and artifact: their
+    agreement and the positive class's sensitivity on the labelled images; None without an operating point."""
+    from edgecxr.runtime.batching import softmax
+    from edgecxr.train.calibrate import finding_at
+
+    pos, thr = op.get("positive_class"), op.get("threshold")
+    if pos not in classes or thr is None:
+        return None
+    t = float(op.get("temperature", 1.0))
+    fa, fb = (finding_at(softmax(z / t), classes, pos, thr) for z in (ref_logits, logits))
+    positives = y == classes.index(pos)
+    res = {"positive_class": pos, "threshold": thr, "finding_agreement": agreement(fa, fb), "positives": int(positives.sum())}
+    if positives.any():
+        res["sensitivity_reference"] = float(np.mean(fa[positives] == classes.index(pos)))
+        res["sensitivity"] = float(np.mean(fb[positives] == classes.index(pos)))
+    return res
+
+
 def compare(ref: dict[str, np.ndarray], outs: dict[str, np.ndarray], y: np.ndarray, tolerance,
-            guard: dict | None = None, heatmap: dict | None = None) -> dict:
-    """Agreement with the reference, flips with a 95% interval, accuracy change, guard agreement, verdict."""
+            guard: dict | None = None, heatmap: dict | None = None, classes: list[str] | None = None,
+            operating_point: dict | None = None) -> dict:
+    """Agreement with the reference, flips with a 95% interval, accuracy change, guard agreement, sensitivity at
+    the operating point, verdict."""
     ref_logits, logits = ref["logits"], outs["logits"]
     ref_pred, pred = ref_logits.argmax(1), logits.argmax(1)
     labelled = y >= 0
@@ -38,8 +60,17 @@ def compare(ref: dict[str, np.ndarray], outs: dict[str, np.ndarray], y: np.ndarr
         "flip_rate_ci95": list(wilson_ci(flips, len(y))), "accuracy_reference": acc_ref, "accuracy": acc,
         "accuracy_drop": drop, "max_abs_logit_diff": float(np.max(np.abs(ref_logits - logits))) if len(y) else 0.0,
         "tolerance": {"min_agreement": tolerance.min_agreement, "max_accuracy_drop": tolerance.max_accuracy_drop,
-                      "min_guard_agreement": tolerance.min_guard_agreement},
+                      "min_guard_agreement": tolerance.min_guard_agreement,
+                      "max_op_sensitivity_drop": tolerance.max_op_sensitivity_drop},
     }
+    if operating_point and classes:
+        opc = operating_point_check(ref_logits, logits, y, classes, operating_point)
+        if opc:
+            res["operating_point"] = opc
+            drop_op = opc.get("sensitivity_reference", 0.0) - opc.get("sensitivity", 0.0)
+            if drop_op > tolerance.max_op_sensitivity_drop + 1e-12:
+                reasons.append(f"{opc['positive_class']} sensitivity at the operating point {opc['sensitivity']:.4f} vs "
+                               f"{opc['sensitivity_reference']:.4f} in FP32 (drop > {tolerance.max_op_sensitivity_drop})")
     if guard and "guard" in ref and "guard" in outs:
         a, b = guard_decisions(ref["guard"], guard), guard_decisions(outs["guard"], guard)
         res["guard_agreement"] = float(np.mean(a == b))

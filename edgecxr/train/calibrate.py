@@ -95,16 +95,22 @@ def finding_at(probs: np.ndarray, classes: list[str], positive: str, threshold: 
 
 def fit_operating_point(probs: np.ndarray, y: np.ndarray, classes: list[str], positive: str = "COVID-19",
                         target_sensitivity: float = 0.95) -> dict:
+    """The highest ``positive`` threshold whose val sensitivity reaches the target, placed halfway between the
+    lowest positive score it keeps and the next lower val score: the same val decisions, but no val image sits on
+    the threshold itself, where any numeric change (INT8, bf16, another engine) would flip it."""
     k = classes.index(positive)
+    pos = y == k
+    scores = sorted(set(probs[:, k].tolist()) | {0.0}, reverse=True)
     best = None
-    for t in sorted(set(np.round(probs[:, k], 6).tolist()) | {0.0}, reverse=True):
-        f = finding_at(probs, classes, positive, t)
-        pos = y == k
-        sens = float(np.mean(f[pos] == k)) if pos.any() else float("nan")
-        spec = float(np.mean(f[~pos] != k)) if (~pos).any() else float("nan")
+    for i, t in enumerate(scores):
+        sens = float(np.mean(probs[pos, k] >= t)) if pos.any() else float("nan")
         if sens >= target_sensitivity:
-            best = {"threshold": float(t), "val_sensitivity": sens, "val_specificity": spec,
-                    "val_accuracy": float(np.mean(f == y))}
+            thr = (t + scores[i + 1]) / 2 if i + 1 < len(scores) else t
+            f = finding_at(probs, classes, positive, thr)
+            best = {"threshold": float(thr), "val_sensitivity": float(np.mean(f[pos] == k)) if pos.any() else float("nan"),
+                    "val_specificity": float(np.mean(f[~pos] != k)) if (~pos).any() else float("nan"),
+                    "val_accuracy": float(np.mean(f == y)), "val_score_kept": float(t),
+                    "val_score_below": float(scores[i + 1]) if i + 1 < len(scores) else None}
             break
     return {"positive_class": positive, "target_sensitivity": target_sensitivity, **(best or {})}
 
