@@ -101,10 +101,13 @@ def main() -> None:
     todo += [f"`{n}`" for n, path in (("FRACTION=0.25", DEFAULT_RUNS[4][1]), ("FRACTION=0.5", DEFAULT_RUNS[3][1]),
                                        ("BALANCED=0", DEFAULT_RUNS[5][1])) if not path.is_file()]
     present = {label for label in runs}
-    protocol_note = ("Rows with a share of the training patients are the paper's training-set-size protocol, the "
-                     "unbalanced row its balanced-vs-unbalanced protocol (every other row uses class-balanced sampling); "
-                     "one seed each, research configuration: compare them with the research seed-0 row. "
-                     if any("training patients" in x or "unbalanced" in x for x in present) else "")
+    notes = []
+    if any("training patients" in x for x in present):
+        notes.append("rows with a share of the training patients are the paper's training-set-size protocol")
+    if any("unbalanced" in x for x in present):
+        notes.append("the unbalanced row its balanced-vs-unbalanced protocol (every other row uses class-balanced sampling)")
+    protocol_note = (f"{'; '.join(notes).capitalize()}; one seed each, research configuration: compare them with the "
+                     "research seed-0 row. " if notes else "")
     op = train.get("operating_point") or {}
     guard = train.get("guard") or {}
     text = f"""# Model card: Covid-DenseNet (edgecxr default model, `covid-densenet-cxr3`)
