@@ -47,7 +47,7 @@ class _Reader:
 # BatchNorm-as-conv and its conv in float, each wrapped in DequantizeLinear/QuantizeLinear (202 DQ, 199 Q: a third of
 # the INT8 time in ORT's profiler). With the concatenations (QLinearConcat), the pools and the ReLUs (folded into the
 # range of the op before them) quantized too, 14 DQ / 16 Q remain, with the same 1 flip of 222 in the gate; the bench
-# went from 22-40 to 16 ms at batch 1 (README, Results).
+# went from 22.3 to 16.1 ms at batch 1 (benchmarks/results/cpu-amd-epyc-2core-avx512-2026-11-28-run3 vs -run8, AVX-512 VNNI).
 QOPERATOR_OPS = ("Conv", "Concat", "AveragePool", "MaxPool", "Relu")
 
 

@@ -19,7 +19,7 @@ def operating_point_check(ref_logits: np.ndarray, logits: np.ndarray, y: np.ndar
     """Findings at the operating point (temperature, positive-class threshold) of reference and artifact: their
     agreement and the positive class's sensitivity on the labelled images; None without an operating point."""
     from edgecxr.runtime.batching import softmax
-    from edgecxr.train.calibrate import finding_at
+    from edgecxr.runtime.operating_point import finding_at
 
     pos, thr = op.get("positive_class"), op.get("threshold")
     if pos not in classes or thr is None:

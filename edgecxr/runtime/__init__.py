@@ -40,6 +40,7 @@ from edgecxr.preprocess import PreprocessConfig, preprocess
 from edgecxr.runtime.batching import chunks, softmax
 from edgecxr.runtime.header_rules import HeaderRules
 from edgecxr.runtime.image_rules import ImageRules
+from edgecxr.runtime.operating_point import finding_at
 from edgecxr.sidecar import Sidecar, read_sidecar
 
 __all__ = ["load", "Model", "Prediction", "PREDICTION_SCHEMA_VERSION"]
@@ -192,12 +193,7 @@ class Model:
         op = self.operating_point
         pos, thr = op.get("positive_class"), op.get("threshold")
         if pos in self.classes and thr is not None:
-            k = self.classes.index(pos)
-            if p[k] >= thr:
-                return pos
-            q = p.copy()
-            q[k] = -1
-            return self.classes[int(q.argmax())]
+            return self.classes[int(finding_at(p, self.classes, pos, thr)[0])]
         return self.classes[int(p.argmax())]
 
     def _classify(self, ready: list[tuple[int, np.ndarray]], results: list[Prediction], bsz: int,

@@ -22,6 +22,7 @@ import numpy as np
 
 from edgecxr.data.layouts import Sample
 from edgecxr.metrics import auc_binary, per_source
+from edgecxr.runtime.operating_point import finding_at
 
 
 DAMAGES = ("rotate", "flip", "invert", "half", "crop")
@@ -83,14 +84,6 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     grid = np.exp(np.linspace(np.log(0.25), np.log(8), 400))
     nll = [-np.mean(np.log(softmax(logits / t)[np.arange(len(y)), y] + 1e-12)) for t in grid]
     return float(grid[int(np.argmin(nll))])
-
-
-def finding_at(probs: np.ndarray, classes: list[str], positive: str, threshold: float) -> np.ndarray:
-    """Class index of the finding: ``positive`` when its probability >= threshold, else the best other class."""
-    k = classes.index(positive)
-    other = probs.copy()
-    other[:, k] = -1
-    return np.where(probs[:, k] >= threshold, k, other.argmax(1))
 
 
 def fit_operating_point(probs: np.ndarray, y: np.ndarray, classes: list[str], positive: str = "COVID-19",
@@ -163,7 +156,7 @@ def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Pat
     classes = meta["classes"]
     pcfg = PreprocessConfig.from_dict(meta["preprocess"])
     excl = outlier_exclude or set()
-    donors = {s.path for s in train if hashlib.sha256(s.path.read_bytes()).hexdigest() not in excl}
+    donors = {s.path for s in train if not excl or hashlib.sha256(s.path.read_bytes()).hexdigest() not in excl}
     x_tr, x_dtr = _images_and_damaged(train, pcfg, lambda s: s.path in donors, seed=0)
     x_va, x_dva = _images_and_damaged(val, pcfg, seed=1)
     tr, va = forward_features(model, x_tr), forward_features(model, x_va)

@@ -98,7 +98,7 @@ def evaluate_model(path: Path, samples: list[Sample], n_boot: int = 1000, refere
                    allow_unverified: bool = False) -> dict:
     """Evaluate a checkpoint or an exported artifact; with ``reference`` (a checkpoint), add agreement and flips."""
     from edgecxr.runtime.batching import softmax
-    from edgecxr.train.calibrate import finding_at
+    from edgecxr.runtime.operating_point import finding_at
 
     path = Path(path)
     if not path.is_file():
