@@ -259,7 +259,7 @@ def test_dicom_sr_round_trips(guarded_onnx, tmp_path):
         assert v[f"Probability of {cls}"][0] == pytest.approx(prob, abs=1e-5)
 
 
-@pytest.mark.parametrize("method", ["knn", "mahalanobis", "energy", "outlier"])
+@pytest.mark.parametrize("method", ["knn", "mahalanobis", "energy", "outlier", "combined"])
 def test_every_guard_method_exports_and_matches_torch(tiny_checkpoint, tmp_path, method):
     from edgecxr.data import load_samples
     from edgecxr.export.core import export

@@ -65,3 +65,20 @@ def test_shipped_guard_accepts_cxrs_and_rejects_ood():
     accept = guard_accepts(outs, m)
     assert accept[: len(cxr)].mean() >= 0.99, f"CXRs accepted: {accept[: len(cxr)].mean():.3f}"
     assert (~accept[len(cxr):]).mean() >= 0.95, f"OOD rejected: {(~accept[len(cxr):]).mean():.3f}"
+
+
+def test_shipped_guard_accepts_every_dev_cxr():
+    """Issue 11's CXR goal on every dev val/test image, the non-commercial ones included (>= 99% accepted)."""
+    pytest.importorskip("torch", reason="torch not installed")
+    import csv
+
+    from edgecxr.data.layouts import Sample
+    from edgecxr.train.evaluate import checkpoint_outputs, guard_accepts
+
+    man = Path(__file__).resolve().parents[2] / "shared" / "cxr" / "dev" / "MANIFEST.csv"
+    if not man.is_file():
+        pytest.skip(f"{man} not present: the dev images live outside the repository")
+    files = [man.parent / r["file"] for r in csv.DictReader(man.open()) if r["split"] in ("val", "test")]
+    outs, m = checkpoint_outputs(default_checkpoint(), [Sample(p, "Normal") for p in files])
+    accept = guard_accepts(outs, m)
+    assert accept.mean() >= 0.99, f"dev val/test CXRs accepted: {int(accept.sum())}/{len(accept)}"

@@ -221,7 +221,7 @@ class Model:
                     r.guard_score = float(scores[n])
                 if guard and scores is not None and scores[n] > guard["threshold"]:
                     r.status = "rejected"
-                    r.reason = (f"unlike the training X-rays: score {scores[n]:.1f} > {guard['threshold']:.1f} "
+                    r.reason = (f"unlike the training X-rays: score {scores[n]:.3g} > {guard['threshold']:.3g} "
                                 "(not a frontal chest radiograph, or one the model cannot read)")
                     continue
                 p = softmax((z / temp)[None])[0]

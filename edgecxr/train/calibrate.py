@@ -2,7 +2,8 @@
 the checkpoint, from which every export carries them (issue 11 and issue 14, item 5).
 
 * Guard: statistics from the training images' features; threshold at the 99.5th percentile of the
-  validation CXRs' scores (times a margin, 1.0 by default), so that at least 99% of val CXRs pass.
+  validation CXRs' scores (times a margin, 1.0 by default), so that at least 99% of val CXRs pass. The
+  ``combined`` candidate pools val with cross-fitted training scores instead (see guard_torch).
   Candidates include an outlier-exposure head fitted on damaged copies of the training images
   (:func:`damaged_copy`); the images named in ``outlier_exclude`` are left out of those copies, so an
   OOD set built from some training images (ours: ``ood_data/hard`` from ``calibration_data/calib``)
@@ -128,7 +129,7 @@ def _scores(method: str, feature: str, k: int, tr: dict, ytr: np.ndarray, n_clas
 CANDIDATES = [("knn", "backbone", 5), ("knn", "backbone_meanstd", 5), ("knn", "penultimate", 5),
               ("mahalanobis", "backbone", 0), ("mahalanobis", "backbone_meanstd", 0), ("mahalanobis", "backbone_layout", 0),
               ("mahalanobis", "penultimate", 0), ("knn", "backbone_layout", 5),
-              ("energy", "penultimate", 0), ("outlier", "backbone_meanstd", 0)]
+              ("energy", "penultimate", 0), ("outlier", "backbone_meanstd", 0), ("combined", "backbone_meanstd", 0)]
 
 
 def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Path, ood: list[Path] | None = None,
@@ -171,20 +172,33 @@ def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Pat
         heads = {f: fit_outlier_head(tr[f], dtr[f], va[f], dva[f]) for f in {c[1] for c in CANDIDATES if c[0] == "outlier"}}
         for h in heads.values():
             h["n_damaged"] = len(donors)
-    if method == "outlier" and not heads:
+    combined = {}
+    if heads:
+        from edgecxr.guard_torch import combined_score, fit_combined
+
+        damaged_of = np.array([i for i, s in enumerate(train) if s.path in donors])
+        for feat in {c[1] for c in CANDIDATES if c[0] == "combined"}:
+            combined[feat] = fit_combined(tr[feat], ytr, dtr[feat], damaged_of, va[feat], dva[feat], len(classes),
+                                          shrinkage, quantile)
+    if method in ("outlier", "combined") and not heads:
         from edgecxr.errors import EdgeCXRError
 
-        raise EdgeCXRError("the outlier guard needs >= 10 training images (outside --outlier-exclude) and >= 5 val images.")
+        raise EdgeCXRError(f"the {method} guard needs >= 10 training images (outside --outlier-exclude) and >= 5 val images.")
     report: dict = {"guard_candidates": {}}
     fitted = {}
     for m, feat, k in CANDIDATES:
-        if m == "outlier" and not heads:
+        if m in ("outlier", "combined") and not heads:
             continue
         name = f"{m}/{feat}" + (f"/k={k}" if m == "knn" else "")
-        stats, score = _scores(m, feat, k, tr, ytr, len(classes), shrinkage, heads)
-        sv = score(va)
-        q = float(np.quantile(sv, quantile))
-        thr = q * margin if q > 0 else q + abs(q) * (margin - 1)
+        if m == "combined":  # rescaled: each part's limit is 1 (see fit_combined)
+            stats = combined[feat]
+            score = lambda o, g=stats, f=feat: combined_score(o[f], g)  # noqa: E731
+            sv, thr = score(va), 1.0 * margin
+        else:
+            stats, score = _scores(m, feat, k, tr, ytr, len(classes), shrinkage, heads)
+            sv = score(va)
+            q = float(np.quantile(sv, quantile))
+            thr = q * margin if q > 0 else q + abs(q) * (margin - 1)
         cand = {"method": m, "feature": feat, "k": k, "threshold": thr, "val_accept_rate": float(np.mean(sv <= thr))}
         if heads:
             cand["damaged_val_reject_rate"] = float(np.mean(score(dva) > thr))  # val CXRs rotated, cropped, ...
@@ -207,7 +221,7 @@ def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Pat
 
         raise EdgeCXRError(f"guard {name}: the threshold is not finite; too few or degenerate training images.")
     scalars = {k: v for k, v in fitted[name].items() if not isinstance(v, np.ndarray)}
-    guard = {**scalars, "shrinkage": shrinkage if chosen["method"] == "mahalanobis" else None, "method": chosen["method"], "feature": chosen["feature"], "k": chosen["k"], "threshold": chosen["threshold"],
+    guard = {**scalars, "shrinkage": shrinkage if chosen["method"] in ("mahalanobis", "combined") else None, "method": chosen["method"], "feature": chosen["feature"], "k": chosen["k"], "threshold": chosen["threshold"],
              "quantile": quantile, "margin": margin, "val_accept_rate": chosen["val_accept_rate"],
              "ood_reject_rate": chosen.get("ood_reject_rate"), "chosen_from": len(report["guard_candidates"]),
              "n_train": len(train), "n_val": len(val)}
