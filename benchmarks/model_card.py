@@ -132,11 +132,12 @@ read the per-source columns, not only the pooled accuracy. These numbers describ
   (val ECE {op.get("ece_val_before", float("nan")):.3f} -> {op.get("ece_val_after", float("nan")):.3f});
   finding COVID-19 when its calibrated probability >= {op.get("threshold", float("nan")):.3f}, which gave
   val COVID-19 sensitivity {100 * op.get("val_sensitivity", float("nan")):.1f}% at specificity {100 * op.get("val_specificity", float("nan")):.1f}%.
-- Input guard: {guard.get("method")} score on {guard.get("feature")} features (k={guard.get("k")}), threshold
+- Input guard: {guard.get("method")} score on {guard.get("feature")} features{f" (k={guard['k']})" if guard.get("method") == "knn" else ""}{" (outlier-exposure head, limit at the 99.5th percentile of val + cross-fitted training scores, with a Mahalanobis backstop at their maximum; README, Input guard)" if guard.get("method") == "combined" else ""}, threshold
   {guard.get("threshold", float("nan")):.4f} (val acceptance {100 * guard.get("val_accept_rate", float("nan")):.1f}%; rejects
   {100 * (guard.get("ood_reject_rate") or float("nan")):.1f}% of `ood_data/`, which was also used to choose among {guard.get("chosen_from")} candidate scores).
   Before the model, the runtime's image rules (shape 0.6-1.67 width/height, some fine structure) refuse more:
-  with them 96% (48/50) of `ood_data/` is rejected (`python benchmarks/guard_report.py`).
+  with them 96% (48/50) of `ood_data/` is rejected (`python benchmarks/guard_report.py`), and 257 of all 259 dev
+  val/test CXRs pass (`python benchmarks/guard_margin.py`).
   The score is computed in a form that survives bf16/fp16 engines (explicit residual outside the principal
   directions; OpenVINO's bf16 had reduced the textbook |z|^2 - |p|^2 form to noise, correlation 0.24 with FP32).
 

@@ -381,3 +381,23 @@ def test_damaged_copies_and_outlier_head():
     s_pos, s_neg = outlier_score(pos[60:], head), outlier_score(neg[60:], head)
     assert s_neg.mean() > s_pos.mean()
     assert head["C"] in (0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+def test_combined_guard_limits_come_from_cross_fitted_scores():
+    """``combined``: each part rescaled so its limit is 1; the distance's limit is the largest pooled in-distribution
+    score, so no val image is refused by the distance alone, and a far-away input is refused by it."""
+    from edgecxr.guard_torch import combined_score, fit_combined, mahalanobis, outlier_score
+
+    rng = np.random.default_rng(0)
+    tr, val = rng.normal(size=(120, 8)), rng.normal(size=(40, 8))
+    y = np.arange(120) % 3
+    damaged = rng.normal(size=(60, 8)) + np.r_[3.0, np.zeros(7)]  # damaged copies shift along one axis
+    g = fit_combined(tr, y, damaged, np.arange(0, 120, 2), val, rng.normal(size=(40, 8)) + np.r_[3.0, np.zeros(7)], 3)
+    assert g["pooled_scores"] == 160
+    m_val = (mahalanobis(val, g) - g["m_ref"]) / g["m_scale"]
+    assert m_val.max() <= 1.0 + 1e-9
+    o = (outlier_score(val, g) - g["o_ref"]) / g["o_scale"]
+    np.testing.assert_allclose(combined_score(val, g), np.maximum(o, m_val))
+    assert np.mean(combined_score(val, g) <= 1.0) >= 0.95
+    far = rng.normal(size=(5, 8)) * 20
+    assert np.all(combined_score(far, g) > 1.0)
