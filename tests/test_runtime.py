@@ -212,7 +212,7 @@ def test_openvino_static_shapes_per_batch(openvino_artifact):
 
     rng = np.random.default_rng(0)
     side = json.loads(sidecar_path(openvino_artifact).read_text())
-    assert not side["engine"].get("static_shapes")  # off by default: the gate verified the dynamic model
+    assert not side["engine"].get("static_shapes")  # off in openvino-fp32: the gate verified the dynamic model
     with load(openvino_artifact) as m:
         assert not m.runner._static
     from edgecxr.runtime.runners import OpenVINORunner
