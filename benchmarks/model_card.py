@@ -164,9 +164,9 @@ At the operating point (COVID-19 whenever its calibrated probability reaches the
 for >= 95% val COVID-19 sensitivity) the shipped model trades specificity for sensitivity; `edgecxr eval`
 prints both the argmax and the operating-point results (`benchmarks/results/shipped-eval-test/eval.md`).
 
-Not done in this release (compute: 2 CPU cores, no GPU was lent to this task): {"; ".join(todo) or "nothing of the multi-seed and protocol runs"}
+{("Not done in this release (compute: 2 CPU cores, no GPU was lent to this task): " + "; ".join(todo)) if todo else "The multi-seed comparison and both paper protocols (size sweep, balanced vs unbalanced) are done, one seed each for the protocols"}
 (`benchmarks/train_models.sh`, environment variables in its header; `runs/*/last.pt` resume). The recipe
-ablation done so far is in `benchmarks/ablation.md`.
+ablation done so far, and what it has not measured yet, is in `benchmarks/ablation.md`.
 
 ## Reproduce
 
