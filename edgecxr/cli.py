@@ -225,7 +225,7 @@ def calibrate(
     out: Path = typer.Option(..., "--out", help="Checkpoint to write (with guard, temperature and operating point)."),
     ood: Optional[Path] = typer.Option(None, "--ood", help="Folder of non-CXR images to report the guard's rejection rate."),
     permissive_only: bool = typer.Option(False, help="Fit the guard's statistics on permissive training images only."),
-    margin: float = typer.Option(1.0, help="Guard threshold = margin x the 99.5th percentile of val CXR scores."),
+    margin: float = typer.Option(1.0, help="Guard threshold = margin x the 99.5th percentile of val CXR scores (combined guard: margin x its rescaled limit 1)."),
     outlier_exclude: Optional[Path] = typer.Option(
         None, "--outlier-exclude",
         help="Folder of training images to leave out of the damaged copies the outlier guard learns from (e.g. the "
