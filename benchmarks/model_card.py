@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ROOT / "benchmarks" / "results" / "training"
 DEFAULT_RUNS = [
     ("shipped (strong recipe, 30 ep)", ROOT / "benchmarks/results/shipped-eval-test/eval.json"),
+    ("shipped configuration, 60 epochs (seed 0; not shipped: see ablation.md)", TRAINING / "shipped-covid-densenet-e60-s0-eval-test/eval.json"),
     ("previous shipped model (14 ep, light recipe, no Stony Brook)", ROOT / "benchmarks/results/old-shipped-eval-test-all/eval.json"),
     ("research, seed 0 (all dev training images incl. non-commercial; never shipped)",
      TRAINING / "research-covid-densenet-s0-eval-test/eval.json"),
