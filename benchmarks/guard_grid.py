@@ -2,7 +2,8 @@
 feature kinds: acceptance of every dev val/test CXR (non-commercial ones included) against rejection of ood_data/,
 with the image rules applied as the runtime does. Statistics from the permissive training images, threshold at the
 99.5th percentile of all val scores, as `edgecxr calibrate` does. Shows the trade-off issue 11 runs into: no setting
-accepts >= 257/259 dev CXRs and rejects >= 48/50 OOD inputs.
+accepts >= 257/259 dev CXRs and rejects >= 48/50 OOD inputs with Mahalanobis alone (which is why the shipped guard is now
+`combined`: see README, Input guard).
 
 Run: python benchmarks/guard_grid.py > benchmarks/results/guard-grid.txt   (needs ../shared/cxr; ~3 min on 2 cores)
 """
