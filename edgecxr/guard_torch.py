@@ -191,13 +191,14 @@ def combined_score(feats: np.ndarray, guard: dict) -> np.ndarray:
 
 def fit_combined(tr: np.ndarray, y: np.ndarray, damaged: np.ndarray, damaged_of: np.ndarray, val: np.ndarray,
                  val_damaged: np.ndarray, n_classes: int, shrinkage: float = 0.05, quantile: float = 0.995,
-                 folds: int = 5, seed: int = 0) -> dict:
-    """Fit the ``combined`` guard. ``damaged[i]`` is a damaged copy of training image ``damaged_of[i]``.
+                 folds: int = 5, seed: int = 0, head: dict | None = None) -> dict:
+    """Fit the ``combined`` guard. ``damaged[i]`` is a damaged copy of training image ``damaged_of[i]``;
+    ``head``: the outlier head already fitted on these arrays (fitted here when None).
 
     Limits from in-distribution scores no statistic has seen: val, pooled with each training image scored by
     statistics and a head fitted without its fold (``folds``-fold cross-fitting). The head's limit is the
     ``quantile`` of that pool, the distance's the pool's maximum (a backstop for what is far from every CXR)."""
-    head = fit_outlier_head(tr, damaged, val, val_damaged)
+    head = head or fit_outlier_head(tr, damaged, val, val_damaged)
     st = fit_statistics(tr, y, n_classes, shrinkage)
     order = np.random.default_rng(seed).permutation(len(tr))
     cv_o, cv_m = np.zeros(len(tr)), np.zeros(len(tr))

@@ -110,10 +110,14 @@ def fit_operating_point(probs: np.ndarray, y: np.ndarray, classes: list[str], po
 
 
 def _scores(method: str, feature: str, k: int, tr: dict, ytr: np.ndarray, n_classes: int, shrinkage: float,
-            outlier_heads: dict | None = None):
+            outlier_heads: dict | None = None, combined: dict | None = None):
     """(fitted statistics, scoring function on a features dict) for one guard candidate."""
-    from edgecxr.guard_torch import energy, fit_statistics, knn_bank, knn_score, mahalanobis, outlier_score
+    from edgecxr.guard_torch import (combined_score, energy, fit_statistics, knn_bank, knn_score, mahalanobis,
+                                     outlier_score)
 
+    if method == "combined":
+        g = combined[feature]
+        return g, lambda o: combined_score(o[feature], g)
     if method == "outlier":
         head = outlier_heads[feature]
         return head, lambda o: outlier_score(o[feature], head)
@@ -174,12 +178,12 @@ def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Pat
             h["n_damaged"] = len(donors)
     combined = {}
     if heads:
-        from edgecxr.guard_torch import combined_score, fit_combined
+        from edgecxr.guard_torch import fit_combined
 
         damaged_of = np.array([i for i, s in enumerate(train) if s.path in donors])
         for feat in {c[1] for c in CANDIDATES if c[0] == "combined"}:
             combined[feat] = fit_combined(tr[feat], ytr, dtr[feat], damaged_of, va[feat], dva[feat], len(classes),
-                                          shrinkage, quantile)
+                                          shrinkage, quantile, head=heads.get(feat))
     if method in ("outlier", "combined") and not heads:
         from edgecxr.errors import EdgeCXRError
 
@@ -190,13 +194,11 @@ def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Pat
         if m in ("outlier", "combined") and not heads:
             continue
         name = f"{m}/{feat}" + (f"/k={k}" if m == "knn" else "")
+        stats, score = _scores(m, feat, k, tr, ytr, len(classes), shrinkage, heads, combined)
+        sv = score(va)
         if m == "combined":  # rescaled: each part's limit is 1 (see fit_combined)
-            stats = combined[feat]
-            score = lambda o, g=stats, f=feat: combined_score(o[f], g)  # noqa: E731
-            sv, thr = score(va), 1.0 * margin
+            thr = margin
         else:
-            stats, score = _scores(m, feat, k, tr, ytr, len(classes), shrinkage, heads)
-            sv = score(va)
             q = float(np.quantile(sv, quantile))
             thr = q * margin if q > 0 else q + abs(q) * (margin - 1)
         cand = {"method": m, "feature": feat, "k": k, "threshold": thr, "val_accept_rate": float(np.mean(sv <= thr))}
