@@ -333,6 +333,43 @@ def export(
               EXIT_UNVERIFIED)
 
 
+@app.command()
+def verify(
+    artifact: Path = typer.Argument(..., help="Exported artifact (its sidecar beside it)."),
+    images: Optional[list[Path]] = typer.Option(None, "--images", help="Folder(s) holding the gate's images (found by "
+                                                "sha256). Default: calibration_data/val + eval."),
+) -> None:
+    """Re-run an artifact's export gate on this CPU (no torch needed): INT8 kernels differ between CPU classes.
+
+    The runtime refuses an INT8 (or OpenVINO bf16) artifact on a CPU class other than the one its gate ran on
+    until this command has passed here; the result is written beside the artifact (<artifact>.edgecxr-cpu.json)."""
+    from rich.progress import Progress
+
+    from edgecxr.runtime.isa import describe, record_path, verify_here
+
+    try:
+        with Progress(console=err, transient=True) as prog:
+            task = prog.add_task("verify on this CPU", total=None)
+            rec = verify_here(artifact, images, progress=lambda n: prog.advance(task, n))
+    except EdgeCXRError as exc:
+        _fail(str(exc), _code_for(exc))
+    t = Table(title=escape(f"{artifact}: gate on this CPU"), show_header=False)
+    colour = "green" if rec["verdict"] == "passed" else "red"
+    t.add_row("CPU", escape(f"{rec['cpu']} ({describe(rec['isa'])})"))
+    t.add_row("runs as", escape(json.dumps(rec["runs"])))
+    lo, hi = rec["flip_rate_ci95"]
+    t.add_row("verification", f"[{colour}]{rec['verdict']}[/]: " + escape(
+        f"agreement {rec['agreement']:.4f} ({rec['flips']} flips of {rec['images']}, flip rate 95% CI "
+        f"[{lo:.1%}, {hi:.1%}]), accuracy {rec['accuracy']:.4f} vs reference {rec['accuracy_reference']:.4f}"
+        + (f", guard agreement {rec['guard_agreement']:.4f}" if rec.get("guard_agreement") is not None else "")
+        + ("; " + "; ".join(rec["reasons"]) if rec["reasons"] else "")))
+    t.add_row("record", escape(str(record_path(artifact))))
+    console.print(t)
+    if rec["verdict"] != "passed":
+        _fail("this artifact is not verified on this CPU and will not load here; export it on a CPU like this one.",
+              EXIT_UNVERIFIED)
+
+
 def sidecar_table(side, title: str) -> Table:
     """An artifact's sidecar as a two-column table (all text escaped)."""
     v = side.verification
@@ -354,6 +391,10 @@ def sidecar_table(side, title: str) -> Table:
             + (f", {o['positive_class']} sensitivity at the operating point {o['sensitivity']:.4f} vs "
                f"{o['sensitivity_reference']:.4f} (of {o['positives']})"
                if (o := v.get("operating_point")) and "sensitivity" in o else "")))
+        if v.get("isa"):
+            from edgecxr.runtime.isa import describe
+
+            t.add_row("verified on", escape(describe(v["isa"])))
     else:
         t.add_row("verification", "[yellow]skipped (--no-verify): artifact is unverified[/]")
     if side.guard:

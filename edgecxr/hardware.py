@@ -38,6 +38,38 @@ def cpu_info(cpuinfo: str | None = None) -> dict:
     }
 
 
+_AVX512 = {"AVX-512F", "AVX-512 VNNI", "AVX-512 BF16", "AMX", "AMX-BF16", "AMX-INT8"}
+_CPUID = {"AVX-512F": "AVX512F", "AVX-512 VNNI": "AVX512VNNI", "AVX-512 BF16": "AVX512BF16", "AVX2": "AVX2"}
+
+
+def isa_class(cpu: dict | None = None, cpuid: dict | None = None) -> dict:
+    """What INT8 and bf16 CPU kernels are chosen by: the architecture and its integer / bf16 extensions (VNNI or
+    not changes ORT's reduce_range and both engines' kernels; bf16 changes OpenVINO's default precision).
+
+    /proc/cpuinfo lists what the kernel saw; the engines ask CPUID, which a hypervisor or emulator may answer
+    with less. Where numpy's CPUID probe (``cpuid``; default: numpy's own) says a feature is absent, it is dropped."""
+    cpu = cpu or cpu_info()
+    isa = set(cpu["isa"])
+    if cpuid is None:
+        try:
+            from numpy._core._multiarray_umath import __cpu_features__ as cpuid
+        except ImportError:  # numpy < 2
+            try:
+                from numpy.core._multiarray_umath import __cpu_features__ as cpuid
+            except ImportError:
+                cpuid = {}
+    if cpuid.get("AVX") and cpu["arch"] in ("x86_64", "AMD64"):
+        if not cpuid.get("AVX512F"):
+            isa -= _AVX512
+        for name, key in _CPUID.items():
+            if key in cpuid and not cpuid[key]:
+                isa.discard(name)
+        if not cpuid.get("AVX2"):
+            isa.discard("AVX-VNNI")
+    return {"arch": cpu["arch"], "isa": sorted(f for f in isa if "VNNI" in f or "AMX" in f or "BF16" in f
+                                               or f in ("AVX2", "AVX-512F", "NEON dot-product"))}
+
+
 def gpu_info() -> list[dict]:
     """NVIDIA GPUs through nvidia-smi (no CUDA library needed)."""
     smi = shutil.which("nvidia-smi")

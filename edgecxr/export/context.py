@@ -78,7 +78,8 @@ class ExportContext:
             from edgecxr.export.calib import load_images
             from edgecxr.runtime.batching import chunks
 
-            x, y, _ = load_images(self.verify_dirs, self.pcfg, self.classes)
+            x, y, samples = load_images(self.verify_dirs, self.pcfg, self.classes)
+            self._verify_paths = [s.path for s in samples]
             module = self.export_module()
             parts: dict[str, list[np.ndarray]] = {}
             with torch.no_grad():
@@ -89,6 +90,13 @@ class ExportContext:
                         parts.setdefault(name, []).append(v.numpy())
             self._verify = (x, y, {k: np.concatenate(v) for k, v in parts.items()})
         return self._verify
+
+    def verify_digests(self) -> list[str]:
+        """sha256 of each verification image, in :meth:`verify_set` order."""
+        from edgecxr.artifact import sha256_file
+
+        self.verify_set()
+        return [sha256_file(p) for p in self._verify_paths]
 
     def metadata(self) -> dict:
         """What is embedded in the artifact and cross-checked against the sidecar at load."""

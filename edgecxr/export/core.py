@@ -29,6 +29,7 @@ from edgecxr.backends import get_backend
 from edgecxr.errors import ArtifactError, EdgeCXRError
 from edgecxr.export.context import ExportContext
 from edgecxr.export.targets import Target, load_target
+from edgecxr.hardware import isa_class
 from edgecxr.resources import calibration_dir, verification_dirs
 from edgecxr.sidecar import FileRecord, Sidecar, Verification, read_sidecar, sidecar_path, write_sidecar
 
@@ -68,14 +69,7 @@ def _digest(dirs: list[Path]) -> str:
     return hashlib.sha256(json.dumps(sorted(image_digests(dirs))).encode()).hexdigest()
 
 
-def isa_class() -> dict | None:
-    """What an INT8 CPU artifact's numbers depend on: architecture and the integer/bf16 ISA extensions
-    (VNNI or not changes ORT's reduce_range and both engines' kernels)."""
-    from edgecxr.hardware import cpu_info
-
-    cpu = cpu_info()
-    return {"arch": cpu["arch"], "isa": sorted(f for f in cpu["isa"] if "VNNI" in f or "AMX" in f or "BF16" in f
-                                               or f in ("AVX2", "AVX-512F", "NEON dot-product"))}
+GATE_VERSION = 2  # 2: the sidecar records the gate's CPU class and FP32 reference outputs (edgecxr verify)
 
 
 def cache_key(ck_sha: str, tgt: Target, calib_dirs: list[Path], verify_dirs: list[Path], guard: dict | None,
@@ -85,7 +79,7 @@ def cache_key(ck_sha: str, tgt: Target, calib_dirs: list[Path], verify_dirs: lis
     cpu_int8 = tgt.precision == "int8" and tgt.backend in ("onnx", "openvino")
     return hashlib.sha256(json.dumps({
         "checkpoint": ck_sha, "target": tgt.key, "calib": _digest(calib_dirs) if tgt.precision == "int8" else None,
-        "verify": _digest(verify_dirs), "guard": guard, "edgecxr": __version__,
+        "verify": _digest(verify_dirs), "guard": guard, "edgecxr": __version__, "gate": GATE_VERSION,
         "isa": (isa or isa_class()) if cpu_int8 else None}, sort_keys=True, default=str).encode()
     ).hexdigest()
 
@@ -139,6 +133,11 @@ def verify_artifact(ctx: ExportContext, built: Path, engine: dict, tgt: Target) 
                   operating_point=ctx.operating_point)
     res["image_sets"] = [str(d) for d in ctx.verify_dirs]
     res["calibration_sets"] = [str(d) for d in ctx.calib_dirs] if tgt.precision == "int8" else []
+    if tgt.backend in ("onnx", "openvino"):  # CPU engines: what `edgecxr verify` re-checks on another CPU
+        from edgecxr.runtime.isa import reference_record
+
+        res["isa"] = isa_class()
+        res["reference"] = reference_record(ctx.verify_digests(), y, ref)
     return Verification.from_dict(res)
 
 

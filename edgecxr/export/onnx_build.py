@@ -21,9 +21,9 @@ def resolve_reduce_range(value) -> bool:
     """``"auto"``: 7-bit weights on x86 CPUs without VNNI, where U8S8 products can saturate (vpmaddubsw)."""
     if value != "auto":
         return bool(value)
-    from edgecxr.hardware import cpu_info
+    from edgecxr.hardware import isa_class
 
-    cpu = cpu_info()
+    cpu = isa_class()
     vnni = any("VNNI" in f or "AMX" in f for f in cpu["isa"])
     return cpu["arch"] in ("x86_64", "AMD64") and not vnni
 

@@ -289,6 +289,10 @@ def load(path: str | Path, *, allow_unverified: bool = False, guard: bool = True
         raise ArtifactError(f"{path}: export verification {side.verification.verdict}; the artifact is not trusted. "
                             "Re-export it, or use it anyway with --allow-unverified (CLI) / "
                             "allow_unverified=True (Python) - not for patients.")
+    if not allow_unverified:
+        from edgecxr.runtime.isa import check_cpu
+
+        check_cpu(path, side)  # an INT8 verdict holds for the CPU class it was reached on
     runner = make_runner(path, side.engine, **runner_options)
     try:
         check_embedded(path, side, runner.metadata())
