@@ -290,6 +290,9 @@ def export(
     heatmaps: bool = typer.Option(False, "--heatmaps", help="Also output the spatial maps that `predict --heatmaps` "
                                   "needs (costs latency on some engines: see README)."),
     sign: Optional[Path] = typer.Option(None, "--sign", help="Ed25519 private key: sign the sidecar (see `edgecxr keygen`)."),
+    reduce_range: Optional[bool] = typer.Option(None, "--reduce-range/--no-reduce-range", help="INT8: 7-bit weights, "
+                                                "so the artifact also computes right on CPUs without VNNI (AVX2-only). "
+                                                "Default: the target's (auto: when this CPU lacks VNNI)."),
     list_targets: bool = typer.Option(False, "--list", help="List the available targets and exit."),
 ) -> None:
     """Export a checkpoint to ONNX / OpenVINO / TensorRT, then verify it on real images."""
@@ -316,7 +319,8 @@ def export(
     try:
         with Progress(console=err, transient=True) as prog:
             task = prog.add_task(f"export {escape(target)}: building + verifying", total=None)
-            res = run_export(ck, target, precision=precision, batch=batch, dynamic=dynamic or None, calib=calib,
+            tgt = load_target(target, precision, batch, dynamic or None, heatmaps or None, reduce_range)
+            res = run_export(ck, tgt, precision=precision, batch=batch, dynamic=dynamic or None, calib=calib,
                              verify_on=verify_on, out=out, verify=not no_verify, force=force,
                              progress=lambda n: prog.advance(task, n), heatmaps=heatmaps or None)
         if sign:

@@ -294,3 +294,21 @@ def test_gate_checks_sensitivity_at_the_operating_point():
                     operating_point=op)
     assert loose["verdict"] == "passed"
     assert "operating_point" not in compare({"logits": ref}, {"logits": ref}, y, Tolerance(), classes=classes)
+
+
+def test_reduce_range_override_gives_7bit_weights(tiny_checkpoint, tmp_path):
+    """--reduce-range: 7-bit weights (no u8 x s8 saturation on CPUs without VNNI), in a folder of its own."""
+    from onnx import numpy_helper
+
+    with pytest.raises(EdgeCXRError, match="int8 targets only"):
+        load_target("onnx-fp32", reduce_range=True)
+    t = load_target("onnx-int8", reduce_range=True)
+    assert t.name == "onnx-int8-7bit" and t.int8.reduce_range is True
+    peak = {}
+    for rr, tgt in ((True, t), (False, load_target("onnx-int8", reduce_range=False))):
+        res = core.export(tiny_checkpoint, tgt, out=tmp_path / str(rr), verify=False)
+        assert res.sidecar.engine["int8"]["reduce_range"] is rr
+        w = [numpy_helper.to_array(i) for i in onnx.load(str(res.artifact)).graph.initializer
+             if i.data_type == onnx.TensorProto.INT8]
+        peak[rr] = max(int(np.abs(a.astype(np.int32)).max()) for a in w)
+    assert peak[True] <= 64 < peak[False], peak

@@ -195,8 +195,11 @@ def target_from_dict(data: dict, where: str) -> Target:
 
 
 def load_target(name_or_path: str, precision: str | None = None, batch: int | None = None,
-                dynamic: bool | None = None, heatmaps: bool | None = None) -> Target:
+                dynamic: bool | None = None, heatmaps: bool | None = None, reduce_range: bool | None = None) -> Target:
     """Resolve a target by name (``export/NAME.toml``), by backend name, or by path; apply overrides.
+
+    ``reduce_range=True`` quantizes weights to 7 bits, so u8 x s8 products cannot saturate on CPUs without VNNI
+    (AVX2-only): the artifact also runs right there; its name gets ``-7bit`` (its own export folder).
 
     A bare backend name (``onnx``, ``openvino``, ``tensorrt``) picks ``BACKEND-PRECISION`` (fp32 for
     onnx/openvino, fp16 for tensorrt unless ``precision`` says otherwise).
@@ -230,4 +233,10 @@ def load_target(name_or_path: str, precision: str | None = None, batch: int | No
         data["dynamic_batch"] = True
     if heatmaps is not None:
         data["heatmaps"] = heatmaps
+    if reduce_range is not None:
+        if data.get("precision") != "int8":
+            raise TargetError(f"{data['name']}: --reduce-range applies to int8 targets only.")
+        data.setdefault("int8", {})["reduce_range"] = reduce_range
+        if reduce_range:
+            data["name"] += "-7bit"
     return target_from_dict(data, str(path))
