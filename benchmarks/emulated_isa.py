@@ -46,7 +46,7 @@ def child(artifact: Path, x_path: Path, out: Path) -> None:
 
     x = np.load(x_path)["x"]
     t0 = time.time()
-    with load(artifact) as m:
+    with load(artifact, allow_unverified=True) as m:  # a measurement: the CPU-class check would refuse it here
         outs = run_batched(m.runner, x, progress=lambda n: print(f"  {n} images", flush=True))
         info = m.runner.info
     np.savez(out, **outs, _meta=json.dumps({"isa": engine_isa(), "runs": info, "seconds": time.time() - t0}))

@@ -312,3 +312,18 @@ def test_reduce_range_override_gives_7bit_weights(tiny_checkpoint, tmp_path):
              if i.data_type == onnx.TensorProto.INT8]
         peak[rr] = max(int(np.abs(a.astype(np.int32)).max()) for a in w)
     assert peak[True] <= 64 < peak[False], peak
+
+
+def test_qdq_honours_reduce_range(onnx_artifact, tmp_path):
+    """OpenVINO INT8 is built from ORT's Q/DQ model: its weights must be 7-bit when asked too."""
+    from onnx import numpy_helper
+
+    from edgecxr.export.onnx_int8 import quantize_onnx
+
+    calib = np.random.default_rng(0).normal(size=(8, 3, 64, 64)).astype(np.float32)
+    peak = {}
+    for rr in (True, False):
+        out = quantize_onnx(onnx_artifact, tmp_path / f"q{rr}.onnx", calib, fmt="qdq", reduce_range=rr)
+        w = [numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer if i.data_type == onnx.TensorProto.INT8]
+        peak[rr] = max(int(np.abs(a.astype(np.int32)).max()) for a in w)
+    assert peak[True] <= 64 < peak[False], peak

@@ -78,7 +78,8 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperato
         if fmt == "qdq":
             quantize_static(str(pre), str(out), _Reader(calib, input_name), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                            calibrate_method=cm, op_types_to_quantize=["Conv", "Gemm"], nodes_to_exclude=exclude,
+                            reduce_range=reduce_range, calibrate_method=cm, op_types_to_quantize=["Conv", "Gemm"],
+                            nodes_to_exclude=exclude,
                             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                            "CalibMovingAverage": method == "minmax"})
         else:

@@ -199,7 +199,8 @@ def load_target(name_or_path: str, precision: str | None = None, batch: int | No
     """Resolve a target by name (``export/NAME.toml``), by backend name, or by path; apply overrides.
 
     ``reduce_range=True`` quantizes weights to 7 bits, so u8 x s8 products cannot saturate on CPUs without VNNI
-    (AVX2-only): the artifact also runs right there; its name gets ``-7bit`` (its own export folder).
+    (AVX2-only): the artifact also runs right there. Where that differs from the file, the name gets ``-7bit`` or
+    ``-8bit`` (an export folder of its own).
 
     A bare backend name (``onnx``, ``openvino``, ``tensorrt``) picks ``BACKEND-PRECISION`` (fp32 for
     onnx/openvino, fp16 for tensorrt unless ``precision`` says otherwise).
@@ -236,7 +237,8 @@ def load_target(name_or_path: str, precision: str | None = None, batch: int | No
     if reduce_range is not None:
         if data.get("precision") != "int8":
             raise TargetError(f"{data['name']}: --reduce-range applies to int8 targets only.")
-        data.setdefault("int8", {})["reduce_range"] = reduce_range
-        if reduce_range:
-            data["name"] += "-7bit"
+        int8 = data.setdefault("int8", {})
+        if int8.get("reduce_range", False) != reduce_range:  # not the file's artifact: a folder of its own
+            data["name"] += "-7bit" if reduce_range else "-8bit"
+        int8["reduce_range"] = reduce_range
     return target_from_dict(data, str(path))
