@@ -251,7 +251,8 @@ def test_int8_cache_key_depends_on_the_cpu_isa():
     vnni = {"arch": "x86_64", "isa": ["AVX-512 VNNI", "AVX-512F", "AVX2"]}
     avx2 = {"arch": "x86_64", "isa": ["AVX2"]}
     args = ("0" * 64,)
-    for name, differs in (("onnx-int8", True), ("openvino-int8", True), ("onnx-fp32", False)):
+    for name, differs in (("onnx-int8", True), ("openvino-int8", True), ("openvino-fp16", True), ("onnx-fp32", False),
+                          ("openvino-fp32", False)):
         t = load_target(name)
         k = [core.cache_key(*args, t, [calibration_dir()], verification_dirs(), None, isa=i) for i in (vnni, avx2)]
         assert (k[0] != k[1]) == differs, name

@@ -74,9 +74,11 @@ GATE_VERSION = 2  # 2: the sidecar records the gate's CPU class and FP32 referen
 
 def cache_key(ck_sha: str, tgt: Target, calib_dirs: list[Path], verify_dirs: list[Path], guard: dict | None,
               isa: dict | None = None) -> str:
-    """Everything a verdict depends on; for INT8 on CPU engines also the CPU's ISA class, so an export copied
-    to a machine with other int8 kernels is rebuilt and re-verified there."""
-    cpu_int8 = tgt.precision == "int8" and tgt.backend in ("onnx", "openvino")
+    """Everything a verdict depends on; for ISA-dependent CPU artifacts (INT8, OpenVINO FP16) also the CPU's ISA
+    class, so an export copied to a machine with other kernels is rebuilt and re-verified there."""
+    from edgecxr.runtime.isa import isa_dependent
+
+    cpu_int8 = isa_dependent({"backend": tgt.backend, "precision": tgt.precision})  # INT8; OpenVINO FP16 runs bf16 or f32
     return hashlib.sha256(json.dumps({
         "checkpoint": ck_sha, "target": tgt.key, "calib": _digest(calib_dirs) if tgt.precision == "int8" else None,
         "verify": _digest(verify_dirs), "guard": guard, "edgecxr": __version__, "gate": GATE_VERSION,
