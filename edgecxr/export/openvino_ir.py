@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecxr.export.onnx_build import resolve_reduce_range
+
 
 def build(ctx, target, tmp: Path) -> tuple[Path, dict]:
     """Builder for the ``openvino`` backend."""
@@ -27,9 +29,7 @@ def build(ctx, target, tmp: Path) -> tuple[Path, dict]:
                           "calibration": target.int8.calibration if target.int8.source == "ort-qdq" else "nncf",
                           "calibration_images": int(len(ctx.calib())),
                           "float_nodes": list(target.int8.exclude)}
-        if target.int8.source == "ort-qdq":
-            from edgecxr.export.onnx_build import resolve_reduce_range
-
+        if target.int8.source == "ort-qdq":  # as to_openvino resolved it (NNCF has no such knob)
             engine["int8"]["reduce_range"] = resolve_reduce_range(target.int8.reduce_range)
     return out, engine
 
@@ -57,7 +57,6 @@ def to_openvino(onnx_path: Path, out_xml: Path, precision: str, calib: np.ndarra
     if precision == "int8" and opts.source == "ort-qdq":
         # ONNX Runtime's static quantization (Q/DQ, its calibration methods) read by OpenVINO, which runs the
         # Q/DQ pairs as int8 kernels; the guard-only nodes stay float as in every INT8 form
-        from edgecxr.export.onnx_build import resolve_reduce_range
         from edgecxr.export.onnx_int8 import quantize_onnx
 
         qdq = Path(out_xml).with_suffix(".qdq.onnx")
