@@ -2,6 +2,7 @@
 
     python benchmarks/profile_int8.py exports/<model>/openvino-int8/model.xml [--top 12] [--runs 20]
     python benchmarks/profile_int8.py exports/<model>/onnx-int8/model.onnx
+    python benchmarks/profile_int8.py MODEL.xml --batch 8 --precision bf16   # OpenVINO: static batch 8, bf16 float parts
 
 OpenVINO: the CPU plugin's performance counters (``PERF_COUNT``), summed over ``--runs`` batch-1
 inferences, with the kernel each layer ran (e.g. ``jit_avx512_amx_I8``, ``brgconv_avx512_core_vnni``).
@@ -26,15 +27,20 @@ def _input(shape) -> np.ndarray:
     return np.random.default_rng(0).standard_normal(dims).astype(np.float32)
 
 
-def profile_openvino(path: Path, runs: int, threads: int | None) -> list[tuple]:
+def profile_openvino(path: Path, runs: int, threads: int | None, batch: int = 1,
+                     precision: str | None = None) -> list[tuple]:
     import openvino as ov
 
     core = ov.Core()
     cfg = {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         cfg["INFERENCE_NUM_THREADS"] = threads
+    if precision:
+        cfg["INFERENCE_PRECISION_HINT"] = precision
     model = core.read_model(str(path))
     shape = [d.get_length() if d.is_static else 1 for d in model.inputs[0].get_partial_shape()]
+    shape[0] = batch
+    model.reshape({model.inputs[0].get_any_name(): shape})  # static shape, as the runtime compiles per batch size
     compiled = core.compile_model(model, "CPU", cfg)
     req = compiled.create_infer_request()
     x = _input(shape)
@@ -47,7 +53,7 @@ def profile_openvino(path: Path, runs: int, threads: int | None) -> list[tuple]:
             if p.status == p.Status.EXECUTED:
                 total[p.node_name] += p.real_time.total_seconds() * 1000
                 kind[p.node_name] = (p.node_type, p.exec_type)
-    return [(n, *kind[n], t / runs) for n, t in total.items()]
+    return [(n, *kind[n], t / runs / batch) for n, t in total.items()]
 
 
 def profile_onnxruntime(path: Path, runs: int, threads: int | None) -> list[tuple]:
@@ -81,18 +87,23 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=1, help="OpenVINO only: static batch size (ms are per image)")
+    ap.add_argument("--precision", default=None, help="OpenVINO only: INFERENCE_PRECISION_HINT (f32, bf16)")
     a = ap.parse_args()
-    rows = (profile_openvino if a.artifact.suffix == ".xml" else profile_onnxruntime)(a.artifact, a.runs, a.threads)
+    if a.artifact.suffix == ".xml":
+        rows = profile_openvino(a.artifact, a.runs, a.threads, a.batch, a.precision)
+    else:
+        rows = profile_onnxruntime(a.artifact, a.runs, a.threads)
     rows.sort(key=lambda r: -r[3])
     tot = sum(r[3] for r in rows)
     by_type = collections.defaultdict(float)
     for r in rows:
-        by_type[r[1]] += r[3]
-    print(f"{a.artifact}: {tot:.2f} ms per batch-1 image summed over {len(rows)} executed layers\n")
+        by_type[f"{r[1]} ({r[2]})"] += r[3]
+    print(f"{a.artifact}: {tot:.2f} ms per image at batch {a.batch} summed over {len(rows)} executed layers\n")
     print("| layer | type | kernel | ms | share |\n|---|---|---|---|---|")
     for n, t, k, ms in rows[: a.top]:
         print(f"| {n} | {t} | {k} | {ms:.3f} | {ms / tot:.1%} |")
-    print("\n| layer type | ms | share |\n|---|---|---|")
+    print("\n| layer type (kernel) | ms | share |\n|---|---|---|")
     for t, ms in sorted(by_type.items(), key=lambda kv: -kv[1])[:8]:
         print(f"| {t} | {ms:.3f} | {ms / tot:.1%} |")
 
