@@ -328,3 +328,22 @@ def test_qdq_honours_reduce_range(onnx_artifact, tmp_path):
         w = [numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer if i.data_type == onnx.TensorProto.INT8]
         peak[rr] = max(int(np.abs(a.astype(np.int32)).max()) for a in w)
     assert peak[True] <= 64 < peak[False], peak
+
+
+def test_search_judge_sees_a_positive_finding_lost_at_the_operating_point():
+    """Top-1 agreement alone scores 1.0; a COVID-19 finding that slips under the operating threshold lowers it."""
+    from types import SimpleNamespace
+
+    from edgecxr.export.mixed import judge
+
+    classes = ["COVID-19", "Normal", "Pneumonia"]
+    op = {"positive_class": "COVID-19", "threshold": 0.2, "temperature": 1.0}
+    ctx = SimpleNamespace(classes=classes, operating_point=op)
+    # FP32: 4 images with COVID-19 probability above 0.2 (two of them not the argmax), 4 below
+    ref = np.log(np.array([[0.30, 0.60, 0.10]] * 2 + [[0.70, 0.20, 0.10]] * 2 + [[0.05, 0.90, 0.05]] * 4))
+    same_top1 = ref.copy()
+    same_top1[0] = np.log([0.15, 0.75, 0.10])  # still Normal at argmax, but no longer a COVID-19 finding
+    assert np.all(same_top1.argmax(1) == ref.argmax(1))
+    assert judge(ctx, ref, ref) == 1.0
+    assert judge(ctx, ref, same_top1) == 0.75  # 3 of FP32's 4 positive findings kept
+    assert judge(SimpleNamespace(classes=classes, operating_point=None), ref, same_top1) == 1.0

@@ -9,9 +9,13 @@ layers in float until it passes.
   graph), then exclude the worst 1, 2, 4, ... nodes until the calibration images agree with FP32,
   and run the real gate on the verification images.
 * OpenVINO: the other NNCF preset and ONNX Runtime's Q/DQ model first, then NNCF's
-  ``quantize_with_accuracy_control``, its metric being top-1 agreement with the FP32 model on the calibration images, ``max_drop`` = 1 - the target's minimum agreement.
+  ``quantize_with_accuracy_control``, its metric being the judge below on the calibration images, ``max_drop`` half of
+  1 - the target's minimum agreement.
 
-The verification images are never used to choose layers, only to judge the result. The search is
+Every step is judged as the gate judges, on the calibration images: top-1 agreement with FP32, and, when the
+model has an operating point, how many of the images FP32 calls positive at that point stay positive (one
+COVID-19 image slipping under a low threshold fails the gate even at 100% top-1 agreement); the score is the
+lower of the two. The verification images are never used to choose layers, only to judge the result. The search is
 bounded by the target's ``[int8] search_minutes`` and ``max_float_layers``; the sidecar records
 which layers stayed float and why.
 """
@@ -39,6 +43,23 @@ def _calib_reference(ctx) -> np.ndarray:
             o = module(torch.from_numpy(x[i:j]))
             out.append((o[0] if isinstance(o, tuple) else o).numpy())
     return np.concatenate(out)
+
+
+def judge(ctx, ref_logits: np.ndarray, logits: np.ndarray) -> float:
+    """The search's score of a trial on the calibration images: top-1 agreement with FP32, lowered to the share
+    of FP32's positive findings at the operating point that the trial keeps when that share is smaller."""
+    score = float(np.mean(logits.argmax(1) == ref_logits.argmax(1)))
+    op = ctx.operating_point or {}
+    if op.get("positive_class") in ctx.classes and op.get("threshold") is not None:
+        from edgecxr.runtime.batching import softmax
+        from edgecxr.runtime.operating_point import finding_at
+
+        pos, t = ctx.classes.index(op["positive_class"]), float(op.get("temperature", 1.0))
+        fa, fb = (finding_at(softmax(z / t), ctx.classes, op["positive_class"], op["threshold"])
+                  for z in (ref_logits, logits))
+        if np.any(fa == pos):
+            score = min(score, float(np.mean(fb[fa == pos] == pos)))
+    return score
 
 
 def _runner_logits(path: Path, engine: dict, x: np.ndarray) -> np.ndarray:
@@ -115,9 +136,9 @@ def rank_onnx_nodes(fp32_pre: Path, calib: np.ndarray, method: str, exclude: lis
     return [n for _, n in sorted(scored)]
 
 
-def _trial(ctx, tgt, tmp: Path, engine: dict, history: list, builder, ref_pred: np.ndarray, opts, label: str):
-    """Build ``tgt`` with ``opts`` as its [int8] block in a fresh folder; return (artifact, engine, agreement with
-    FP32 on the calibration images) and record the step."""
+def _trial(ctx, tgt, tmp: Path, engine: dict, history: list, builder, ref_logits: np.ndarray, opts, label: str):
+    """Build ``tgt`` with ``opts`` as its [int8] block in a fresh folder; return (artifact, engine, :func:`judge`'s
+    score on the calibration images) and record the step."""
     import shutil
 
     sub = tmp / f"trial-{len(history)}"
@@ -125,7 +146,7 @@ def _trial(ctx, tgt, tmp: Path, engine: dict, history: list, builder, ref_pred: 
     shutil.copyfile(ctx.fp32_onnx(tgt, tmp), sub / "fp32.onnx")  # export torch -> ONNX once
     path, eng = builder(ctx, dataclasses.replace(tgt, int8=opts), sub)
     eng = dict(engine, int8=eng["int8"], version=eng.get("version", engine.get("version")))
-    agree = float(np.mean(_runner_logits(path, eng, ctx.calib()).argmax(1) == ref_pred))
+    agree = judge(ctx, ref_logits, _runner_logits(path, eng, ctx.calib()))
     history.append({"step": label, "float_nodes": list(opts.exclude), "calibration": opts.calibration,
                     "calib_agreement": agree})
     return path, eng, agree
@@ -154,7 +175,7 @@ def _onnx_search(ctx, tgt, tmp: Path, engine: dict, t0: float, budget: float, hi
     base = list(tgt.int8.exclude)
 
     def trial(opts, label):
-        return _trial(ctx, tgt, tmp, engine, history, build, ref.argmax(1), opts, label)
+        return _trial(ctx, tgt, tmp, engine, history, build, ref, opts, label)
 
     # 1. cheap knobs: other calibration methods, BatchNorm kept float instead of int8 depthwise convs.
     #    Each is judged on the calibration images; the best one goes to the real gate when it reaches the
@@ -201,7 +222,7 @@ def _openvino_search(ctx, tgt, tmp: Path, engine: dict, history: list):
     import nncf
     import openvino as ov
 
-    ref = _calib_reference(ctx).argmax(1)
+    ref_logits = _calib_reference(ctx)
     calib = ctx.calib()
     # 1. cheap knobs, judged on the calibration images: the other NNCF preset, and ONNX Runtime's Q/DQ
     #    quantization (percentile calibration) read by OpenVINO
@@ -212,18 +233,19 @@ def _openvino_search(ctx, tgt, tmp: Path, engine: dict, history: list):
     if tgt.int8.source == "nncf":
         knobs.append(("source=ort-qdq, calibration=percentile",
                       dataclasses.replace(tgt.int8, source="ort-qdq", calibration="percentile")))
-    best = _best_knob(knobs, lambda opts, label: _trial(ctx, tgt, tmp, engine, history, ov_build, ref, opts, label),
+    best = _best_knob(knobs, lambda opts, label: _trial(ctx, tgt, tmp, engine, history, ov_build, ref_logits, opts, label),
                       time.perf_counter() + tgt.int8.search_minutes * 60)
     if best and best[2] >= tgt.tolerance.min_agreement:
         return best[0], best[1], f"{best[3]} (agreement {best[2]:.4f} with FP32 on the calibration images)"
     # 2. NNCF accuracy control
-    items = [(calib[i:i + 1], int(ref[i])) for i in range(len(calib))]
+    items = [(calib[i:i + 1], i) for i in range(len(calib))]
     ds = nncf.Dataset(items, lambda item: item[0])
 
-    def agreement(compiled, data) -> float:
+    def agreement(compiled, data) -> float:  # the search's judge, as for the knobs
         out = compiled.outputs[0]
-        hits = [int(np.argmax(compiled(x)[out])) == y for x, y in data]
-        return float(np.mean(hits))
+        data = list(data)
+        logits = np.concatenate([compiled(x)[out] for x, _ in data])
+        return judge(ctx, ref_logits[[i for _, i in data]], logits)
 
     from edgecxr.export.openvino_ir import guard_ignored_scope
 
