@@ -347,3 +347,23 @@ def test_search_judge_sees_a_positive_finding_lost_at_the_operating_point():
     assert judge(ctx, ref, ref) == 1.0
     assert judge(ctx, ref, same_top1) == 0.75  # 3 of FP32's 4 positive findings kept
     assert judge(SimpleNamespace(classes=classes, operating_point=None), ref, same_top1) == 1.0
+
+
+def test_openvino_knobs_each_change_the_built_model():
+    """Every cheap knob differs from the target's own [int8] options in something its quantizer reads (an NNCF
+    preset on an ORT Q/DQ build would rebuild the same model and waste the search's time)."""
+    import dataclasses
+
+    from edgecxr.export.mixed import openvino_knobs
+
+    base = load_target("openvino-int8").int8
+    for o in (base, dataclasses.replace(base, source="nncf"), dataclasses.replace(base, source="ort-qdq", calibration="entropy")):
+        knobs = openvino_knobs(o)
+        assert knobs
+        for label, k in knobs:
+            if k.source == "ort-qdq" and o.source == "ort-qdq":
+                assert k.calibration != o.calibration, label
+            elif k.source == "nncf" and o.source == "nncf":
+                assert k.preset != o.preset, label
+            else:
+                assert k.source != o.source, label

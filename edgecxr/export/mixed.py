@@ -8,7 +8,7 @@ layers in float until it passes.
   on the *calibration* images (onnxruntime.quantization.qdq_loss_debug, on the Q/DQ twin of the
   graph), then exclude the worst 1, 2, 4, ... nodes until the calibration images agree with FP32,
   and run the real gate on the verification images.
-* OpenVINO: the other NNCF preset and ONNX Runtime's Q/DQ model first, then NNCF's
+* OpenVINO: the other calibration method or the other quantizer (NNCF / ONNX Runtime's Q/DQ) first, then NNCF's
   ``quantize_with_accuracy_control``, its metric being the judge below on the calibration images, ``max_drop`` half of
   1 - the target's minimum agreement.
 
@@ -218,21 +218,30 @@ def _onnx_search(ctx, tgt, tmp: Path, engine: dict, t0: float, budget: float, hi
 
 
 # ------------------------------------------------------------------ OpenVINO
+def openvino_knobs(o) -> list:
+    """The cheap knobs, as (label, [int8] options): each changes what the built model is. ORT Q/DQ source: ONNX
+    Runtime's other calibration methods, then NNCF; NNCF source: the other NNCF preset (the preset means
+    nothing to ORT's Q/DQ), then ONNX Runtime's Q/DQ with percentile and entropy calibration."""
+    qdq = [dataclasses.replace(o, source="ort-qdq", calibration=m) for m in ("percentile", "entropy")
+           if o.source != "ort-qdq" or m != o.calibration]
+    if o.source == "ort-qdq":
+        return ([(f"calibration={q.calibration}", q) for q in qdq]
+                + [(f"source=nncf, preset={o.preset}", dataclasses.replace(o, source="nncf"))])
+    other = "mixed" if o.preset == "performance" else "performance"
+    return ([(f"preset={other}", dataclasses.replace(o, preset=other))]
+            + [(f"source=ort-qdq, calibration={q.calibration}", q) for q in qdq])
+
+
 def _openvino_search(ctx, tgt, tmp: Path, engine: dict, history: list):
     import nncf
     import openvino as ov
 
     ref_logits = _calib_reference(ctx)
     calib = ctx.calib()
-    # 1. cheap knobs, judged on the calibration images: the other NNCF preset, and ONNX Runtime's Q/DQ
-    #    quantization (percentile calibration) read by OpenVINO
+    # 1. cheap knobs, judged on the calibration images
     from edgecxr.export.openvino_ir import build as ov_build
 
-    other = "mixed" if tgt.int8.preset == "performance" else "performance"
-    knobs = [(f"preset={other}", dataclasses.replace(tgt.int8, preset=other))]
-    if tgt.int8.source == "nncf":
-        knobs.append(("source=ort-qdq, calibration=percentile",
-                      dataclasses.replace(tgt.int8, source="ort-qdq", calibration="percentile")))
+    knobs = openvino_knobs(tgt.int8)
     best = _best_knob(knobs, lambda opts, label: _trial(ctx, tgt, tmp, engine, history, ov_build, ref_logits, opts, label),
                       time.perf_counter() + tgt.int8.search_minutes * 60)
     if best and best[2] >= tgt.tolerance.min_agreement:
