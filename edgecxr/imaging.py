@@ -167,12 +167,14 @@ def check_pixel_module(ds, name: str) -> str:
 
 # Decoder plugins tried, in this order, per transfer syntax (pydicom's own order puts gdcm first, and
 # python-gdcm aborts the process on some malformed streams; pylibjpeg-rle panics on truncated RLE).
-# gdcm stays only where nothing else decodes the syntax (JPEG Lossless); edgecxr predict isolates it.
+# "imagecodecs" is edgecxr's own plugin (edgecxr/dicom_codecs.py): 12-bit JPEG Extended, which Pillow and gdcm
+# cannot decode, and JPEG Lossless without gdcm. gdcm stays only where nothing else decodes the syntax;
+# edgecxr predict isolates decoding.
 PLUGIN_ORDER = {
     "1.2.840.10008.1.2.4.50": ["pillow", "pylibjpeg", "gdcm"],
-    "1.2.840.10008.1.2.4.51": ["pillow", "pylibjpeg", "gdcm"],
-    "1.2.840.10008.1.2.4.57": ["pylibjpeg", "gdcm"],
-    "1.2.840.10008.1.2.4.70": ["pylibjpeg", "gdcm"],
+    "1.2.840.10008.1.2.4.51": ["pillow", "imagecodecs", "pylibjpeg", "gdcm"],
+    "1.2.840.10008.1.2.4.57": ["imagecodecs", "pylibjpeg", "gdcm"],
+    "1.2.840.10008.1.2.4.70": ["imagecodecs", "pylibjpeg", "gdcm"],
     "1.2.840.10008.1.2.4.80": ["pyjpegls", "gdcm"],
     "1.2.840.10008.1.2.4.81": ["pyjpegls", "gdcm"],
     "1.2.840.10008.1.2.4.90": ["pylibjpeg", "pillow", "gdcm"],
@@ -184,6 +186,10 @@ PLUGIN_ORDER = {
 def _plugins(ts: str) -> list[str]:
     try:
         from pydicom.pixels import get_decoder
+
+        from edgecxr.dicom_codecs import register
+
+        register()
 
         available = set(get_decoder(ts).available_plugins)
     except Exception:
@@ -412,4 +418,10 @@ def dicom_support() -> dict[str, bool]:
         "JPEG 2000 Lossless": JPEG2000LosslessDecoder,
         "JPEG 2000": JPEG2000Decoder,
     }
-    return {k: bool(d.is_available) for k, d in decoders.items()}
+    from edgecxr.dicom_codecs import register
+
+    register()
+    support = {k: bool(d.is_available) for k, d in decoders.items()}
+    # Pillow makes the 12-bit syntax "available" but decodes only its 8-bit variant
+    support["JPEG Extended (12-bit)"] = bool({"imagecodecs", "pylibjpeg"} & set(JPEGExtended12BitDecoder.available_plugins))
+    return support

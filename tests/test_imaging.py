@@ -81,6 +81,30 @@ def test_dicom_rle_compressed(tmp_path):
     np.testing.assert_allclose(g, (RAMP - RAMP.min()) / (RAMP.max() - RAMP.min()), atol=1e-6)
 
 
+
+@pytest.mark.parametrize("syntax,lossless", [("1.2.840.10008.1.2.4.51", False), ("1.2.840.10008.1.2.4.70", True)])
+def test_dicom_12bit_jpeg_decoded_without_gpl_libjpeg(tmp_path, syntax, lossless):
+    """12-bit JPEG Extended (which Pillow and gdcm cannot decode) and JPEG Lossless SV1 decode through edgecxr's
+    imagecodecs plugin: the same image as the uncompressed file, exactly when lossless."""
+    imagecodecs = pytest.importorskip("imagecodecs", reason="the [dicom] extra (imagecodecs) is not installed")
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID
+
+    plain = read_image(_dicom(tmp_path / "plain.dcm", RAMP))
+    path = _dicom(tmp_path / "jpeg12.dcm", RAMP)
+    ds = pydicom.dcmread(path)
+    stream = imagecodecs.jpeg8_encode(RAMP, bitspersample=12, **({"lossless": True} if lossless else {"level": 100}))
+    ds.PixelData = encapsulate([stream])
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
+    ds.save_as(path, enforce_file_format=True)
+    g = read_image(path)
+    if lossless:
+        np.testing.assert_array_equal(g, plain)
+    else:
+        assert np.abs(g - plain).max() < 0.01  # 12-bit JPEG at quality 100: below 1% of the range
+
+
 def test_dicom_rescale_slope_intercept(tmp_path):
     g = read_image(_dicom(tmp_path / "r.dcm", RAMP, slope=2.0, intercept=-1024))
     np.testing.assert_allclose(g, (RAMP - RAMP.min()) / (RAMP.max() - RAMP.min()), atol=1e-6)  # linear: same after scaling
