@@ -187,7 +187,7 @@ def _onnx_search(ctx, tgt, tmp: Path, engine: dict, t0: float, budget: float, hi
              methods + [dataclasses.replace(o, bn_to_conv=not o.bn_to_conv) for o in [tgt.int8] + methods[:1]]]
     best_knob = _best_knob(knobs, trial, t0 + budget)
     if best_knob and best_knob[2] >= tgt.tolerance.min_agreement:
-        return best_knob[0], best_knob[1], (f"{best_knob[3]} (agreement {best_knob[2]:.4f} with FP32 on the "
+        return best_knob[0], best_knob[1], (f"{best_knob[3]} (score {best_knob[2]:.4f} on the "
                                             "calibration images)")
     # 2. rank nodes, then keep the worst ones in float
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -245,7 +245,7 @@ def _openvino_search(ctx, tgt, tmp: Path, engine: dict, history: list):
     best = _best_knob(knobs, lambda opts, label: _trial(ctx, tgt, tmp, engine, history, ov_build, ref_logits, opts, label),
                       time.perf_counter() + tgt.int8.search_minutes * 60)
     if best and best[2] >= tgt.tolerance.min_agreement:
-        return best[0], best[1], f"{best[3]} (agreement {best[2]:.4f} with FP32 on the calibration images)"
+        return best[0], best[1], f"{best[3]} (score {best[2]:.4f} on the calibration images)"
     # 2. NNCF accuracy control
     items = [(calib[i:i + 1], i) for i in range(len(calib))]
     ds = nncf.Dataset(items, lambda item: item[0])
