@@ -238,7 +238,7 @@ def test_onnx_search_takes_the_cheap_knob_that_agrees_on_calibration(tiny_checkp
 
     monkeypatch.setattr(mixed, "_runner_logits", fake_logits)
     history: list = []
-    path, eng, why = mixed._onnx_search(ctx, tgt, tmp_path, {"backend": "onnx"}, time.perf_counter(), 600, history)
+    path, eng, why = next(mixed._onnx_search(ctx, tgt, tmp_path, {"backend": "onnx"}, time.perf_counter(), 600, history))
     assert eng["int8"]["calibration"] == "percentile"
     assert "percentile" in why and path.exists()
     assert ("percentile", True) in seen
@@ -367,3 +367,35 @@ def test_openvino_knobs_each_change_the_built_model():
                 assert k.preset != o.preset, label
             else:
                 assert k.source != o.source, label
+
+
+def test_search_goes_past_a_candidate_that_fails_the_gate(tmp_path, monkeypatch):
+    """A candidate that looked right on the calibration images but fails the gate does not end the search: the next,
+    more conservative one is gated; the search stops at the first pass and records how many gate runs it took."""
+    from types import SimpleNamespace
+
+    from edgecxr.export import core, mixed
+    from edgecxr.sidecar import Verification
+
+    built = []
+
+    def candidates(ctx, tgt, tmp, engine, t0, budget, history):
+        for k in (1, 2, 4):
+            built.append(k)
+            yield tmp / f"c{k}", {"int8": {"float_nodes": [f"n{i}" for i in range(k)]}}, f"{k} float"
+
+    def gate(ctx, path, engine, tgt):
+        ok = len(engine["int8"]["float_nodes"]) >= 2
+        return Verification("passed" if ok else "failed", [] if ok else ["agreement"],
+                            {"agreement": 0.995 if ok else 0.98})
+
+    monkeypatch.setattr(mixed, "_onnx_search", candidates)
+    monkeypatch.setattr(core, "verify_artifact", gate)
+    tgt = SimpleNamespace(backend="onnx", int8=SimpleNamespace(search_minutes=5, exclude=[]))
+    initial = Verification("failed", ["agreement"], {"agreement": 0.97})
+    path, eng, v = mixed.search_float_layers(None, tgt, tmp_path, tmp_path / "c0", {"backend": "onnx"}, initial)
+    assert v.verdict == "passed" and path == tmp_path / "c2"
+    assert built == [1, 2]  # the third candidate was never built
+    mp = eng["int8"]["mixed_precision"]
+    assert mp["gate_runs"] == 2 and mp["reason"] == "2 float"
+    assert [h["verdict"] for h in mp["history"]] == ["failed", "failed", "passed"]

@@ -15,7 +15,9 @@ layers in float until it passes.
 Every step is judged as the gate judges, on the calibration images: top-1 agreement with FP32, and, when the
 model has an operating point, how many of the images FP32 calls positive at that point stay positive (one
 COVID-19 image slipping under a low threshold fails the gate even at 100% top-1 agreement); the score is the
-lower of the two. The verification images are never used to choose layers, only to judge the result. The search is
+lower of the two. The verification images never choose or rank layers: candidates come in a fixed order, each
+keeping more in float, and the gate only decides when the search stops (the first candidate that passes it; the
+sidecar records how many gate runs that took). The search is
 bounded by the target's ``[int8] search_minutes`` and ``max_float_layers``; the sidecar records
 which layers stayed float and why.
 """
@@ -71,7 +73,11 @@ def _runner_logits(path: Path, engine: dict, x: np.ndarray) -> np.ndarray:
 
 
 def search_float_layers(ctx, tgt, tmp: Path, built: Path, engine: dict, verification):
-    """Return (artifact, engine facts, verification) after the search; unchanged when it cannot help."""
+    """Return (artifact, engine facts, verification) after the search; unchanged when it cannot help.
+
+    The backend's search yields candidates in a fixed order, each more conservative than the last, whenever
+    the calibration images say it should pass; each goes to the gate, and the search goes on past one that
+    fails there, until one passes or the time is up. The number of gate runs is recorded."""
     from edgecxr.export.core import verify_artifact
 
     t0 = time.perf_counter()
@@ -79,24 +85,30 @@ def search_float_layers(ctx, tgt, tmp: Path, built: Path, engine: dict, verifica
     history = [{"step": "initial", "float_nodes": list(tgt.int8.exclude), "verdict": verification.verdict,
                 "agreement": verification.details.get("agreement")}]
     if tgt.backend == "onnx":
-        result = _onnx_search(ctx, tgt, tmp, engine, t0, budget, history)
+        candidates = _onnx_search(ctx, tgt, tmp, engine, t0, budget, history)
     elif tgt.backend == "openvino":
-        result = _openvino_search(ctx, tgt, tmp, engine, history)
+        candidates = _openvino_search(ctx, tgt, tmp, engine, history)
     else:
         return built, engine, verification  # TensorRT builds on the device; nothing to search here
-    if result is None:
+    best, gate_runs = None, 0
+    for new_built, new_engine, why in candidates:
+        new_engine.update({k: engine[k] for k in ("backend", "precision", "dynamic_batch", "min_batch", "max_batch",
+                                                  "input_shape") if k in engine})
+        v = verify_artifact(ctx, new_built, new_engine, tgt)
+        gate_runs += 1
+        history.append({"step": f"gate {gate_runs}", "float_nodes": new_engine.get("int8", {}).get("float_nodes"),
+                        "verdict": v.verdict, "agreement": v.details.get("agreement")})
+        if best is None or v.verdict == "passed" or v.details.get("agreement", 0) > best[2].details.get("agreement", 0):
+            best = (new_built, new_engine, v, why)
+        if v.verdict == "passed" or time.perf_counter() - t0 > budget:
+            break
+    record = {"seconds": round(time.perf_counter() - t0, 1), "gate_runs": gate_runs, "history": history}
+    if best is None:
         engine.setdefault("int8", {})["mixed_precision"] = {"result": "no passing configuration found within bounds",
-                                                             "seconds": round(time.perf_counter() - t0, 1),
-                                                             "history": history}
+                                                             **record}
         return built, engine, verification
-    new_built, new_engine, why = result
-    new_engine.update({k: engine[k] for k in ("backend", "precision", "dynamic_batch", "min_batch", "max_batch",
-                                              "input_shape") if k in engine})
-    v = verify_artifact(ctx, new_built, new_engine, tgt)
-    history.append({"step": "final", "float_nodes": new_engine.get("int8", {}).get("float_nodes"),
-                    "verdict": v.verdict, "agreement": v.details.get("agreement")})
-    new_engine.setdefault("int8", {})["mixed_precision"] = {"reason": why, "seconds": round(time.perf_counter() - t0, 1),
-                                                            "history": history}
+    new_built, new_engine, v, why = best
+    new_engine.setdefault("int8", {})["mixed_precision"] = {"reason": why, **record}
     if v.verdict == "passed" or v.details.get("agreement", 0) > verification.details.get("agreement", 0):
         return new_built, new_engine, v
     engine.setdefault("int8", {})["mixed_precision"] = new_engine["int8"]["mixed_precision"]
@@ -187,8 +199,8 @@ def _onnx_search(ctx, tgt, tmp: Path, engine: dict, t0: float, budget: float, hi
              methods + [dataclasses.replace(o, bn_to_conv=not o.bn_to_conv) for o in [tgt.int8] + methods[:1]]]
     best_knob = _best_knob(knobs, trial, t0 + budget)
     if best_knob and best_knob[2] >= tgt.tolerance.min_agreement:
-        return best_knob[0], best_knob[1], (f"{best_knob[3]} (score {best_knob[2]:.4f} on the "
-                                            "calibration images)")
+        yield best_knob[0], best_knob[1], (f"{best_knob[3]} (score {best_knob[2]:.4f} on the "
+                                           "calibration images)")
     # 2. rank nodes, then keep the worst ones in float
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -206,15 +218,17 @@ def _onnx_search(ctx, tgt, tmp: Path, engine: dict, t0: float, budget: float, hi
         import onnx
 
         ranked = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv" and n.name not in base]
-    k, best = 1, None
+    k, last = 1, None
     while k <= tgt.int8.max_float_layers and time.perf_counter() - t0 < budget:
         opts = dataclasses.replace(start, exclude=base + ranked[:k])
         path, eng, agree = trial(opts, f"float top-{k}")
-        best = (path, eng, f"kept the {k} conv(s) with the lowest SQNR on calibration images in float")
+        last = (path, eng, f"kept the {k} conv(s) with the lowest SQNR on calibration images in float")
         if agree >= tgt.tolerance.min_agreement:
-            return best
+            yield last  # to the gate; more float layers if it fails there
+            last = None
         k *= 2
-    return best
+    if last is not None:
+        yield last  # the most float layers tried, although the calibration images did not reach the bar
 
 
 # ------------------------------------------------------------------ OpenVINO
@@ -245,7 +259,7 @@ def _openvino_search(ctx, tgt, tmp: Path, engine: dict, history: list):
     best = _best_knob(knobs, lambda opts, label: _trial(ctx, tgt, tmp, engine, history, ov_build, ref_logits, opts, label),
                       time.perf_counter() + tgt.int8.search_minutes * 60)
     if best and best[2] >= tgt.tolerance.min_agreement:
-        return best[0], best[1], f"{best[3]} (score {best[2]:.4f} on the calibration images)"
+        yield best[0], best[1], f"{best[3]} (score {best[2]:.4f} on the calibration images)"
     # 2. NNCF accuracy control
     items = [(calib[i:i + 1], i) for i in range(len(calib))]
     ds = nncf.Dataset(items, lambda item: item[0])
@@ -280,4 +294,4 @@ def _openvino_search(ctx, tgt, tmp: Path, engine: dict, history: list):
     ov.save_model(q, str(out), compress_to_fp16=False)
     eng = dict(engine, int8=dict(engine.get("int8", {}), float_nodes=float_convs, method="nncf accuracy control"))
     history.append({"step": "nncf.quantize_with_accuracy_control", "float_nodes": float_convs})
-    return out, eng, "NNCF accuracy control on calibration-image agreement"
+    yield out, eng, "NNCF accuracy control on the calibration images"
