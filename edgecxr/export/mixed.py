@@ -183,8 +183,6 @@ def _onnx_search(ctx, tgt, tmp: Path, engine: dict, t0: float, budget: float, hi
     from edgecxr.export.onnx_build import build
 
     ref = _calib_reference(ctx)
-    calib = ctx.calib()
-    base = list(tgt.int8.exclude)
 
     def trial(opts, label):
         return _trial(ctx, tgt, tmp, engine, history, build, ref, opts, label)
@@ -202,17 +200,24 @@ def _onnx_search(ctx, tgt, tmp: Path, engine: dict, t0: float, budget: float, hi
         yield best_knob[0], best_knob[1], (f"{best_knob[3]} (score {best_knob[2]:.4f} on the "
                                            "calibration images)")
     # 2. rank nodes, then keep the worst ones in float
+    start = best_knob[4] if best_knob else tgt.int8  # rank under the best knob's settings
+    yield from _ranked_float(ctx, tgt, tmp, start, trial, t0, budget, history)
+
+
+def _ranked_float(ctx, tgt, tmp: Path, start, trial, t0: float, budget: float, history: list):
+    """Rank the convolutions by SQNR on the calibration images (ONNX Runtime's Q/DQ twin of the graph, under
+    ``start``'s settings), then keep the worst 1, 2, 4, ... in float; yield each trial that reaches the bar there."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from edgecxr.export.onnx_int8 import batchnorm_to_depthwise
 
+    base = list(start.exclude)
     pre = tmp / "rank-pre.onnx"
     quant_pre_process(str(ctx.fp32_onnx(tgt, tmp)), str(pre), skip_symbolic_shape=True)
-    start = best_knob[4] if best_knob else tgt.int8  # rank under the best knob's settings
     if start.bn_to_conv:
         batchnorm_to_depthwise(pre, pre)
     try:
-        ranked = rank_onnx_nodes(pre, calib, start.calibration, base, tmp)
+        ranked = rank_onnx_nodes(pre, ctx.calib(), start.calibration, base, tmp)
     except Exception as exc:  # the debug API changed: fall back to graph order from the input (stem first)
         history.append({"step": "ranking failed", "error": f"{type(exc).__name__}: {exc}"})
         import onnx
@@ -250,6 +255,7 @@ def _openvino_search(ctx, tgt, tmp: Path, engine: dict, history: list):
     import nncf
     import openvino as ov
 
+    t0 = time.perf_counter()
     ref_logits = _calib_reference(ctx)
     calib = ctx.calib()
     # 1. cheap knobs, judged on the calibration images
@@ -257,10 +263,23 @@ def _openvino_search(ctx, tgt, tmp: Path, engine: dict, history: list):
 
     knobs = openvino_knobs(tgt.int8)
     best = _best_knob(knobs, lambda opts, label: _trial(ctx, tgt, tmp, engine, history, ov_build, ref_logits, opts, label),
-                      time.perf_counter() + tgt.int8.search_minutes * 60)
+                      t0 + tgt.int8.search_minutes * 60)
     if best and best[2] >= tgt.tolerance.min_agreement:
         yield best[0], best[1], f"{best[3]} (score {best[2]:.4f} on the calibration images)"
-    # 2. NNCF accuracy control
+    # 2. ONNX Runtime's Q/DQ read by OpenVINO with the lowest-SQNR convolutions kept float (the same ranking as
+    #    onnx-int8; the Q/DQ graph keeps the guard path as the ORT build does)
+    start = tgt.int8 if tgt.int8.source == "ort-qdq" else dataclasses.replace(tgt.int8, source="ort-qdq",
+                                                                               calibration="percentile")
+
+    def trial(opts, label):
+        return _trial(ctx, tgt, tmp, engine, history, ov_build, ref_logits, opts, label)
+
+    yield from _ranked_float(ctx, tgt, tmp, dataclasses.replace(start, bn_to_conv=False), trial, t0,
+                             tgt.int8.search_minutes * 60, history)
+    # 3. NNCF accuracy control
+    if time.perf_counter() - t0 > tgt.int8.search_minutes * 60:
+        history.append({"step": "nncf accuracy control skipped: the search's time is up"})
+        return
     items = [(calib[i:i + 1], i) for i in range(len(calib))]
     ds = nncf.Dataset(items, lambda item: item[0])
 
