@@ -24,9 +24,10 @@ from seeds import ARCHS, runs as seed_runs, summary as seeds_summary  # noqa: E4
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ROOT / "benchmarks" / "results" / "training"
 DEFAULT_RUNS = [
-    ("shipped (strong recipe, 60 ep, seed 0, trained on the AMX Xeon; best val epoch 39)", ROOT / "benchmarks/results/shipped-eval-test/eval.json"),
-    ("previous shipped model fee380fb (strong recipe, 30 ep)", ROOT / "benchmarks/results/prev-shipped-fee380fb-eval-test/eval.json"),
-    ("same 60-epoch recipe trained on the AMD EPYC (seed 0; checkpoint lost, never shipped)", TRAINING / "shipped-covid-densenet-e60-s0-eval-test/eval.json"),
+    ("shipped (strong recipe, 30 ep)", ROOT / "benchmarks/results/shipped-eval-test/eval.json"),
+    ("60 epochs, seed 0, AMX Xeon (be4f8af2; val-selected, not shipped: its INT8 artifacts fail the export gate)",
+     TRAINING / "shipped-covid-densenet-e60-xeon-s0-eval-test/eval.json"),
+    ("60 epochs, seed 0, AMD EPYC (checkpoint lost, never shipped)", TRAINING / "shipped-covid-densenet-e60-s0-eval-test/eval.json"),
     ("previous shipped model (14 ep, light recipe, no Stony Brook)", ROOT / "benchmarks/results/old-shipped-eval-test-all/eval.json"),
     ("research, seed 0 (all dev training images incl. non-commercial; never shipped)",
      TRAINING / "research-covid-densenet-s0-eval-test/eval.json"),
