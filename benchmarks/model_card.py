@@ -36,6 +36,7 @@ DEFAULT_RUNS = [
     ("research, unbalanced sampling (seed 0; never shipped)", TRAINING / "research-covid-densenet-unbal-s0-eval-test/eval.json"),
 ]
 OUT = ROOT / "edgecxr" / "weights" / "MODEL_CARD.md"
+MANIFEST = ROOT.parent / "shared" / "cxr" / "dev" / "MANIFEST.csv"
 
 
 def guard_recorded() -> str:
@@ -53,7 +54,6 @@ def guard_recorded() -> str:
     if dev:
         parts.append(f"{dev[1]} of all {dev[2]} dev val/test CXRs pass (`python benchmarks/guard_margin.py`)")
     return ", and ".join(parts) or "(run benchmarks/guard_report.py and guard_margin.py)"
-MANIFEST = ROOT.parent / "shared" / "cxr" / "dev" / "MANIFEST.csv"
 
 
 def _nc_flags() -> dict[str, bool]:

@@ -10,6 +10,8 @@ is refused before decoding.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from pydicom import uid
 
@@ -54,12 +56,12 @@ def decode_frame(src: bytes, runner) -> bytes:
     return out.astype(f"<u{bits_allocated // 8}").tobytes()
 
 
+@functools.cache
 def register() -> None:
-    """Add the plugin to pydicom's decoders (idempotent; a no-op without imagecodecs)."""
+    """Add the plugin to pydicom's decoders, once per process (a no-op without imagecodecs)."""
     from pydicom.pixels import get_decoder
 
     for syntax in DECODER_DEPENDENCIES:
         decoder = get_decoder(syntax)
-        if LABEL in decoder.available_plugins or LABEL in getattr(decoder, "_unavailable", {}):
-            continue
-        decoder.add_plugin(LABEL, (__name__, "decode_frame"))
+        if LABEL not in decoder.available_plugins and LABEL not in getattr(decoder, "_unavailable", {}):
+            decoder.add_plugin(LABEL, (__name__, "decode_frame"))

@@ -255,29 +255,26 @@ def _openvino_search(ctx, tgt, tmp: Path, engine: dict, history: list):
     import nncf
     import openvino as ov
 
-    t0 = time.perf_counter()
-    ref_logits = _calib_reference(ctx)
-    calib = ctx.calib()
-    # 1. cheap knobs, judged on the calibration images
     from edgecxr.export.openvino_ir import build as ov_build
 
-    knobs = openvino_knobs(tgt.int8)
-    best = _best_knob(knobs, lambda opts, label: _trial(ctx, tgt, tmp, engine, history, ov_build, ref_logits, opts, label),
-                      t0 + tgt.int8.search_minutes * 60)
+    t0, budget = time.perf_counter(), tgt.int8.search_minutes * 60
+    ref_logits = _calib_reference(ctx)
+    calib = ctx.calib()
+
+    def trial(opts, label):
+        return _trial(ctx, tgt, tmp, engine, history, ov_build, ref_logits, opts, label)
+
+    # 1. cheap knobs, judged on the calibration images
+    best = _best_knob(openvino_knobs(tgt.int8), trial, t0 + budget)
     if best and best[2] >= tgt.tolerance.min_agreement:
         yield best[0], best[1], f"{best[3]} (score {best[2]:.4f} on the calibration images)"
     # 2. ONNX Runtime's Q/DQ read by OpenVINO with the lowest-SQNR convolutions kept float (the same ranking as
     #    onnx-int8; the Q/DQ graph keeps the guard path as the ORT build does)
     start = tgt.int8 if tgt.int8.source == "ort-qdq" else dataclasses.replace(tgt.int8, source="ort-qdq",
                                                                                calibration="percentile")
-
-    def trial(opts, label):
-        return _trial(ctx, tgt, tmp, engine, history, ov_build, ref_logits, opts, label)
-
-    yield from _ranked_float(ctx, tgt, tmp, dataclasses.replace(start, bn_to_conv=False), trial, t0,
-                             tgt.int8.search_minutes * 60, history)
+    yield from _ranked_float(ctx, tgt, tmp, dataclasses.replace(start, bn_to_conv=False), trial, t0, budget, history)
     # 3. NNCF accuracy control
-    if time.perf_counter() - t0 > tgt.int8.search_minutes * 60:
+    if time.perf_counter() - t0 > budget:
         history.append({"step": "nncf accuracy control skipped: the search's time is up"})
         return
     items = [(calib[i:i + 1], i) for i in range(len(calib))]
