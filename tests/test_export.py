@@ -219,30 +219,48 @@ def test_batchnorm_to_depthwise_is_exact(tiny_checkpoint, tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
-def test_onnx_search_takes_the_cheap_knob_that_agrees_on_calibration(tiny_checkpoint, tmp_path, monkeypatch):
-    """The search judges knobs on the calibration images only and returns the best one once it reaches the
-    target's agreement (here only percentile calibration 'agrees'; the others flip every image)."""
+def test_onnx_search_gates_the_knob_with_less_logit_error_on_calibration(tiny_checkpoint, tmp_path, monkeypatch):
+    """The search judges knobs on the calibration images only. Builds that all agree fully there are told apart by
+    their logit error: only a knob with less error than every build before it (the initial one included) is
+    gated; minmax, the cheapest to build, is tried first."""
     import dataclasses
     import time
 
     from edgecxr.export import mixed
 
     ctx, tgt = _ctx_and_target(tiny_checkpoint, "onnx-int8")
-    tgt = dataclasses.replace(tgt, int8=dataclasses.replace(tgt.int8, calibration="minmax", bn_to_conv=True))
+    tgt = dataclasses.replace(tgt, int8=dataclasses.replace(tgt.int8, calibration="percentile", bn_to_conv=True))
     ref = mixed._calib_reference(ctx)
+    noise = {"percentile": 0.05, "minmax": 0.08, "entropy": 0.01}  # every one keeps the top-1 class
     seen = []
 
     def fake_logits(path, engine, x):
-        seen.append((engine["int8"]["calibration"], engine["int8"]["bn_to_conv"]))
-        return ref if engine["int8"]["calibration"] == "percentile" else np.roll(ref, 1, axis=1)
+        seen.append(engine["int8"]["calibration"])
+        return ref + noise[engine["int8"]["calibration"]] * np.array([1.0, -1.0, 0.0])[: ref.shape[1]]
 
     monkeypatch.setattr(mixed, "_runner_logits", fake_logits)
     history: list = []
-    path, eng, why = next(mixed._onnx_search(ctx, tgt, tmp_path, {"backend": "onnx"}, time.perf_counter(), 600, history))
-    assert eng["int8"]["calibration"] == "percentile"
-    assert "percentile" in why and path.exists()
-    assert ("percentile", True) in seen
-    assert all("calib_agreement" in h for h in history)
+    initial = {"backend": "onnx", "int8": {"calibration": "percentile", "bn_to_conv": True}}
+    search = mixed._onnx_search(ctx, tgt, tmp_path, initial, time.perf_counter(), 600, history, tmp_path / "x.onnx")
+    path, eng, why = next(search)
+    assert eng["int8"]["calibration"] == "entropy" and path.exists()
+    assert seen[:3] == ["percentile", "minmax", "entropy"]  # initial, then the knobs, fastest first
+    assert "logit error" in why
+    assert all("calib_agreement" in h and "calib_logit_rms" in h for h in history)
+    assert history[1]["calib_agreement"] == 1.0 and history[1]["calib_logit_rms"] > history[0]["calib_logit_rms"]
+
+
+def test_logit_error_orders_builds_that_agree():
+    from edgecxr.export.mixed import _Best, logit_error
+
+    ref = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
+    assert logit_error(ref, ref) == 0.0
+    assert logit_error(ref, ref + 0.1) == pytest.approx(0.1)
+    best = _Best(0.99, 1.0, 0.05, "initial")
+    assert not best.offer(1.0, 0.06, "worse", "a")  # agrees, but more error than the gated initial
+    assert not best.offer(0.9, 0.01, "flips", "b")  # less error, but below the bar
+    assert best.offer(1.0, 0.04, "better", "c") and best.opts == "better"
+    assert not best.offer(1.0, 0.045, "between", "d") and best.opts == "better"
 
 
 def test_int8_cache_key_depends_on_the_cpu_isa():
@@ -379,7 +397,7 @@ def test_search_goes_past_a_candidate_that_fails_the_gate(tmp_path, monkeypatch)
 
     built = []
 
-    def candidates(ctx, tgt, tmp, engine, t0, budget, history):
+    def candidates(ctx, tgt, tmp, engine, t0, budget, history, initial):
         for k in (1, 2, 4):
             built.append(k)
             yield tmp / f"c{k}", {"int8": {"float_nodes": [f"n{i}" for i in range(k)]}}, f"{k} float"
