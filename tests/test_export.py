@@ -417,3 +417,29 @@ def test_search_goes_past_a_candidate_that_fails_the_gate(tmp_path, monkeypatch)
     mp = eng["int8"]["mixed_precision"]
     assert mp["gate_runs"] == 2 and mp["reason"] == "2 float"
     assert [h["verdict"] for h in mp["history"]] == ["failed", "failed", "passed"]
+
+
+def test_logit_sensitivity_floats_layers_without_recalibration(tiny_checkpoint, tmp_path):
+    """Keeping every quantized conv float in the Q/DQ graph gives back the FP32 logits (the rewiring is exact, so
+    the ranking measures what floating a layer would do); the ranking is a permutation of the quantized convs."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgecxr.export.onnx_int8 import quantize_onnx
+    from edgecxr.export.sensitivity import _logits, float_in_qdq, quantized_nodes, rank_by_logits
+
+    ctx, tgt = _ctx_and_target(tiny_checkpoint, "onnx-int8")
+    pre = tmp_path / "pre.onnx"
+    quant_pre_process(str(ctx.fp32_onnx(tgt, tmp_path)), str(pre), skip_symbolic_shape=True)
+    x = ctx.calib()[:8]
+    qdq = quantize_onnx(pre, tmp_path / "qdq.onnx", x, fmt="qdq", preprocessed=True)
+    fp32, q = onnx.load(str(pre)), onnx.load(str(qdq))
+    nodes = quantized_nodes(q, fp32)
+    assert len(nodes) > 10
+    ref = _logits(fp32, x, "logits")
+    assert np.abs(_logits(q, x, "logits") - ref).max() > 1e-4  # quantized: not FP32
+    readers = quantized_nodes(q, fp32, op_types=None)  # the convs and every float op reading a dequantized tensor
+    np.testing.assert_allclose(_logits(float_in_qdq(q, fp32, set(readers)), x, "logits"), ref, atol=1e-4)
+    ranked, records = rank_by_logits(pre, qdq, x, group=16, refine=1)
+    assert sorted(ranked) == sorted(nodes)
+    singles = [r for r in records if len(r["float"]) == 1]
+    assert singles and ranked[0] == min(singles, key=lambda r: r["logit_rms"])["float"][0]

@@ -4,9 +4,9 @@ layers in float until it passes.
 * Cheap knobs first. ONNX Runtime: the other calibration methods (minmax, percentile, entropy), then BatchNorm the
   other way (float, or int8 depthwise convolutions). OpenVINO: ONNX Runtime's Q/DQ with each other calibration
   method, and the other quantizer (NNCF / ONNX Runtime's Q/DQ).
-* ONNX Runtime: rank the quantized nodes by the signal-to-quantization-noise ratio of their outputs
-  on the *calibration* images (onnxruntime.quantization.qdq_loss_debug, on the Q/DQ twin of the
-  graph), then exclude the worst 1, 2, 4, ... nodes, under the best settings the knobs found.
+* ONNX Runtime: rank the quantized convolutions by how much logit error is left on the *calibration* images when
+  each is kept float in ONNX Runtime's Q/DQ twin of the graph (:mod:`edgecxr.export.sensitivity`), then exclude
+  the worst 1, 2, 4, ... nodes, under the best settings the knobs found.
 * OpenVINO: the same ranking on ONNX Runtime's Q/DQ source, then NNCF's ``quantize_with_accuracy_control``, its
   metric being the judge below on the calibration images, ``max_drop`` half of 1 - the target's minimum agreement.
 
@@ -124,36 +124,23 @@ def search_float_layers(ctx, tgt, tmp: Path, built: Path, engine: dict, verifica
 
 
 # ------------------------------------------------------------------ ONNX Runtime
-def rank_onnx_nodes(fp32_pre: Path, calib: np.ndarray, method: str, exclude: list[str], tmp: Path) -> list[str]:
-    """Quantized Conv/Gemm node names, worst signal-to-quantization-noise ratio first (calibration images)."""
-    import onnx
-    from onnxruntime.quantization import qdq_loss_debug as dbg
-
-    from edgecxr.export.onnx_int8 import _Reader, quantize_onnx
+def rank_onnx_nodes(fp32_pre: Path, calib: np.ndarray, method: str, exclude: list[str], tmp: Path,
+                    deadline: float | None = None, history: list | None = None) -> list[str]:
+    """Quantized Conv/Gemm node names, the one whose float version removes the most logit error first, measured on
+    ONNX Runtime's Q/DQ twin of the graph and a subset of the calibration images (:mod:`edgecxr.export.sensitivity`)."""
+    from edgecxr.export.onnx_int8 import quantize_onnx
+    from edgecxr.export.sensitivity import rank_by_logits
 
     qdq = tmp / "rank-qdq.onnx"
     quantize_onnx(fp32_pre, qdq, calib, fmt="qdq", method=method, exclude=exclude, preprocessed=True)
-    aug_f, aug_q = tmp / "rank-f.onnx", tmp / "rank-q.onnx"
-    dbg.modify_model_output_intermediate_tensors(str(fp32_pre), str(aug_f), op_types_for_saving=["Conv", "Gemm"])
-    dbg.modify_model_output_intermediate_tensors(str(qdq), str(aug_q), op_types_for_saving=["Conv", "Gemm"])
-    sub = calib[: min(len(calib), 24)]
-    name = onnx.load(str(fp32_pre), load_external_data=False).graph.input[0].name
-    act_f = dbg.collect_activations(str(aug_f), _Reader(sub, name))
-    act_q = dbg.collect_activations(str(aug_q), _Reader(sub, name))
-    producer = {o: n.name for n in onnx.load(str(fp32_pre), load_external_data=False).graph.node
-                for o in n.output if n.op_type in ("Conv", "Gemm")}
-    scored = []
-    for tensor, node in producer.items():
-        if node in exclude or tensor not in act_f or tensor not in act_q:
-            continue
-        f = np.concatenate([np.ravel(a) for a in act_f[tensor]])
-        q = np.concatenate([np.ravel(a) for a in act_q[tensor]])
-        noise = np.sum((f - q) ** 2)
-        sqnr = 10 * np.log10(np.sum(f ** 2) / noise) if noise > 0 else float("inf")
-        scored.append((sqnr, node))
-    # lowest SQNR of the conv's output against the float graph first (accumulated error, so late layers
-    # and layers that amplify error rank high: keeping those in float costs little compute)
-    return [n for _, n in sorted(scored)]
+    ranked, records = rank_by_logits(fp32_pre, qdq, calib[: min(len(calib), 16)], deadline=deadline)
+    if history is not None:
+        best = min(records[1:], key=lambda r: r["logit_rms"], default=records[0])
+        history.append({"step": "ranked by logit error on the Q/DQ twin", "measured": len(records),
+                        "all_int8_logit_rms": round(records[0]["logit_rms"], 5),
+                        "best_single": {"float": best["float"], "logit_rms": round(best["logit_rms"], 5)},
+                        "top": ranked[:4]})
+    return [n for n in ranked if n not in exclude]
 
 
 def _trial(ctx, tgt, tmp: Path, engine: dict, history: list, builder, ref_logits: np.ndarray, opts, label: str):
@@ -241,8 +228,8 @@ def _onnx_search(ctx, tgt, tmp: Path, engine: dict, t0: float, budget: float, hi
 
 
 def _ranked_float(ctx, tgt, tmp: Path, start, trial, t0: float, budget: float, history: list, best: _Best):
-    """Rank the convolutions by SQNR on the calibration images (ONNX Runtime's Q/DQ twin of the graph, under
-    ``start``'s settings), then keep the worst 1, 2, 4, ... in float; yield each trial :class:`_Best` calls
+    """Rank the convolutions by their effect on the logits (:func:`rank_onnx_nodes`, under ``start``'s settings),
+    then keep the worst 1, 2, 4, ... in float; yield each trial :class:`_Best` calls
     gate-worthy, and the last one tried when none was."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -254,7 +241,8 @@ def _ranked_float(ctx, tgt, tmp: Path, start, trial, t0: float, budget: float, h
     if start.bn_to_conv:
         batchnorm_to_depthwise(pre, pre)
     try:
-        ranked = rank_onnx_nodes(pre, ctx.calib(), start.calibration, base, tmp)
+        ranked = rank_onnx_nodes(pre, ctx.calib(), start.calibration, base, tmp, deadline=t0 + budget,
+                                 history=history)
     except Exception as exc:  # the debug API changed: fall back to graph order from the input (stem first)
         history.append({"step": "ranking failed", "error": f"{type(exc).__name__}: {exc}"})
         import onnx
@@ -264,7 +252,7 @@ def _ranked_float(ctx, tgt, tmp: Path, start, trial, t0: float, budget: float, h
     while k <= tgt.int8.max_float_layers and time.perf_counter() - t0 < budget:
         opts = dataclasses.replace(start, exclude=base + ranked[:k])
         path, eng, score, err = trial(opts, f"float top-{k}")
-        last = (path, eng, f"kept the {k} conv(s) with the lowest SQNR on calibration images in float "
+        last = (path, eng, f"kept the {k} conv(s) whose quantization moved the logits most on calibration images in float "
                            f"(score {score:.4f}, logit error {err:.4f} there)")
         if best.offer(score, err, opts, f"float top-{k}"):
             yield last  # to the gate; more float layers if it fails there
@@ -307,8 +295,8 @@ def _openvino_search(ctx, tgt, tmp: Path, engine: dict, history: list, built: Pa
     # 1. cheap knobs, judged on the calibration images as for ONNX Runtime
     best = _initial(ctx, tgt, built, engine, ref_logits, history)
     yield from _knob_candidates(openvino_knobs(tgt.int8), trial, t0 + budget, best)
-    # 2. ONNX Runtime's Q/DQ read by OpenVINO with the lowest-SQNR convolutions kept float (the same ranking as
-    #    onnx-int8; the Q/DQ graph keeps the guard path as the ORT build does), from the best Q/DQ settings so far
+    # 2. ONNX Runtime's Q/DQ read by OpenVINO with the convolutions that move the logits most kept float (the
+    #    ranking of onnx-int8; the Q/DQ graph keeps the guard path as the ORT build does), from the best Q/DQ settings
     start = best.opts if best.opts.source == "ort-qdq" else dataclasses.replace(best.opts, source="ort-qdq",
                                                                                  calibration="percentile")
     yield from _ranked_float(ctx, tgt, tmp, dataclasses.replace(start, bn_to_conv=False), trial, t0, budget, history,
