@@ -125,14 +125,15 @@ def search_float_layers(ctx, tgt, tmp: Path, built: Path, engine: dict, verifica
 
 # ------------------------------------------------------------------ ONNX Runtime
 def rank_onnx_nodes(fp32_pre: Path, calib: np.ndarray, method: str, exclude: list[str], tmp: Path,
-                    deadline: float | None = None, history: list | None = None) -> list[str]:
+                    deadline: float | None = None, history: list | None = None, reduce_range: bool = False) -> list[str]:
     """Quantized Conv/Gemm node names, the one whose float version removes the most logit error first, measured on
     ONNX Runtime's Q/DQ twin of the graph and a subset of the calibration images (:mod:`edgecxr.export.sensitivity`)."""
     from edgecxr.export.onnx_int8 import quantize_onnx
     from edgecxr.export.sensitivity import rank_by_logits
 
     qdq = tmp / "rank-qdq.onnx"
-    quantize_onnx(fp32_pre, qdq, calib, fmt="qdq", method=method, exclude=exclude, preprocessed=True)
+    quantize_onnx(fp32_pre, qdq, calib, fmt="qdq", method=method, exclude=exclude, preprocessed=True,
+                  reduce_range=reduce_range)
     ranked, records = rank_by_logits(fp32_pre, qdq, calib[: min(len(calib), 16)], deadline=deadline)
     if history is not None:
         best = min((r for r in records if len(r["float"]) == 1), key=lambda r: r["logit_rms"], default=records[0])
@@ -244,8 +245,10 @@ def _ranked_float(ctx, tgt, tmp: Path, start, trial, t0: float, budget: float, h
     if start.bn_to_conv:
         batchnorm_to_depthwise(pre, pre)
     try:
+        from edgecxr.export.onnx_build import resolve_reduce_range
+
         ranked = rank_onnx_nodes(pre, ctx.calib(), start.calibration, base, tmp, deadline=t0 + budget,
-                                 history=history)
+                                 history=history, reduce_range=resolve_reduce_range(start.reduce_range))
     except Exception as exc:  # the debug API changed: fall back to graph order from the input (stem first)
         history.append({"step": "ranking failed", "error": f"{type(exc).__name__}: {exc}"})
         import onnx
