@@ -2,7 +2,8 @@
 OpenVINO's ``ort-qdq`` source and TensorRT read it), each quantized conv kept float in turn, the logit RMS error left
 against FP32 on the calibration images. Also prints the SQNR of each conv's output, the ranking the search used before.
 
-    python benchmarks/int8_sensitivity.py CHECKPOINT [--calibration percentile] [--images 24] [--group 1] [--out FILE.md]
+    python benchmarks/int8_sensitivity.py CHECKPOINT [--calibration percentile] [--images 24] [--group 1]
+        [--reduce-range] [--out FILE.md]
 
 ``--group 1`` measures every conv alone (about 140 ONNX Runtime sessions: minutes on 2 cores); larger groups are what
 the export search does (``edgecxr/export/sensitivity.py``)."""
@@ -18,6 +19,7 @@ import typer
 
 
 def main(checkpoint: Path, calibration: str = "percentile", images: int = 24, group: int = 1, top: int = 12,
+         reduce_range: bool = typer.Option(False, help="7-bit weights, as on x86 CPUs without VNNI"),
          out: Path | None = None) -> None:
     import onnx
     from onnxruntime.quantization import qdq_loss_debug as dbg
@@ -36,7 +38,8 @@ def main(checkpoint: Path, calibration: str = "percentile", images: int = 24, gr
         tmp = Path(td)
         pre = tmp / "pre.onnx"
         quant_pre_process(str(ctx.fp32_onnx(load_target("onnx-int8"), tmp)), str(pre), skip_symbolic_shape=True)
-        qdq = quantize_onnx(pre, tmp / "qdq.onnx", ctx.calib(), fmt="qdq", method=calibration, preprocessed=True)
+        qdq = quantize_onnx(pre, tmp / "qdq.onnx", ctx.calib(), fmt="qdq", method=calibration, preprocessed=True,
+                            reduce_range=reduce_range)
         t0 = time.perf_counter()
         ranked, records = rank_by_logits(pre, qdq, x, group=group, refine=10 ** 6 if group == 1 else 2)
         seconds = time.perf_counter() - t0
@@ -56,9 +59,11 @@ def main(checkpoint: Path, calibration: str = "percentile", images: int = 24, gr
     by_sqnr = sorted(sqnr, key=sqnr.get)
     singles = {r["float"][0]: r["logit_rms"] for r in records if len(r["float"]) == 1}
     base = records[0]["logit_rms"]
-    lines = [f"# INT8 sensitivity: {checkpoint.name} (ONNX Runtime Q/DQ, {calibration} calibration, Conv/Gemm int8)", "",
+    bits = "7-bit weights" if reduce_range else "8-bit weights"
+    lines = [f"# INT8 sensitivity: {checkpoint.name} (ONNX Runtime Q/DQ, {calibration} calibration, Conv/Gemm int8, "
+             f"{bits})", "",
              f"`python benchmarks/int8_sensitivity.py {checkpoint} --calibration {calibration} --images {images} "
-             f"--group {group}`; ISA: {', '.join(isa_class()['isa'])}; {len(records)} sessions in {seconds:.0f} s.", "",
+             f"--group {group}{' --reduce-range' if reduce_range else ''}`; ISA: {', '.join(isa_class()['isa'])}; {len(records)} sessions in {seconds:.0f} s.", "",
              f"Logit RMS error against FP32 on {len(x)} calibration images with every conv int8: **{base:.4f}**.", "",
              "| rank | conv kept float | logit RMS left | rank by output SQNR (old search) |", "|---|---|---|---|"]
     for i, n in enumerate(ranked[:top]):

@@ -15,8 +15,8 @@ model has an operating point, how many of the images FP32 calls positive at that
 COVID-19 image slipping under a low threshold fails the gate even at 100% top-1 agreement); the score is the
 lower of the two. On 90 images that score saturates (every build agrees fully), so builds that reach the bar
 are told apart by their logit error against FP32 there, which orders them as the verification images do. A
-build goes to the gate when it reaches the bar with a lower logit error than every build before it, the initial
-one included. The verification images never choose or rank layers: the gate only decides when the search stops
+build goes to the gate when it scores no worse than the initial build (or reaches the bar) with a lower logit
+error than every build gated before it, the initial one included. The verification images never choose or rank layers: the gate only decides when the search stops
 (the first candidate that passes it; the sidecar records how many gate runs that took). The search is bounded by
 the target's ``[int8] search_minutes`` and ``max_float_layers``; the sidecar records which layers stayed float
 and why.
@@ -224,8 +224,8 @@ def _onnx_search(ctx, tgt, tmp: Path, engine: dict, t0: float, budget: float, hi
         return _trial(ctx, tgt, tmp, engine, history, build, ref, opts, label)
 
     best = _initial(ctx, tgt, built, engine, ref, history)
-    # 1. cheap knobs, each judged on the calibration images; one that reaches the bar there with a lower logit error
-    #    than all before goes to the gate (a flip-free calibration set alone is no signal: 90 images all agree)
+    # 1. cheap knobs, each judged on the calibration images; one no worse than the initial build there with a lower
+    #    logit error than all gated before goes to the gate (top-1 agreement alone saturates on 90 images)
     yield from _knob_candidates(onnx_knobs(tgt.int8), trial, t0 + budget, best)
     # 2. rank nodes under the best settings so far, then keep the worst ones in float
     yield from _ranked_float(ctx, tgt, tmp, best.opts, trial, t0, budget, history, best)
@@ -249,7 +249,7 @@ def _ranked_float(ctx, tgt, tmp: Path, start, trial, t0: float, budget: float, h
 
         ranked = rank_onnx_nodes(pre, ctx.calib(), start.calibration, base, tmp, deadline=t0 + budget,
                                  history=history, reduce_range=resolve_reduce_range(start.reduce_range))
-    except Exception as exc:  # the debug API changed: fall back to graph order from the input (stem first)
+    except Exception as exc:  # e.g. an ONNX Runtime change: fall back to graph order from the input (stem first)
         history.append({"step": "ranking failed", "error": f"{type(exc).__name__}: {exc}"})
         import onnx
 
@@ -258,8 +258,8 @@ def _ranked_float(ctx, tgt, tmp: Path, start, trial, t0: float, budget: float, h
     while k <= tgt.int8.max_float_layers and time.perf_counter() - t0 < budget:
         opts = dataclasses.replace(start, exclude=base + ranked[:k])
         path, eng, score, err = trial(opts, f"float top-{k}")
-        last = (path, eng, f"kept the {k} conv(s) whose quantization moved the logits most on calibration images in float "
-                           f"(score {score:.4f}, logit error {err:.4f} there)")
+        last = (path, eng, f"kept the {k} conv(s) whose quantization moved the logits most on calibration images "
+                           f"in float (score {score:.4f}, logit error {err:.4f} there)")
         if best.offer(score, err, opts, f"float top-{k}"):
             yield last  # to the gate; more float layers if it fails there
             last = None
