@@ -1,10 +1,10 @@
 """Which quantized layers move the logits: keep a group of them float in a Q/DQ graph and measure what is left of
 the logit error against FP32, on calibration images.
 
-Why not the quantization noise of each layer's own output (SQNR)? On the 60-epoch candidate's Q/DQ graph the lowest
-SQNR belonged to the attention MLPs' 1x1 convolutions, whose tiny outputs barely reach the logits; keeping them float
-changed nothing, while one 3x3 convolution of the first dense layer held a third of the logit error (RMS 0.091 ->
-0.058 with it float; ``benchmarks/results/int8-sensitivity-be4f8af2.md``).
+Why not the quantization noise of each layer's own output (SQNR)? In the shipped model's 7-bit Q/DQ graph the lowest
+SQNR belongs to the attention MLPs' 1x1 convolutions, whose tiny outputs barely reach the logits (keeping them float
+left 4 flips at the gate), while the stem convolution, last of 140 by SQNR, holds half the logit error (RMS 0.093 ->
+0.046 with it float; ``benchmarks/results/int8-sensitivity-fee380fb-7bit.md``).
 
 Floating a layer needs no re-calibration: its inputs are rewired from ``DequantizeLinear(QuantizeLinear(x))`` to ``x``
 and its weights to the FP32 initializers. Every layer alone would cost one session each (about 140 for DenseNet121,
