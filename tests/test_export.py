@@ -257,15 +257,15 @@ def test_logit_error_orders_builds_that_agree():
     assert logit_error(ref, ref) == 0.0
     assert logit_error(ref, ref + 0.1) == pytest.approx(0.1)
     best = _Best(0.99, 1.0, 0.05, "initial")
-    assert not best.offer(1.0, 0.06, "worse", "a")  # agrees, but more error than the gated initial
-    assert not best.offer(0.9, 0.01, "flips", "b")  # less error, but below the bar
-    assert best.offer(1.0, 0.04, "better", "c") and best.opts == "better"
-    assert not best.offer(1.0, 0.045, "between", "d") and best.opts == "better"
+    assert not best.offer(1.0, 0.06, "worse")  # agrees, but more error than the gated initial
+    assert not best.offer(0.9, 0.01, "flips")  # less error, but below the bar
+    assert best.offer(1.0, 0.04, "better") and best.opts == "better"
+    assert not best.offer(1.0, 0.045, "between") and best.opts == "better"
     # an initial build below the bar (one borderline calibration image flipped): a build no worse on the judge with
     # less logit error goes to the gate, one that scores worse does not
     below = _Best(0.99, 0.9889, 0.066, "initial")
-    assert not below.offer(0.9767, 0.037, "loses a positive", "e")
-    assert below.offer(0.9889, 0.028, "stem float", "f") and below.opts == "stem float"
+    assert not below.offer(0.9767, 0.037, "loses a positive")
+    assert below.offer(0.9889, 0.028, "stem float") and below.opts == "stem float"
 
 
 def test_int8_cache_key_depends_on_the_cpu_isa():

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecxr.export.sensitivity import logit_error  # noqa: F401  (the search's second judge)
+
 
 def _calib_reference(ctx) -> np.ndarray:
     """FP32 torch logits on the calibration images (the search's reference; never the verification set)."""
@@ -62,14 +64,6 @@ def judge(ctx, ref_logits: np.ndarray, logits: np.ndarray) -> float:
         if np.any(fa == pos):
             score = min(score, float(np.mean(fb[fa == pos] == pos)))
     return score
-
-
-def logit_error(ref_logits: np.ndarray, logits: np.ndarray) -> float:
-    """Root-mean-square logit difference from FP32 on the calibration images: the search's tie-break. Top-1
-    agreement on 90 images saturates (every trial agrees fully) while the logit error still orders the trials
-    as the gate does (60-epoch candidate, onnx-int8: percentile 0.053 there and 5 flips at the gate, minmax 0.044
-    and 1 flip)."""
-    return float(np.sqrt(np.mean((np.asarray(logits, np.float64) - ref_logits) ** 2)))
 
 
 def _runner_logits(path: Path, engine: dict, x: np.ndarray) -> np.ndarray:
@@ -175,13 +169,13 @@ class _Best:
     build with half the logit error from the gate; the gate on the verification images decides.)"""
 
     def __init__(self, bar: float, score: float, err: float, opts) -> None:
-        self.bar, self.score, self.err, self.opts, self.label = bar, score, err, opts, "initial"
+        self.bar, self.score, self.err, self.opts = bar, score, err, opts
         self.floor = min(score, bar)
         self.gated_err = err  # the initial build was gated already
 
-    def offer(self, score: float, err: float, opts, label: str) -> bool:
+    def offer(self, score: float, err: float, opts) -> bool:
         if (min(score, self.bar), -err) > (min(self.score, self.bar), -self.err):
-            self.score, self.err, self.opts, self.label = score, err, opts, label
+            self.score, self.err, self.opts = score, err, opts
         if min(score, self.bar) >= self.floor and err < self.gated_err:
             self.gated_err = err
             return True
@@ -195,7 +189,7 @@ def _knob_candidates(knobs: list, run, deadline: float, best: _Best):
         if time.perf_counter() > deadline:
             break
         path, eng, score, err = run(opts, label)
-        if best.offer(score, err, opts, label):
+        if best.offer(score, err, opts):
             yield path, eng, f"{label} (score {score:.4f}, logit error {err:.4f} on the calibration images)"
 
 
@@ -260,7 +254,7 @@ def _ranked_float(ctx, tgt, tmp: Path, start, trial, t0: float, budget: float, h
         path, eng, score, err = trial(opts, f"float top-{k}")
         last = (path, eng, f"kept the {k} conv(s) whose quantization moved the logits most on calibration images "
                            f"in float (score {score:.4f}, logit error {err:.4f} there)")
-        if best.offer(score, err, opts, f"float top-{k}"):
+        if best.offer(score, err, opts):
             yield last  # to the gate; more float layers if it fails there
             last = None
         k *= 2

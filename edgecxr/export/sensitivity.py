@@ -19,6 +19,13 @@ from pathlib import Path
 import numpy as np
 
 
+def logit_error(ref_logits: np.ndarray, logits: np.ndarray) -> float:
+    """Root-mean-square logit difference from FP32. On 90 calibration images top-1 agreement saturates while this
+    still orders builds as the gate does (60-epoch candidate, onnx-int8: percentile 0.053 and 5 flips at the gate,
+    minmax 0.044 and 1 flip)."""
+    return float(np.sqrt(np.mean((np.asarray(logits, np.float64) - ref_logits) ** 2)))
+
+
 def float_in_qdq(qdq, fp32, names: set[str]):
     """A copy of the Q/DQ ``onnx.ModelProto`` with the nodes ``names`` reading float inputs and FP32 weights (from
     ``fp32``, the graph ``qdq`` was quantized from, same node names)."""
@@ -92,8 +99,7 @@ def rank_by_logits(fp32_path: Path, qdq_path: Path, x: np.ndarray, group: int = 
     ref = _logits(fp32, x, output)
 
     def error(names: set[str]) -> float:
-        z = _logits(float_in_qdq(qdq, fp32, names) if names else qdq, x, output)
-        return float(np.sqrt(np.mean((z.astype(np.float64) - ref) ** 2)))
+        return logit_error(ref, _logits(float_in_qdq(qdq, fp32, names) if names else qdq, x, output))
 
     nodes = quantized_nodes(qdq, fp32)
     base = error(set())
