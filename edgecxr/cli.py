@@ -230,6 +230,9 @@ def calibrate(
         None, "--outlier-exclude",
         help="Folder of training images to leave out of the damaged copies the outlier guard learns from (e.g. the "
              "sources of the --ood set's hard cases: calibration_data/calib for ood_data)."),
+    op_margin: float = typer.Option(0.15, "--op-margin", min=0.0, help="Lower the COVID-19 threshold until every val "
+                                    "COVID-19 image it keeps lies this many log-odds above it (room for INT8/bf16 "
+                                    "error; 0: halfway to the next val score only)."),
     layout: str = typer.Option("auto"),
 ) -> None:
     """Fit the input guard, temperature scaling and the COVID-19 operating point on train/val; write them
@@ -244,7 +247,7 @@ def calibrate(
         train = [s for s in parts["train"] if not (permissive_only and s.licence_nc)]
         exclude = {hashlib.sha256(p.read_bytes()).hexdigest() for p in iter_images([outlier_exclude])} if outlier_exclude else None
         report = run_calibrate(checkpoint, train, parts["val"], out, ood=iter_images([ood]) if ood else None,
-                               margin=margin, outlier_exclude=exclude)
+                               margin=margin, outlier_exclude=exclude, op_margin=op_margin)
     except EdgeCXRError as exc:
         _fail(str(exc), _code_for(exc))
     console.print_json(json.dumps(report, default=float))

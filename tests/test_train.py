@@ -104,3 +104,24 @@ def test_operating_point_lies_between_val_scores():
     assert np.mean(f[y == 0] == 0) == op["val_sensitivity"]
     # the highest such threshold: keeping one positive fewer misses the target
     assert np.mean(probs[y == 0, 0] > op["val_score_kept"]) < 0.95
+
+
+def test_operating_point_margin_leaves_room_for_every_kept_positive():
+    """With a margin, every val positive the threshold keeps sits that many log-odds above it, and the threshold
+    is never higher than without one (it only trades specificity for room)."""
+    from edgecxr.train.calibrate import _logit, fit_operating_point
+
+    rng = np.random.default_rng(1)
+    classes = ["COVID-19", "Normal", "Pneumonia"]
+    y = rng.integers(0, 3, 300)
+    logits = rng.normal(size=(300, 3)) + 1.2 * np.eye(3)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    plain = fit_operating_point(probs, y, classes, "COVID-19", 0.95)
+    op = fit_operating_point(probs, y, classes, "COVID-19", 0.95, margin=0.3)
+    t = op["threshold"]
+    kept = probs[(y == 0) & (probs[:, 0] >= t), 0]
+    assert t < plain["threshold"] and op["without_margin"]["threshold"] == plain["threshold"]
+    assert min(_logit(p) - _logit(t) for p in kept) >= 0.3 - 1e-6
+    assert op["val_sensitivity"] >= plain["val_sensitivity"] and op["val_specificity"] <= plain["val_specificity"]
+    # tight: the lowest kept positive sits exactly at the margin
+    assert abs(_logit(op["val_score_kept"]) - _logit(t) - 0.3) < 1e-6

@@ -11,8 +11,9 @@ the checkpoint, from which every export carries them (issue 11 and issue 14, ite
 * Temperature: one scalar fitted on val logits by minimising the negative log-likelihood;
   expected calibration error (15 bins) reported before and after.
 * Operating point: the COVID-19 probability threshold (on calibrated probabilities) with the
-  highest specificity whose val COVID-19 sensitivity is >= the target (95%); the finding is
-  COVID-19 when its probability reaches the threshold, else the most probable other class.
+  highest specificity whose val COVID-19 sensitivity is >= the target (95%), then lowered until every val
+  COVID-19 image it keeps lies ``op_margin`` log-odds above it (room for an exported engine's numeric error);
+  the finding is COVID-19 when its probability reaches the threshold, else the most probable other class.
 """
 
 from __future__ import annotations
@@ -87,25 +88,49 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(grid[int(np.argmin(nll))])
 
 
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return float(np.log(p / (1 - p)))
+
+
 def fit_operating_point(probs: np.ndarray, y: np.ndarray, classes: list[str], positive: str = "COVID-19",
-                        target_sensitivity: float = 0.95) -> dict:
+                        target_sensitivity: float = 0.95, margin: float = 0.0) -> dict:
     """The highest ``positive`` threshold whose val sensitivity reaches the target, placed halfway between the
     lowest positive score it keeps and the next lower val score: the same val decisions, but no val image sits on
-    the threshold itself, where any numeric change (INT8, bf16, another engine) would flip it."""
+    the threshold itself, where any numeric change (INT8, bf16, another engine) would flip it.
+
+    ``margin`` (log-odds, > 0): then lowered until every val positive at or above it lies at least ``margin``
+    log-odds above it, so that the small logit changes of an exported engine (INT8: a few hundredths RMS) cannot
+    drop a positive the threshold was chosen to keep. Costs specificity; the report has both."""
     k = classes.index(positive)
     pos = y == k
     scores = sorted(set(probs[:, k].tolist()) | {0.0}, reverse=True)
+
+    def point(thr: float, kept: float, below: float | None) -> dict:
+        f = finding_at(probs, classes, positive, thr)
+        return {"threshold": float(thr), "val_sensitivity": float(np.mean(f[pos] == k)) if pos.any() else float("nan"),
+                "val_specificity": float(np.mean(f[~pos] != k)) if (~pos).any() else float("nan"),
+                "val_accuracy": float(np.mean(f == y)), "val_score_kept": float(kept), "val_score_below": below}
+
     best = None
     for i, t in enumerate(scores):
         sens = float(np.mean(probs[pos, k] >= t)) if pos.any() else float("nan")
         if sens >= target_sensitivity:
-            thr = (t + scores[i + 1]) / 2 if i + 1 < len(scores) else t
-            f = finding_at(probs, classes, positive, thr)
-            best = {"threshold": float(thr), "val_sensitivity": float(np.mean(f[pos] == k)) if pos.any() else float("nan"),
-                    "val_specificity": float(np.mean(f[~pos] != k)) if (~pos).any() else float("nan"),
-                    "val_accuracy": float(np.mean(f == y)), "val_score_kept": float(t),
-                    "val_score_below": float(scores[i + 1]) if i + 1 < len(scores) else None}
+            below = float(scores[i + 1]) if i + 1 < len(scores) else None
+            best = point((t + below) / 2 if below is not None else t, t, below)
             break
+    if best and margin > 0:
+        thr, ps = best["threshold"], probs[pos, k]
+        while True:  # each pass may take in positives that sit too close: at most one pass per positive
+            kept = ps[ps >= thr]
+            low = float(kept.min()) if kept.size else thr
+            if not kept.size or _logit(low) - _logit(thr) >= margin - 1e-9:
+                break
+            thr = float(1 / (1 + np.exp(-(_logit(low) - margin))))
+        below = [s for s in scores if s < thr]
+        best = {**point(thr, low, below[0] if below else None), "margin_logit": margin,
+                "without_margin": {key: best[key] for key in ("threshold", "val_sensitivity", "val_specificity",
+                                                                "val_accuracy")}}
     return {"positive_class": positive, "target_sensitivity": target_sensitivity, **(best or {})}
 
 
@@ -138,7 +163,7 @@ CANDIDATES = [("knn", "backbone", 5), ("knn", "backbone_meanstd", 5), ("knn", "p
 
 def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Path, ood: list[Path] | None = None,
               margin: float = 1.0, quantile: float = 0.995, method: str | None = None, shrinkage: float = 0.05,
-              outlier_exclude: set[str] | None = None) -> dict:
+              outlier_exclude: set[str] | None = None, op_margin: float = 0.15) -> dict:
     """Fit guard, temperature and operating point; write a new checkpoint to ``out``; return the report.
 
     ``method`` None: measure every candidate (score x features) and keep the one that rejects the most
@@ -229,7 +254,7 @@ def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Pat
              "n_train": len(train), "n_val": len(val)}
     t = fit_temperature(va["logits"], yva)
     p_raw, p_cal = softmax(va["logits"]), softmax(va["logits"] / t)
-    op = fit_operating_point(p_cal, yva, classes)
+    op = fit_operating_point(p_cal, yva, classes, margin=op_margin)
     f = finding_at(p_cal, classes, op["positive_class"], op["threshold"])
     onehot = np.eye(len(classes))[f]
     op.update(temperature=t, ece_val_before=ece(p_raw, yva), ece_val_after=ece(p_cal, yva),
