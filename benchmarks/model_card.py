@@ -24,9 +24,8 @@ from seeds import ARCHS, runs as seed_runs, summary as seeds_summary  # noqa: E4
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ROOT / "benchmarks" / "results" / "training"
 DEFAULT_RUNS = [
-    ("shipped (strong recipe, 30 ep)", ROOT / "benchmarks/results/shipped-eval-test/eval.json"),
-    ("60 epochs, seed 0, AMX Xeon (be4f8af2; val-selected, not shipped: its INT8 artifacts fail the export gate)",
-     TRAINING / "shipped-covid-densenet-e60-xeon-s0-eval-test/eval.json"),
+    ("shipped (strong recipe, 60 epochs, seed 0, AMX Xeon; b0767063)", ROOT / "benchmarks/results/shipped-eval-test/eval.json"),
+    ("previous shipped model (30 epochs, fee380fb)", ROOT / "benchmarks/results/shipped-fee380fb-eval-test/eval.json"),
     ("60 epochs, seed 0, AMD EPYC (checkpoint lost, never shipped)", TRAINING / "shipped-covid-densenet-e60-s0-eval-test/eval.json"),
     ("previous shipped model (14 ep, light recipe, no Stony Brook)", ROOT / "benchmarks/results/old-shipped-eval-test-all/eval.json"),
     ("research, seed 0 (all dev training images incl. non-commercial; never shipped)",
@@ -36,6 +35,16 @@ DEFAULT_RUNS = [
     ("research, unbalanced sampling (seed 0; never shipped)", TRAINING / "research-covid-densenet-unbal-s0-eval-test/eval.json"),
 ]
 OUT = ROOT / "edgecxr" / "weights" / "MODEL_CARD.md"
+
+
+def margin_note(op: dict) -> str:
+    """The operating point's margin and what it cost on val (edgecxr calibrate --op-margin)."""
+    if not op.get("margin_logit"):
+        return ""
+    w = op.get("without_margin", {})
+    return (f" The threshold sits {op['margin_logit']:g} log-odds below every val COVID-19 image it keeps (`--op-margin`,"
+            f" room for INT8/bf16 error); without that margin it would be {w.get('threshold', float('nan')):.3f}"
+            f" (val specificity {100 * w.get('val_specificity', float('nan')):.1f}%).")
 MANIFEST = ROOT.parent / "shared" / "cxr" / "dev" / "MANIFEST.csv"
 
 
@@ -151,7 +160,7 @@ read the per-source columns, not only the pooled accuracy. These numbers describ
 - Operating point (fitted on val by `edgecxr calibrate`): temperature {op.get("temperature", float("nan")):.2f}
   (val ECE {op.get("ece_val_before", float("nan")):.3f} -> {op.get("ece_val_after", float("nan")):.3f});
   finding COVID-19 when its calibrated probability >= {op.get("threshold", float("nan")):.3f}, which gave
-  val COVID-19 sensitivity {100 * op.get("val_sensitivity", float("nan")):.1f}% at specificity {100 * op.get("val_specificity", float("nan")):.1f}%.
+  val COVID-19 sensitivity {100 * op.get("val_sensitivity", float("nan")):.1f}% at specificity {100 * op.get("val_specificity", float("nan")):.1f}%.{margin_note(op)}
 - Input guard: {guard.get("method")} score on {guard.get("feature")} features{f" (k={guard['k']})" if guard.get("method") == "knn" else ""}{" (outlier-exposure head, limit at the 99.5th percentile of val + cross-fitted training scores, with a Mahalanobis backstop at their maximum; README, Input guard)" if guard.get("method") == "combined" else ""}, threshold
   {guard.get("threshold", float("nan")):.4f} (val acceptance {100 * guard.get("val_accept_rate", float("nan")):.1f}%; rejects
   {100 * (guard.get("ood_reject_rate") or float("nan")):.1f}% of `ood_data/`, which was also used to choose among {guard.get("chosen_from")} candidate scores).
@@ -193,7 +202,9 @@ ablation done so far, and what it has not measured yet, is in `benchmarks/ablati
 benchmarks/train_models.sh shipped 0 covid-densenet      # AUG=light LS=0 TAG=-light for the light recipe
 benchmarks/train_models.sh research 0 covid-densenet     # never shipped: non-commercial images; seeds 0-2, both archs
 FRACTION=0.25 TAG=-f25 benchmarks/train_models.sh research 0 covid-densenet   # size sweep (also 0.5); BALANCED=0 TAG=-unbal
-edgecxr calibrate runs/.../best.safetensors ../shared/cxr/dev/MANIFEST.csv --permissive-only --ood ood_data --outlier-exclude calibration_data/calib --out edgecxr/weights/covid-densenet-cxr3.safetensors
+EPOCHS=60 TAG=-e60 benchmarks/train_models.sh shipped 0 covid-densenet   # the shipped model's schedule
+edgecxr calibrate runs/shipped-covid-densenet-e60-s0/best.safetensors ../shared/cxr/dev/MANIFEST.csv --permissive-only --ood ood_data --outlier-exclude calibration_data/calib --margin 1.05 --op-margin 0.15 --out CALIBRATED.safetensors
+python benchmarks/ship_weights.py CALIBRATED.safetensors && python benchmarks/record_shipped_predictions.py
 python benchmarks/model_card.py     # the recorded results listed in DEFAULT_RUNS, and benchmarks/seeds.py
 ```
 
