@@ -35,6 +35,7 @@ DEFAULT_RUNS = [
     ("research, unbalanced sampling (seed 0; never shipped)", TRAINING / "research-covid-densenet-unbal-s0-eval-test/eval.json"),
 ]
 OUT = ROOT / "edgecxr" / "weights" / "MODEL_CARD.md"
+MANIFEST = ROOT.parent / "shared" / "cxr" / "dev" / "MANIFEST.csv"
 
 
 def margin_note(op: dict) -> str:
@@ -45,7 +46,6 @@ def margin_note(op: dict) -> str:
     return (f" The threshold sits {op['margin_logit']:g} log-odds below every val COVID-19 image it keeps (`--op-margin`,"
             f" room for INT8/bf16 error); without that margin it would be {w.get('threshold', float('nan')):.3f}"
             f" (val specificity {100 * w.get('val_specificity', float('nan')):.1f}%).")
-MANIFEST = ROOT.parent / "shared" / "cxr" / "dev" / "MANIFEST.csv"
 
 
 def guard_recorded() -> str:
