@@ -86,16 +86,20 @@ def test_ddp_two_cpu_processes_gloo(tmp_path):
     assert (tmp_path / "ddp" / "best.safetensors").is_file()
 
 
+def _val_probs(seed: int, n: int, separation: float) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Labels and softmax probabilities of a noisy 3-class classifier, standing in for val outputs."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    logits = rng.normal(size=(n, 3)) + separation * np.eye(3)[y]
+    return ["COVID-19", "Normal", "Pneumonia"], y, np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+
+
 def test_operating_point_lies_between_val_scores():
     """The operating point keeps the target val sensitivity with no val score on the threshold itself (a score
     there would flip under any numeric change of an exported engine)."""
     from edgecxr.train.calibrate import finding_at, fit_operating_point
 
-    rng = np.random.default_rng(0)
-    classes = ["COVID-19", "Normal", "Pneumonia"]
-    y = rng.integers(0, 3, 200)
-    logits = rng.normal(size=(200, 3)) + 1.5 * np.eye(3)[y]
-    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    classes, y, probs = _val_probs(seed=0, n=200, separation=1.5)
     op = fit_operating_point(probs, y, classes, "COVID-19", 0.95)
     t = op["threshold"]
     assert op["val_sensitivity"] >= 0.95 and not np.any(np.isclose(probs[:, 0], t, rtol=0, atol=1e-9))
@@ -111,11 +115,7 @@ def test_operating_point_margin_leaves_room_for_every_kept_positive():
     is never higher than without one (it only trades specificity for room)."""
     from edgecxr.train.calibrate import _logit, fit_operating_point
 
-    rng = np.random.default_rng(1)
-    classes = ["COVID-19", "Normal", "Pneumonia"]
-    y = rng.integers(0, 3, 300)
-    logits = rng.normal(size=(300, 3)) + 1.2 * np.eye(3)[y]
-    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    classes, y, probs = _val_probs(seed=1, n=300, separation=1.2)
     plain = fit_operating_point(probs, y, classes, "COVID-19", 0.95)
     op = fit_operating_point(probs, y, classes, "COVID-19", 0.95, margin=0.3)
     t = op["threshold"]
