@@ -75,7 +75,27 @@ def test_openvino_throughput_mode(tiny_checkpoint, tmp_path):
         pytest.skip("OpenVINO is not installed (extra 'openvino')")
     res = core.export(tiny_checkpoint, "openvino-fp32", out=tmp_path, verify=False)
     m = load(res.artifact, allow_unverified=True)
-    x = np.zeros((1, 3, m.preprocess_config.size, m.preprocess_config.size), np.float32)
+    x = np.random.default_rng(0).random((3, 3, m.preprocess_config.size, m.preprocess_config.size), np.float32)
     t = m.runner.throughput_mode(x, 0.2)
-    assert t["mode"] == "THROUGHPUT" and t["requests"] >= 1 and t["images_per_s"] > 0
-    assert m.runner.run(x)["logits"].shape[0] == 1  # the latency model still works afterwards
+    assert t["mode"] == "THROUGHPUT" and t["requests"] >= 1 and t["images_per_s"] > 0 and t["batch"] == 3
+    # its outputs are checked against the latency model's on the same batch (an FP32 IR: the same numbers)
+    assert t["argmax_agreement_vs_latency"] == 1.0 and t["max_abs_diff_vs_latency"] < 1e-3
+    assert m.runner.run(x[:1])["logits"].shape[0] == 1  # the latency model still works afterwards
+
+
+def test_throughput_mode_counts_only_when_its_outputs_match():
+    from edgecxr.bench.harness import add_speedups
+
+    def row(target, p50, ms, mode=None):
+        r = {"target": target, "status": "ok", "latency_b1": {"p50_ms": p50},
+             "throughput": {"ms_per_image": ms, "images_per_s": 1000 / ms}}
+        if mode:
+            r["throughput_mode"] = mode
+        return r
+
+    rows = [row("torch-fp32", 80.0, 60.0), row("a", 10.0, 10.0, {"images_per_s": 200.0, "argmax_agreement_vs_latency": 1.0}),
+            row("b", 10.0, 10.0, {"images_per_s": 200.0, "argmax_agreement_vs_latency": 0.875})]
+    add_speedups(rows)
+    assert rows[1]["speedup_b1"] == 8.0 and rows[1]["speedup_batch"] == 6.0
+    assert abs(rows[1]["speedup_throughput"] - 200 / (1000 / 60)) < 1e-9  # the mode counts
+    assert rows[2]["speedup_throughput"] == 6.0 and "not counted" in rows[2]["throughput_mode_note"]

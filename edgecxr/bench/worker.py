@@ -116,7 +116,7 @@ def measure(cfg: dict) -> dict:
     res["throughput"] = {"batch": b, "images_per_s": b / float(np.median(tb)), "ms_per_image": float(np.median(tb)) / b * 1000}
     mode = getattr(runner, "throughput_mode", None)
     if mode is not None:
-        tput = mode(one, max(0.5, cfg["min_seconds"]))
+        tput = mode(xb, max(0.5, cfg["min_seconds"]))  # batch-b requests, as benchmark_app -b
         if tput:
             res["throughput_mode"] = tput
     from edgecxr.runtime.batching import run_batched

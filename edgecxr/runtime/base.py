@@ -37,8 +37,9 @@ class BaseRunner:
         return None
 
     def throughput_mode(self, x: np.ndarray, seconds: float) -> dict | None:
-        """Images/s in the engine's own throughput mode (several streams, asynchronous requests), fed ``x``
-        one request at a time; None when the engine has no such mode. Used by the bench."""
+        """Images/s in the engine's own throughput mode (several streams, asynchronous requests), each request fed
+        the batch ``x``, with the mode's logits on ``x`` checked against ``run(x)``; None when the engine has no such
+        mode. Used by the bench."""
         return None
 
     def close(self) -> None:
