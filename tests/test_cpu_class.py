@@ -32,6 +32,7 @@ def int8_artifact(tiny_checkpoint, tmp_path_factory):
     t = load_target("onnx-int8")
     t.tolerance.min_agreement, t.tolerance.max_accuracy_drop = 0.0, 1.0
     t.tolerance.min_guard_agreement, t.tolerance.max_op_sensitivity_drop = 0.0, 1.0
+    t.tolerance.min_finding_agreement = 0.0
     res = export(tiny_checkpoint, t, out=tmp_path_factory.mktemp("int8"))
     assert res.verified, res.sidecar.verification.reasons
     return res.artifact

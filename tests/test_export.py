@@ -314,9 +314,16 @@ def test_gate_checks_sensitivity_at_the_operating_point():
     res = compare({"logits": ref}, {"logits": moved}, y, Tolerance(), classes=classes, operating_point=op)
     assert res["agreement"] == 1.0 and res["operating_point"]["finding_agreement"] == 0.95
     assert res["verdict"] == "failed" and any("operating point" in r for r in res["reasons"])
-    loose = compare({"logits": ref}, {"logits": moved}, y, Tolerance(max_op_sensitivity_drop=0.1), classes=classes,
-                    operating_point=op)
+    loose = compare({"logits": ref}, {"logits": moved}, y, Tolerance(max_op_sensitivity_drop=0.1, min_finding_agreement=0.9),
+                    classes=classes, operating_point=op)
     assert loose["verdict"] == "passed"
+    # a Normal image pushed above the threshold: sensitivity unchanged, but the runtime's finding changed
+    normals = np.tile(np.log(np.array([[0.15, 0.6, 0.25]], np.float32)), (20, 1))
+    up = normals.copy()
+    up[0] = np.log([0.21, 0.55, 0.24])
+    fa = compare({"logits": normals}, {"logits": up}, np.ones(20, int), Tolerance(), classes=classes, operating_point=op)
+    assert fa["agreement"] == 1.0 and fa["operating_point"]["finding_agreement"] == 0.95
+    assert fa["verdict"] == "failed" and any("finding agreement" in r for r in fa["reasons"])
     assert "operating_point" not in compare({"logits": ref}, {"logits": ref}, y, Tolerance(), classes=classes)
 
 

@@ -125,3 +125,18 @@ def test_operating_point_margin_leaves_room_for_every_kept_positive():
     assert op["val_sensitivity"] >= plain["val_sensitivity"] and op["val_specificity"] <= plain["val_specificity"]
     # tight: the lowest kept positive sits exactly at the margin
     assert abs(_logit(op["val_score_kept"]) - _logit(t) - 0.3) < 1e-6
+
+
+def test_finding_flips_catch_a_threshold_crossing_that_argmax_misses():
+    from edgecxr.train.evaluate import finding_flips
+
+    classes = ["COVID-19", "Normal", "Pneumonia"]
+    op = {"positive_class": "COVID-19", "threshold": 0.05, "temperature": 1.0}
+    ref = np.log(np.array([[0.06, 0.34, 0.60], [0.80, 0.10, 0.10], [0.01, 0.90, 0.09]]))
+    new = np.log(np.array([[0.04, 0.34, 0.62], [0.79, 0.11, 0.10], [0.01, 0.88, 0.11]]))  # same argmax everywhere
+    assert (ref.argmax(1) == new.argmax(1)).all()
+    r = finding_flips(ref, new, classes, op, ["a", "b", "c"])
+    assert r["flips"] == 1 and r["flipped"] == [{"file": "a", "reference": "COVID-19", "this": "Pneumonia"}]
+    assert abs(r["finding_agreement"] - 2 / 3) < 1e-12 and r["flip_rate_ci95"][0] > 0
+    # the temperature is applied before the threshold: sharpened (T = 0.5), 0.06 falls below 0.05 too, no flip left
+    assert finding_flips(ref, new, classes, dict(op, temperature=0.5), list("abc"))["flips"] == 0

@@ -119,6 +119,9 @@ class Tolerance:
     max_accuracy_drop: float = 0.005
     min_guard_agreement: float = 0.99  # accept/reject decisions of the input guard vs FP32
     max_op_sensitivity_drop: float = 0.01  # positive-class sensitivity at the operating point vs FP32 (issue 14)
+    # the finding the runtime reports (operating point) vs FP32's: images near the threshold can change it with the
+    # argmax unchanged, and with a low threshold many images lie near it
+    min_finding_agreement: float = 0.99
 
     def check(self) -> None:
         if not 0 <= self.min_agreement <= 1:
@@ -127,6 +130,8 @@ class Tolerance:
             raise ValueError("max_accuracy_drop must lie in [0, 1]")
         if not 0 <= self.max_op_sensitivity_drop <= 1:
             raise ValueError("max_op_sensitivity_drop must lie in [0, 1]")
+        if not 0 <= self.min_finding_agreement <= 1:
+            raise ValueError("min_finding_agreement must lie in [0, 1]")
 
 
 @dataclass

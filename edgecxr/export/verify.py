@@ -61,7 +61,8 @@ def compare(ref: dict[str, np.ndarray], outs: dict[str, np.ndarray], y: np.ndarr
         "accuracy_drop": drop, "max_abs_logit_diff": float(np.max(np.abs(ref_logits - logits))) if len(y) else 0.0,
         "tolerance": {"min_agreement": tolerance.min_agreement, "max_accuracy_drop": tolerance.max_accuracy_drop,
                       "min_guard_agreement": tolerance.min_guard_agreement,
-                      "max_op_sensitivity_drop": tolerance.max_op_sensitivity_drop},
+                      "max_op_sensitivity_drop": tolerance.max_op_sensitivity_drop,
+                      "min_finding_agreement": tolerance.min_finding_agreement},
     }
     if operating_point and classes:
         opc = operating_point_check(ref_logits, logits, y, classes, operating_point)
@@ -71,6 +72,9 @@ def compare(ref: dict[str, np.ndarray], outs: dict[str, np.ndarray], y: np.ndarr
             if drop_op > tolerance.max_op_sensitivity_drop + 1e-12:
                 reasons.append(f"{opc['positive_class']} sensitivity at the operating point {opc['sensitivity']:.4f} vs "
                                f"{opc['sensitivity_reference']:.4f} in FP32 (drop > {tolerance.max_op_sensitivity_drop})")
+            if opc["finding_agreement"] < tolerance.min_finding_agreement:
+                reasons.append(f"finding agreement at the operating point {opc['finding_agreement']:.4f} < "
+                               f"{tolerance.min_finding_agreement}")
     if guard and "guard" in ref and "guard" in outs:
         a, b = guard_decisions(ref["guard"], guard), guard_decisions(outs["guard"], guard)
         res["guard_agreement"] = float(np.mean(a == b))

@@ -130,6 +130,9 @@ def evaluate_model(path: Path, samples: list[Sample], n_boot: int = 1000, refere
                  for s, i, j in zip(samples, a, b) if i != j]
         res["reference"] = {"checkpoint": str(reference), "agreement": float(np.mean(a == b)), "flips": len(flips),
                             "flip_rate_ci95": list(wilson_ci(len(flips), len(samples))), "flipped": flips}
+        if op and op.get("threshold") is not None:
+            res["reference"]["operating_point"] = finding_flips(ref["logits"], outs["logits"], classes, op,
+                                                                [str(s.path) for s in samples])
     res.update({"model": str(path), "sha256": sha256_file(path), "arch": meta.get("arch"), "classes": classes,
                 "kind": "checkpoint" if is_checkpoint(path) else f"artifact ({meta.get('backend')} {meta.get('precision')})",
                 "n_images": len(samples), "caveat": CAVEAT, "training_data": meta.get("data", {}),
@@ -137,6 +140,20 @@ def evaluate_model(path: Path, samples: list[Sample], n_boot: int = 1000, refere
                 "predictions": [{"file": str(s.path), "label": s.label, "source": s.source, "prob": p.round(6).tolist()}
                                 for s, p in zip(samples, probs)]})
     return res
+
+
+def finding_flips(ref_logits: np.ndarray, logits: np.ndarray, classes: list[str], op: dict, files: list[str]) -> dict:
+    """Where two models' findings at one operating point (temperature, positive class, threshold) differ: the finding
+    is what the runtime reports, and an image near the threshold can change it with the argmax unchanged."""
+    from edgecxr.runtime.batching import softmax
+    from edgecxr.runtime.operating_point import finding_at
+
+    t = op.get("temperature", 1.0)
+    fa, fb = (finding_at(softmax(np.asarray(x, np.float64) / t), classes, op["positive_class"], op["threshold"])
+              for x in (ref_logits, logits))
+    flips = [{"file": f, "reference": classes[i], "this": classes[j]} for f, i, j in zip(files, fa, fb) if i != j]
+    return {"finding_agreement": float(np.mean(fa == fb)), "flips": len(flips),
+            "flip_rate_ci95": list(wilson_ci(len(flips), len(files))), "flipped": flips}
 
 
 def evaluate_checkpoint(checkpoint: Path, samples: list[Sample], n_boot: int = 1000) -> dict:
@@ -190,6 +207,12 @@ def markdown_report(res: dict) -> str:
         lines += [f"**vs reference** {r['checkpoint']}: agreement {100 * r['agreement']:.2f}% ({r['flips']} flips, "
                   f"flip rate 95% CI [{100 * r['flip_rate_ci95'][0]:.1f}, {100 * r['flip_rate_ci95'][1]:.1f}]%)", ""]
         lines += [f"- {f['file']}: {f['reference']} -> {f['this']}" for f in r["flipped"]] + [""]
+        if r.get("operating_point"):
+            o = r["operating_point"]
+            lines += [f"**vs reference at the operating point** (the finding the runtime reports): agreement "
+                      f"{100 * o['finding_agreement']:.2f}% ({o['flips']} flips, flip rate 95% CI "
+                      f"[{100 * o['flip_rate_ci95'][0]:.1f}, {100 * o['flip_rate_ci95'][1]:.1f}]%)", ""]
+            lines += [f"- {f['file']}: {f['reference']} -> {f['this']}" for f in o["flipped"]] + [""]
     return "\n".join(lines)
 
 
