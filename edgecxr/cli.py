@@ -197,7 +197,7 @@ def eval_cmd(
     layout: str = typer.Option("auto"),
     permissive_only: bool = typer.Option(False, help="Only images whose licence allows commercial use."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Checkpoint to compare an artifact with: "
-                                             "agreement and the flipped images."),
+                                             "agreement, the flipped images, and the changed findings at the operating point."),
     allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Evaluate an artifact that failed its gate."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for eval.json, eval.md and confusion.png."),
     n_boot: int = typer.Option(1000, help="Bootstrap resamples for the 95% intervals."),
