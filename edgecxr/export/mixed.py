@@ -55,12 +55,10 @@ def judge(ctx, ref_logits: np.ndarray, logits: np.ndarray) -> float:
     score = float(np.mean(logits.argmax(1) == ref_logits.argmax(1)))
     op = ctx.operating_point or {}
     if op.get("positive_class") in ctx.classes and op.get("threshold") is not None:
-        from edgecxr.runtime.batching import softmax
-        from edgecxr.runtime.operating_point import finding_at
+        from edgecxr.runtime.operating_point import findings
 
-        pos, t = ctx.classes.index(op["positive_class"]), float(op.get("temperature", 1.0))
-        fa, fb = (finding_at(softmax(z / t), ctx.classes, op["positive_class"], op["threshold"])
-                  for z in (ref_logits, logits))
+        pos = ctx.classes.index(op["positive_class"])
+        fa, fb = (findings(z, ctx.classes, op) for z in (ref_logits, logits))
         if np.any(fa == pos):
             score = min(score, float(np.mean(fb[fa == pos] == pos)))
     return score

@@ -18,14 +18,12 @@ def operating_point_check(ref_logits: np.ndarray, logits: np.ndarray, y: np.ndar
                           op: dict) -> dict | None:
     """Findings at the operating point (temperature, positive-class threshold) of reference and artifact: their
     agreement and the positive class's sensitivity on the labelled images; None without an operating point."""
-    from edgecxr.runtime.batching import softmax
-    from edgecxr.runtime.operating_point import finding_at
+    from edgecxr.runtime.operating_point import findings
 
     pos, thr = op.get("positive_class"), op.get("threshold")
     if pos not in classes or thr is None:
         return None
-    t = float(op.get("temperature", 1.0))
-    fa, fb = (finding_at(softmax(z / t), classes, pos, thr) for z in (ref_logits, logits))
+    fa, fb = (findings(z, classes, op) for z in (ref_logits, logits))
     positives = y == classes.index(pos)
     res = {"positive_class": pos, "threshold": thr, "finding_agreement": agreement(fa, fb), "positives": int(positives.sum())}
     if positives.any():

@@ -12,3 +12,12 @@ def finding_at(probs: np.ndarray, classes: list[str], positive: str, threshold: 
     other = probs.copy()
     other[:, k] = -1
     return np.where(probs[:, k] >= threshold, k, other.argmax(1))
+
+
+def findings(logits: np.ndarray, classes: list[str], op: dict) -> np.ndarray:
+    """Class index of the finding per row from raw logits and an operating point (``temperature``, ``positive_class``,
+    ``threshold``), as the runtime computes it."""
+    from edgecxr.runtime.batching import softmax
+
+    return finding_at(softmax(np.asarray(logits, np.float64) / float(op.get("temperature", 1.0))), classes,
+                      op["positive_class"], op["threshold"])

@@ -98,7 +98,7 @@ def evaluate_model(path: Path, samples: list[Sample], n_boot: int = 1000, refere
                    allow_unverified: bool = False) -> dict:
     """Evaluate a checkpoint or an exported artifact; with ``reference`` (a checkpoint), add agreement and flips."""
     from edgecxr.runtime.batching import softmax
-    from edgecxr.runtime.operating_point import finding_at
+    from edgecxr.runtime.operating_point import findings
 
     path = Path(path)
     if not path.is_file():
@@ -113,7 +113,7 @@ def evaluate_model(path: Path, samples: list[Sample], n_boot: int = 1000, refere
     res["per_source"] = per_source(ys, probs, classes, [s.source for s in samples])
     op = meta.get("operating_point")
     if op and op.get("threshold") is not None:
-        f = finding_at(softmax(outs["logits"] / op.get("temperature", 1.0)), classes, op["positive_class"], op["threshold"])
+        f = findings(outs["logits"], classes, op)
         onehot = np.eye(len(classes))[f]
         res["operating_point"] = {"rule": op, "image": point_metrics(ys, onehot, classes),
                                   "per_source": per_source(ys, onehot, classes, [s.source for s in samples])}
@@ -145,12 +145,9 @@ def evaluate_model(path: Path, samples: list[Sample], n_boot: int = 1000, refere
 def finding_flips(ref_logits: np.ndarray, logits: np.ndarray, classes: list[str], op: dict, files: list[str]) -> dict:
     """Where two models' findings at one operating point (temperature, positive class, threshold) differ: the finding
     is what the runtime reports, and an image near the threshold can change it with the argmax unchanged."""
-    from edgecxr.runtime.batching import softmax
-    from edgecxr.runtime.operating_point import finding_at
+    from edgecxr.runtime.operating_point import findings
 
-    t = op.get("temperature", 1.0)
-    fa, fb = (finding_at(softmax(np.asarray(x, np.float64) / t), classes, op["positive_class"], op["threshold"])
-              for x in (ref_logits, logits))
+    fa, fb = (findings(x, classes, op) for x in (ref_logits, logits))
     flips = [{"file": f, "reference": classes[i], "this": classes[j]} for f, i, j in zip(files, fa, fb) if i != j]
     return {"finding_agreement": float(np.mean(fa == fb)), "flips": len(flips),
             "flip_rate_ci95": list(wilson_ci(len(flips), len(files))), "flipped": flips}
