@@ -32,23 +32,6 @@ def _sync(compiled, x: np.ndarray, seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def _async(compiled, x: np.ndarray, seconds: float) -> tuple[float, int]:
-    import openvino as ov
-
-    n_req = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    q = ov.AsyncInferQueue(compiled, n_req)
-    for _ in range(n_req):
-        q.start_async({0: x})
-    q.wait_all()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for _ in range(n_req):
-            q.start_async({0: x})
-        q.wait_all()
-        n += n_req * len(x)
-    return n / (time.perf_counter() - t0), n_req
-
-
 def _logits(compiled, x: np.ndarray, b: int) -> np.ndarray:
     req = compiled.create_infer_request()
     out = []
@@ -72,6 +55,7 @@ def main() -> None:
 
     from edgecxr.export.calib import load_images
     from edgecxr.runtime import load
+    from edgecxr.runtime.runners import async_images_per_s
 
     with load(a.model, allow_unverified=True) as m:
         pre, classes = m.preprocess_config, m.classes
@@ -93,7 +77,7 @@ def main() -> None:
             if kind == "sync":
                 ips, n_req = _sync(compiled, x, a.seconds), 1
             else:
-                ips, n_req = _async(compiled, x, a.seconds)
+                ips, n_req = async_images_per_s(compiled, x, a.seconds)
             got = _logits(compiled, x_eval, len(x))
             agree = float(np.mean(got.argmax(1) == ref.argmax(1)))
             streams = compiled.get_property("NUM_STREAMS")

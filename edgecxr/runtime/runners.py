@@ -133,44 +133,50 @@ class OpenVINORunner(BaseRunner):
         """OpenVINO's THROUGHPUT hint with an AsyncInferQueue of the optimal number of requests, each fed ``x`` (as
         benchmark_app measures throughput, with ``-b`` for a batch); compiled separately, the latency model is
         untouched. Its logits on ``x`` are compared with the latency model's (``max_abs_diff_vs_latency``)."""
-        import time
-
-        import openvino as ov
-
         cfg = {k: v for k, v in self._cfg.items() if k != "PERFORMANCE_HINT"}
         # read again rather than keep the ov.Model alive for the runner's lifetime (device memory)
         m = self._core.read_model(str(self.path))
         if self._static:
             m.reshape({m.inputs[0].get_any_name(): list(x.shape)})
         compiled = self._core.compile_model(m, self._device, dict(cfg, PERFORMANCE_HINT="THROUGHPUT"))
-        n_req = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        queue = ov.AsyncInferQueue(compiled, n_req)
         x = np.ascontiguousarray(x, np.float32)
-        for _ in range(n_req):  # warm-up
-            queue.start_async({0: x})
-        queue.wait_all()
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            for _ in range(n_req):
-                queue.start_async({0: x})
-            queue.wait_all()
-            done += n_req
-        elapsed = time.perf_counter() - start
+        images_per_s, n_req = async_images_per_s(compiled, x, seconds)
         streams = compiled.get_property("NUM_STREAMS")
         # a faster mode that computes something else is not a faster mode: compare with the latency model
         req = compiled.create_infer_request()
         req.infer({0: x})
         got = np.array(req.get_output_tensor(self._outputs.index("logits")).data, copy=True)
         ref = self._run(x)["logits"]
-        del req, queue, compiled
+        del req, compiled
         return {"mode": "THROUGHPUT", "requests": n_req, "streams": int(streams) if str(streams).isdigit() else str(streams),
-                "batch": len(x), "images_per_s": done * len(x) / elapsed,
+                "batch": len(x), "images_per_s": images_per_s,
                 "max_abs_diff_vs_latency": float(np.abs(got - ref).max()),
                 "argmax_agreement_vs_latency": float(np.mean(got.argmax(1) == ref.argmax(1)))}
 
     def _release(self) -> None:
         self._local = threading.local()
         self._compiled = None
+
+
+def async_images_per_s(compiled, x: np.ndarray, seconds: float) -> tuple[float, int]:
+    """Images/s of an OpenVINO compiled model fed ``x`` by an AsyncInferQueue of its optimal number of requests for
+    ``seconds`` (after one warm-up round), and that number of requests."""
+    import time
+
+    import openvino as ov
+
+    n_req = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    queue = ov.AsyncInferQueue(compiled, n_req)
+    for _ in range(n_req):  # warm-up
+        queue.start_async({0: x})
+    queue.wait_all()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(n_req):
+            queue.start_async({0: x})
+        queue.wait_all()
+        done += n_req
+    return done * len(x) / (time.perf_counter() - start), n_req
 
 
 class TensorRTRunner(BaseRunner):
