@@ -191,7 +191,7 @@ def train(
 
 @app.command("eval")
 def eval_cmd(
-    model: Path = typer.Argument(..., help="A .safetensors checkpoint, or an exported artifact (model.onnx, model.xml, ...)."),
+    model: Path = typer.Argument(..., help="A .safetensors checkpoint, or an exported artifact (model.onnx, model.xml, ..., or its export folder)."),
     data: Path = typer.Argument(..., help="Dataset (any layout)."),
     split_name: str = typer.Option("test", "--split", help="Which split to evaluate ('all' for every image)."),
     layout: str = typer.Option("auto"),
@@ -342,7 +342,7 @@ def export(
 
 @app.command()
 def verify(
-    artifact: Path = typer.Argument(..., help="Exported artifact (its sidecar beside it)."),
+    artifact: Path = typer.Argument(..., help="Exported artifact (its sidecar beside it), or its export folder."),
     images: Optional[list[Path]] = typer.Option(None, "--images", help="Folder(s) holding the gate's images (found by "
                                                 "sha256). Default: calibration_data/val + eval."),
 ) -> None:
@@ -353,8 +353,10 @@ def verify(
     from rich.progress import Progress
 
     from edgecxr.runtime.isa import describe, record_path, verify_here
+    from edgecxr.sidecar import resolve_artifact
 
     try:
+        artifact = resolve_artifact(artifact)
         with Progress(console=err, transient=True) as prog:
             task = prog.add_task("verify on this CPU", total=None)
             rec = verify_here(artifact, images, progress=lambda n: prog.advance(task, n))
@@ -416,7 +418,7 @@ def sidecar_table(side, title: str) -> Table:
 @app.command()
 def predict(
     paths: list[Path] = typer.Argument(..., help="Image files or folders (PNG, JPEG, DICOM)."),
-    model: Path = typer.Option(..., "--model", "-m", help="Exported artifact (model.onnx, model.xml, model.engine)."),
+    model: Path = typer.Option(..., "--model", "-m", help="Exported artifact (model.onnx, model.xml, model.engine), or its export folder."),
     as_json: bool = typer.Option(False, "--json", help="JSON lines (schema in README) instead of a table."),
     batch: Optional[int] = typer.Option(None, help="Batch size (default: the artifact's maximum)."),
     threads: Optional[int] = typer.Option(None, help="Engine threads."),

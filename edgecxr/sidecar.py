@@ -25,6 +25,23 @@ def sidecar_path(artifact: Path) -> Path:
     return artifact.with_name(artifact.name + SUFFIX)
 
 
+def resolve_artifact(path: str | Path) -> Path:
+    """``path`` itself, or for a folder (e.g. ``exports/<model>/onnx-int8``) the one artifact in it that has a
+    sidecar beside it; an :class:`ArtifactError` if the folder holds none or several."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    found = sorted(f.with_name(f.name[: -len(SUFFIX)]) for f in path.glob("*" + SUFFIX))
+    found = [f for f in found if f.is_file()]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ArtifactError(f"{path}: a folder with no exported artifact in it (no *{SUFFIX} beside a model file). "
+                            "Give the model file, or export one with `edgecxr export CHECKPOINT --target onnx`.")
+    raise ArtifactError(f"{path}: a folder with {len(found)} artifacts ({', '.join(f.name for f in found)}); "
+                        "give the one you mean.")
+
+
 class _Bad(ArtifactError):
     pass
 

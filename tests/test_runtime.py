@@ -178,6 +178,29 @@ def test_sidecar_mismatch_refused(request, artifact, field, value, tmp_path):
         load(dst)
 
 
+@pytest.mark.parametrize("artifact", ["onnx_artifact", "openvino_artifact"])
+def test_export_folder_loads_its_one_artifact(request, artifact, tmp_path):
+    from edgecxr.runtime import load
+
+    src = request.getfixturevalue(artifact)
+    with load(src.parent) as m:  # what `edgecxr export` leaves: exports/<model>/<target>/
+        assert m.path == src
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ArtifactError, match="no exported artifact"):
+        load(empty)
+
+
+def test_export_folder_with_two_artifacts_refused(onnx_artifact, tmp_path):
+    from edgecxr.runtime import load
+
+    for name in ("a.onnx", "b.onnx"):
+        shutil.copy(onnx_artifact, tmp_path / name)
+        shutil.copy(sidecar_path(onnx_artifact), sidecar_path(tmp_path / name))
+    with pytest.raises(ArtifactError, match="2 artifacts"):
+        load(tmp_path)
+
+
 def test_missing_sidecar_refused(onnx_artifact, tmp_path):
     from edgecxr.runtime import load
 

@@ -41,7 +41,7 @@ from edgecxr.runtime.batching import chunks, softmax
 from edgecxr.runtime.header_rules import HeaderRules
 from edgecxr.runtime.image_rules import ImageRules
 from edgecxr.runtime.operating_point import finding_at
-from edgecxr.sidecar import Sidecar, read_sidecar
+from edgecxr.sidecar import Sidecar, read_sidecar, resolve_artifact
 
 __all__ = ["load", "Model", "Prediction", "PREDICTION_SCHEMA_VERSION"]
 PREDICTION_SCHEMA_VERSION = 1
@@ -277,7 +277,7 @@ def load(path: str | Path, *, allow_unverified: bool = False, guard: bool = True
     from edgecxr.runtime.runners import make_runner
     from edgecxr.signing import check_signature, trusted_keys_from_env
 
-    path = Path(path)
+    path = resolve_artifact(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such artifact. Export one with `edgecxr export CHECKPOINT --target onnx`.")
     side = read_sidecar(path)

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from edgecxr.errors import ArtifactError
-from edgecxr.sidecar import Sidecar, read_sidecar, sidecar_path
+from edgecxr.sidecar import Sidecar, read_sidecar, resolve_artifact, sidecar_path
 
 RECORD_SUFFIX = ".edgecxr-cpu.json"
 
@@ -113,7 +113,7 @@ def verify_here(artifact: Path, image_dirs: list[Path] | None = None,
     from edgecxr.runtime import iter_images, load
     from edgecxr.runtime.batching import run_batched
 
-    artifact = Path(artifact)
+    artifact = resolve_artifact(artifact)
     side = read_sidecar(artifact)
     ver = side.verification.to_dict()
     ref = ver.get("reference")
