@@ -72,8 +72,9 @@ def main() -> None:
     from edgecxr.export.targets import Tolerance
     from edgecxr.export.verify import compare
     from edgecxr.resources import default_checkpoint
-    from edgecxr.sidecar import read_sidecar
+    from edgecxr.sidecar import read_sidecar, resolve_artifact
 
+    a.artifact = resolve_artifact(a.artifact)
     side = read_sidecar(a.artifact)
     ver = side.verification.to_dict()
     if not ver.get("image_sets"):
