@@ -3,6 +3,8 @@
   python benchmarks/latency_probe.py ARTIFACT            # drift: medians of 10 consecutive batch-1 runs, 150 runs,
                                                           # through the runtime (shows an engine switching speed mid-process)
   python benchmarks/latency_probe.py MODEL.xml --static   # OpenVINO: dynamic vs static-shape compile, batch 1 and 8
+  python benchmarks/latency_probe.py --ab A.xml B.xml:f32 ...  # OpenVINO: several IRs (":f32"/":bf16" sets the float
+                                                                # parts' precision) interleaved, static batch 1, 6 rounds
 """
 import sys
 import time
@@ -52,5 +54,38 @@ def static_ab(path: str) -> None:
             print(f"round {rep} batch {b}: dynamic {per_image(False, b, n):.2f} ms/img, static {per_image(True, b, n):.2f} ms/img")
 
 
+def interleaved(specs: list[str], rounds: int = 6, n: int = 40) -> None:
+    """Median batch-1 ms of each OpenVINO IR per round, the IRs taking turns, so a host phase hits all of them."""
+    import openvino as ov
+
+    core = ov.Core()
+    reqs = {}
+    for spec in specs:
+        path, _, prec = spec.partition(":")
+        m = core.read_model(path)
+        m.reshape({m.inputs[0].get_any_name(): [1] + [d.get_length() for d in list(m.inputs[0].get_partial_shape())[1:]]})
+        cfg = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_PRECISION_HINT": prec} if prec else {})}
+        reqs[spec] = core.compile_model(m, "CPU", cfg).create_infer_request()
+    shape = list(next(iter(reqs.values())).model_inputs[0].shape)
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    for r in reqs.values():
+        for _ in range(20):
+            r.infer({0: x})
+    ms = {s: [] for s in reqs}
+    for _ in range(rounds):
+        for spec, r in reqs.items():
+            t = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                r.infer({0: x})
+                t.append(time.perf_counter() - t0)
+            ms[spec].append(float(np.median(t)) * 1000)
+    for spec, v in ms.items():
+        print(f"{spec}: median {np.median(v):.2f} ms; rounds " + " ".join(f"{a:.2f}" for a in v))
+
+
 if __name__ == "__main__":
-    static_ab(sys.argv[1]) if "--static" in sys.argv else drift(sys.argv[1])
+    if "--ab" in sys.argv:
+        interleaved([a for a in sys.argv[1:] if a != "--ab"])
+    else:
+        static_ab(sys.argv[1]) if "--static" in sys.argv else drift(sys.argv[1])
