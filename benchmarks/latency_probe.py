@@ -3,8 +3,9 @@
   python benchmarks/latency_probe.py ARTIFACT            # drift: medians of 10 consecutive batch-1 runs, 150 runs,
                                                           # through the runtime (shows an engine switching speed mid-process)
   python benchmarks/latency_probe.py MODEL.xml --static   # OpenVINO: dynamic vs static-shape compile, batch 1 and 8
-  python benchmarks/latency_probe.py --ab A.xml B.xml:f32 ...  # OpenVINO: several IRs (":f32"/":bf16" sets the float
-                                                                # parts' precision) interleaved, static batch 1, 6 rounds
+  python benchmarks/latency_probe.py --ab A.xml B.xml:f32 ...  # several artifacts interleaved, batch 1, 6 rounds: OpenVINO
+                                                                # IRs (static shape; ":f32"/":bf16" sets the float parts'
+                                                                # precision) and ONNX models (ONNX Runtime, CPU, all cores)
 """
 import sys
 import time
@@ -54,30 +55,40 @@ def static_ab(path: str) -> None:
             print(f"round {rep} batch {b}: dynamic {per_image(False, b, n):.2f} ms/img, static {per_image(True, b, n):.2f} ms/img")
 
 
-def interleaved(specs: list[str], rounds: int = 6, n: int = 40) -> None:
-    """Median batch-1 ms of each OpenVINO IR per round, the IRs taking turns, so a host phase hits all of them."""
+def _batch1(spec: str):
+    """A callable that runs one batch-1 input through the artifact named by ``spec`` (see the module docstring)."""
+    path, _, prec = spec.partition(":")
+    if path.endswith(".onnx"):
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0]
+        x = np.random.default_rng(0).random([1] + list(inp.shape[1:]), dtype=np.float32)
+        return lambda: sess.run(None, {inp.name: x})
     import openvino as ov
 
     core = ov.Core()
-    reqs = {}
-    for spec in specs:
-        path, _, prec = spec.partition(":")
-        m = core.read_model(path)
-        m.reshape({m.inputs[0].get_any_name(): [1] + [d.get_length() for d in list(m.inputs[0].get_partial_shape())[1:]]})
-        cfg = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_PRECISION_HINT": prec} if prec else {})}
-        reqs[spec] = core.compile_model(m, "CPU", cfg).create_infer_request()
-    shape = list(next(iter(reqs.values())).model_inputs[0].shape)
-    x = np.random.default_rng(0).random(shape, dtype=np.float32)
-    for r in reqs.values():
+    m = core.read_model(path)
+    m.reshape({m.inputs[0].get_any_name(): [1] + [d.get_length() for d in list(m.inputs[0].get_partial_shape())[1:]]})
+    cfg = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_PRECISION_HINT": prec} if prec else {})}
+    req = core.compile_model(m, "CPU", cfg).create_infer_request()
+    x = np.random.default_rng(0).random(list(req.model_inputs[0].shape), dtype=np.float32)
+    return lambda: req.infer({0: x})
+
+
+def interleaved(specs: list[str], rounds: int = 6, n: int = 40) -> None:
+    """Median batch-1 ms of each artifact per round, the artifacts taking turns, so a host phase hits all of them."""
+    runs = {spec: _batch1(spec) for spec in specs}
+    for run in runs.values():
         for _ in range(20):
-            r.infer({0: x})
-    ms = {s: [] for s in reqs}
+            run()
+    ms = {s: [] for s in runs}
     for _ in range(rounds):
-        for spec, r in reqs.items():
+        for spec, run in runs.items():
             t = []
             for _ in range(n):
                 t0 = time.perf_counter()
-                r.infer({0: x})
+                run()
                 t.append(time.perf_counter() - t0)
             ms[spec].append(float(np.median(t)) * 1000)
     for spec, v in ms.items():

@@ -250,6 +250,36 @@ def test_onnx_search_gates_the_knob_with_less_logit_error_on_calibration(tiny_ch
     assert history[1]["calib_agreement"] == 1.0 and history[1]["calib_logit_rms"] > history[0]["calib_logit_rms"]
 
 
+def test_onnx_search_keeps_the_fast_graph_form_until_float_layers_fail(tiny_checkpoint, tmp_path, monkeypatch):
+    """BatchNorm kept float is a slower graph, not a calibration knob: the search keeps the target's form through
+    the calibration knobs and the float-layer trials, and offers the other form only as the last candidate, with
+    the float layers it tried last."""
+    import dataclasses
+    import time
+
+    import onnx
+
+    from edgecxr.export import mixed
+
+    ctx, tgt = _ctx_and_target(tiny_checkpoint, "onnx-int8")
+    tgt = dataclasses.replace(tgt, int8=dataclasses.replace(tgt.int8, bn_to_conv=True, max_float_layers=2))
+    ref = mixed._calib_reference(ctx)
+    convs = [n.name for n in onnx.load(str(ctx.fp32_onnx(tgt, tmp_path))).graph.node if n.op_type == "Conv"]
+    monkeypatch.setattr(mixed, "rank_onnx_nodes", lambda *a, **k: convs)
+
+    def fake_logits(path, engine, x):  # every float layer halves the error; the other form looks best of all
+        i8 = engine["int8"]
+        err = 0.0 if not i8["bn_to_conv"] else 0.05 / 2 ** len(i8.get("float_nodes") or [])
+        return ref + err * np.array([1.0, -1.0, 0.0])[: ref.shape[1]]
+
+    monkeypatch.setattr(mixed, "_runner_logits", fake_logits)
+    initial = {"backend": "onnx", "int8": {"calibration": tgt.int8.calibration, "bn_to_conv": True}}
+    got = [eng["int8"] for _, eng, _ in mixed._onnx_search(ctx, tgt, tmp_path, initial, time.perf_counter(), 600, [],
+                                                           tmp_path / "x.onnx")]
+    assert [g["bn_to_conv"] for g in got] == [True, True, False]
+    assert [len(g["float_nodes"]) for g in got] == [1, 2, 2]
+
+
 def test_logit_error_orders_builds_that_agree():
     from edgecxr.export.mixed import _Best, logit_error
 

@@ -1,12 +1,16 @@
 """Automatic mixed precision for INT8: when a quantized artifact misses the gate, keep the fewest
 layers in float until it passes.
 
-* Cheap knobs first. ONNX Runtime: the other calibration methods (minmax, percentile, entropy), then BatchNorm the
-  other way (float, or int8 depthwise convolutions). OpenVINO: ONNX Runtime's Q/DQ with each other calibration
-  method, and the other quantizer (NNCF / ONNX Runtime's Q/DQ).
+* Cheap knobs first. ONNX Runtime: the other calibration methods (minmax, percentile, entropy). OpenVINO: ONNX
+  Runtime's Q/DQ with each other calibration method, and the other quantizer (NNCF / ONNX Runtime's Q/DQ).
 * ONNX Runtime: rank the quantized convolutions by how much logit error is left on the *calibration* images when
   each is kept float in ONNX Runtime's Q/DQ twin of the graph (:mod:`edgecxr.export.sensitivity`), then exclude
-  the worst 1, 2, 4, ... nodes, under the best settings the knobs found.
+  the worst 1, 2, 4, ... nodes, under the best calibration the knobs found and the target's graph form.
+* ONNX Runtime, last: BatchNorm the other way (float, or int8 depthwise convolutions). It is a knob of the graph's
+  form, not of calibration, and the slow way round costs speed: on the shipped model (AMD EPYC, VNNI) the same 8
+  float convs ran 42 ms at batch 1 with BatchNorm float, 27 ms with BatchNorm as int8 depthwise convs
+  (``benchmarks/results/latency-ab-onnx-int8-bn-76fa283b-epyc.txt``). So it is tried only when keeping layers float
+  under the target's form has not passed.
 * OpenVINO: the same ranking on ONNX Runtime's Q/DQ source, then NNCF's ``quantize_with_accuracy_control``, its
   metric being the judge below on the calibration images, ``max_drop`` half of 1 - the target's minimum agreement.
 
@@ -170,6 +174,7 @@ class _Best:
         self.bar, self.score, self.err, self.opts = bar, score, err, opts
         self.floor = min(score, bar)
         self.gated_err = err  # the initial build was gated already
+        self.last_tried = None  # the options of the last float-layer trial (the graph-form knob starts from them)
 
     def offer(self, score: float, err: float, opts) -> bool:
         if (min(score, self.bar), -err) > (min(self.score, self.bar), -self.err):
@@ -198,13 +203,19 @@ def _initial(ctx, tgt, built: Path, engine: dict, ref: np.ndarray, history: list
 
 def onnx_knobs(o) -> list:
     """The cheap knobs for ONNX Runtime, as (label, [int8] options), fastest first: the other calibration methods
-    (minmax builds in a quarter of the time of the histogram methods), then BatchNorm the other way (kept float, or
-    rewritten as int8 depthwise convolutions)."""
+    (minmax builds in a quarter of the time of the histogram methods). They leave the graph's form alone."""
     from edgecxr.export.onnx_int8 import CALIBRATION_METHODS
 
     methods = [dataclasses.replace(o, calibration=m) for m in CALIBRATION_METHODS if m != o.calibration]
+    return [(f"calibration={k.calibration}, bn_to_conv={k.bn_to_conv}", k) for k in methods]
+
+
+def onnx_form_knob(o) -> tuple:
+    """The last resort for ONNX Runtime, as (label, [int8] options): BatchNorm the other way (kept float, or
+    rewritten as int8 depthwise convolutions), with the float layers the ranking chose; see the module docstring
+    for why it comes last."""
     flipped = dataclasses.replace(o, bn_to_conv=not o.bn_to_conv)
-    return [(f"calibration={k.calibration}, bn_to_conv={k.bn_to_conv}", k) for k in methods + [flipped]]
+    return f"bn_to_conv={flipped.bn_to_conv} (graph form), {len(o.exclude)} float conv(s)", flipped
 
 
 def _onnx_search(ctx, tgt, tmp: Path, engine: dict, t0: float, budget: float, history: list, built: Path):
@@ -219,8 +230,14 @@ def _onnx_search(ctx, tgt, tmp: Path, engine: dict, t0: float, budget: float, hi
     # 1. cheap knobs, each judged on the calibration images; one no worse than the initial build there with a lower
     #    logit error than all gated before goes to the gate (top-1 agreement alone saturates on 90 images)
     yield from _knob_candidates(onnx_knobs(tgt.int8), trial, t0 + budget, best)
-    # 2. rank nodes under the best settings so far, then keep the worst ones in float
+    # 2. rank nodes under the best calibration so far and the target's graph form, then keep the worst ones float
     yield from _ranked_float(ctx, tgt, tmp, best.opts, trial, t0, budget, history, best)
+    # 3. the graph's other form (slower), with the most float layers tried; to the gate whatever the calibration
+    #    images say, as the last candidate
+    if time.perf_counter() - t0 < budget:
+        label, opts = onnx_form_knob(best.last_tried or best.opts)
+        path, eng, score, err = trial(opts, label)
+        yield path, eng, f"{label} (score {score:.4f}, logit error {err:.4f} on the calibration images)"
 
 
 def _ranked_float(ctx, tgt, tmp: Path, start, trial, t0: float, budget: float, history: list, best: _Best):
@@ -249,6 +266,7 @@ def _ranked_float(ctx, tgt, tmp: Path, start, trial, t0: float, budget: float, h
     k, last = 1, None
     while k <= tgt.int8.max_float_layers and time.perf_counter() - t0 < budget:
         opts = dataclasses.replace(start, exclude=base + ranked[:k])
+        best.last_tried = opts
         path, eng, score, err = trial(opts, f"float top-{k}")
         last = (path, eng, f"kept the {k} conv(s) whose quantization moved the logits most on calibration images "
                            f"in float (score {score:.4f}, logit error {err:.4f} there)")
