@@ -196,6 +196,9 @@ class Sidecar:
         mb = _need(engine, "max_batch", int, where + ".engine", optional=True)
         if mb is not None and mb < 1:
             raise _Bad(f"{where}.engine.max_batch: must be >= 1, got {mb}")
+        off = _need(engine, "disabled_optimizers", list, where + ".engine", optional=True) or []
+        if not all(isinstance(o, str) for o in off):
+            raise _Bad(f"{where}.engine.disabled_optimizers: expected optimizer names, got {off!r:.80}")
         extra = _need(d, "extra_files", list, where, optional=True) or []
         outputs = _need(d, "outputs", list, where, optional=True) or ["logits"]
         if "logits" not in outputs or not all(isinstance(o, str) for o in outputs):

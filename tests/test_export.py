@@ -144,6 +144,38 @@ def test_int8_qoperator_for_ort(tiny_checkpoint, tmp_path):
     assert res.sidecar.engine["int8"]["calibration_images"] == 90
 
 
+def test_onnx_int8_float_nodes_stay_float_at_runtime(tiny_checkpoint, tmp_path, monkeypatch):
+    """A conv the search keeps float sits between a DequantizeLinear and a QuantizeLinear; ONNX Runtime's session
+    optimizer would quantize it again. The sidecar names the rewrite to turn off and the runner turns it off: the
+    graph that runs holds the conv as a float Conv, the others as QLinearConv."""
+    import dataclasses
+
+    from edgecxr.export.onnx_build import build
+    from edgecxr.runtime.runners import OnnxRunner
+
+    ctx, tgt = _ctx_and_target(tiny_checkpoint, "onnx-int8")
+    name = "/denseblock2/denselayer1/conv2/Conv"
+    assert name in [n.name for n in onnx.load(str(ctx.fp32_onnx(tgt, tmp_path))).graph.node]
+    tgt = dataclasses.replace(tgt, int8=dataclasses.replace(tgt.int8, exclude=[name]))
+    path, engine = build(ctx, tgt, tmp_path)
+    assert engine["disabled_optimizers"] == ["WeightBiasQuantization"]
+    seen = {}
+    real = ort.InferenceSession
+
+    def spy(model, so, **kw):  # the runner's own session options, asked to write the graph it runs
+        so.optimized_model_filepath = str(tmp_path / "ran.onnx")
+        seen.update(kw)
+        return real(model, so, **kw)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    OnnxRunner(path, dict(engine, backend="onnx", precision="int8"))
+    assert seen["disabled_optimizers"] == ["WeightBiasQuantization"]
+    ran = onnx.load(str(tmp_path / "ran.onnx")).graph.node
+    kind = {n.op_type for n in ran if n.name.startswith(name)}
+    assert kind and "QLinearConv" not in kind, kind
+    assert any(n.op_type == "QLinearConv" and n.name.startswith("/denseblock2/denselayer2/conv2/Conv") for n in ran)
+
+
 def _ctx_and_target(tiny_checkpoint, name):
     from edgecxr.resources import calibration_dir, verification_dirs
 

@@ -149,7 +149,8 @@ def _trial(ctx, tgt, tmp: Path, engine: dict, history: list, builder, ref_logits
     sub.mkdir()
     shutil.copyfile(ctx.fp32_onnx(tgt, tmp), sub / "fp32.onnx")  # export torch -> ONNX once
     path, eng = builder(ctx, dataclasses.replace(tgt, int8=opts), sub)
-    eng = dict(engine, int8=eng["int8"], version=eng.get("version", engine.get("version")))
+    eng = dict(engine, **{k: eng[k] for k in ("int8", "disabled_optimizers") if k in eng},
+               version=eng.get("version", engine.get("version")))
     score, err = _scored(ctx, ref_logits, path, eng, history, label, opts)
     return path, eng, score, err
 

@@ -39,7 +39,10 @@ class OnnxRunner(BaseRunner):
         if threads:
             so.intra_op_num_threads = threads
         so.log_severity_level = 3
-        self._sess = ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+        # graph rewrites the export turned off (INT8: keeps the float layers float; see edgecxr/export/onnx_build.py)
+        off = list(engine.get("disabled_optimizers") or [])
+        self._sess = ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"],
+                                          **({"disabled_optimizers": off} if off else {}))
         self._input = self._sess.get_inputs()[0].name
         self._outputs = [o.name for o in self._sess.get_outputs()]
         b = self._sess.get_inputs()[0].shape[0]
