@@ -9,6 +9,7 @@
 """
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -61,7 +62,12 @@ def _batch1(spec: str):
     if path.endswith(".onnx"):
         import onnxruntime as ort
 
-        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        from edgecxr.sidecar import read_sidecar, sidecar_path
+
+        side = sidecar_path(Path(path))  # the graph rewrites the export turned off, as the runner does
+        off = read_sidecar(Path(path)).engine.get("disabled_optimizers") if side.exists() else None
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"],
+                                    **({"disabled_optimizers": off} if off else {}))
         inp = sess.get_inputs()[0]
         x = np.random.default_rng(0).random([1] + list(inp.shape[1:]), dtype=np.float32)
         return lambda: sess.run(None, {inp.name: x})

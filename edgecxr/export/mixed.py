@@ -7,9 +7,9 @@ layers in float until it passes.
   each is kept float in ONNX Runtime's Q/DQ twin of the graph (:mod:`edgecxr.export.sensitivity`), then exclude
   the worst 1, 2, 4, ... nodes, under the best calibration the knobs found and the target's graph form.
 * ONNX Runtime, last: BatchNorm the other way (float, or int8 depthwise convolutions). It is a knob of the graph's
-  form, not of calibration, and the slow way round costs speed: on the shipped model (AMD EPYC, VNNI) the same 8
-  float convs ran 42 ms at batch 1 with BatchNorm float, 27 ms with BatchNorm as int8 depthwise convs
-  (``benchmarks/results/latency-ab-onnx-int8-bn-76fa283b-epyc.txt``). So it is tried only when keeping layers float
+  form, not of calibration, and the slow way round costs speed: on the shipped model (AMD EPYC, VNNI) with 8 float
+  layers, 24.6 ms at batch 1 with BatchNorm float against 19.1 ms with BatchNorm as int8 depthwise convs
+  (41.9 / 27.4 in a slow host phase; ``benchmarks/results/latency-ab-onnx-int8-bn-76fa283b-epyc.txt``). So it is tried only when keeping layers float
   under the target's form has not passed.
 * OpenVINO: the same ranking on ONNX Runtime's Q/DQ source, then NNCF's ``quantize_with_accuracy_control``, its
   metric being the judge below on the calibration images, ``max_drop`` half of 1 - the target's minimum agreement.
