@@ -164,6 +164,8 @@ def test_eval_reports_rejected_share_for_artifact(guarded_onnx, guarded_checkpoi
     samples = [s for s in load_samples(calibration_dir().parent / "val")][:12]
     a = evaluate_model(guarded_onnx, samples, n_boot=10, reference=guarded_checkpoint)
     assert "rejected_share" in a["guard"] and a["reference"]["agreement"] == 1.0
+    folder = evaluate_model(guarded_onnx.parent, samples[:4], n_boot=10)  # `edgecxr eval exports/<model>/onnx-fp32`
+    assert folder["n_images"] == 4 and folder["kind"] == a["kind"]
     assert a["reference"]["operating_point"]["finding_agreement"] == 1.0  # FP32 ONNX: same findings too
     assert a["guard"]["rejected_by_image_rules"] == 0  # every shipped CXR passes them
     from edgecxr.data.layouts import Sample

@@ -100,7 +100,9 @@ def evaluate_model(path: Path, samples: list[Sample], n_boot: int = 1000, refere
     from edgecxr.runtime.batching import softmax
     from edgecxr.runtime.operating_point import findings
 
-    path = Path(path)
+    from edgecxr.sidecar import resolve_artifact
+
+    path = resolve_artifact(path)  # an export folder (exports/<model>/onnx-int8) means the artifact in it
     if not path.is_file():
         raise DatasetError(f"{path}: no such checkpoint or artifact.")
     outs, meta = (checkpoint_outputs(path, samples) if is_checkpoint(path)
