@@ -328,6 +328,10 @@ def test_logit_error_orders_builds_that_agree():
     below = _Best(0.99, 0.9889, 0.066, "initial")
     assert not below.offer(0.9767, 0.037, "loses a positive")
     assert below.offer(0.9889, 0.028, "stem float") and below.opts == "stem float"
+    # a float-layer build is judged by its logit error alone: one positive lost on the calibration images does not
+    # keep it from the gate, more error than a gated build does
+    assert below.offer(0.9756, 0.020, "2 float", need_score=False) and below.opts == "stem float"
+    assert not below.offer(0.9756, 0.025, "1 float", need_score=False)
 
 
 def test_int8_cache_key_depends_on_the_cpu_isa():
