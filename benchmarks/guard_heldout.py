@@ -1,7 +1,8 @@
 """The shipped guard on images it was never chosen on: scikit-image sample images that are *not* in ood_data/
 (cells, coins, moon, page, Shepp-Logan phantom, logo, ...). Evidence that the guard was not fitted to ood_data/ alone.
 
-Run: python benchmarks/guard_heldout.py SKIMAGE_DATA_DIR [CHECKPOINT]   (skimage/data of a scikit-image source tree; nothing is copied)
+Run: python benchmarks/guard_heldout.py SKIMAGE_DATA_DIR [CHECKPOINT]   (skimage/data of a scikit-image source tree or
+wheel: pip download scikit-image --only-binary :all: --no-deps, then unzip; nothing is copied)
 """
 import sys
 from pathlib import Path
