@@ -9,8 +9,8 @@ layers in float until it passes.
 * ONNX Runtime, last: BatchNorm the other way (float, or int8 depthwise convolutions). It is a knob of the graph's
   form, not of calibration, and the slow way round costs speed: on the shipped model (AMD EPYC, VNNI) with 8 float
   layers, 24.6 ms at batch 1 with BatchNorm float against 19.1 ms with BatchNorm as int8 depthwise convs
-  (41.9 / 27.4 in a slow host phase; ``benchmarks/results/latency-ab-onnx-int8-bn-76fa283b-epyc.txt``). So it is tried only when keeping layers float
-  under the target's form has not passed.
+  (41.9 / 27.4 in a slow host phase; ``benchmarks/results/latency-ab-onnx-int8-bn-76fa283b-epyc.txt``). So it
+  is tried only when keeping layers float under the target's form has not passed.
 * OpenVINO: the same ranking on ONNX Runtime's Q/DQ source, then NNCF's ``quantize_with_accuracy_control``, its
   metric being the judge below on the calibration images, ``max_drop`` half of 1 - the target's minimum agreement.
 
@@ -22,8 +22,8 @@ are told apart by their logit error against FP32 there, which orders them as the
 knob's build goes to the gate when it scores no worse than the initial build (or reaches the bar) with a lower logit
 error than every build gated before it, the initial one included; a float-layer build when its logit error is lower
 than every build gated before it. The verification images never choose or rank layers: the gate only decides when
-the search stops
-(the first candidate that passes it; the sidecar records how many gate runs that took). The search is bounded by
+the search stops (the first candidate that passes it; the sidecar records how many gate runs that took). The search
+is bounded by
 the target's ``[int8] search_minutes`` and ``max_float_layers``; the sidecar records which layers stayed float
 and why.
 """
