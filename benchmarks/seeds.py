@@ -3,6 +3,8 @@ sensitivity, and an exact McNemar test per seed pair (seed i of A against seed i
 
 Run: python benchmarks/seeds.py benchmarks/results/training research test
      (reads DIR/CONFIG-ARCH-sN-eval-SPLIT/eval.json for ARCH in covid-densenet, densenet121)
+     python benchmarks/seeds.py benchmarks/results/training shipped test -e60
+     (a TAG: DIR/CONFIG-ARCH-e60-sN-...; an architecture without runs is left out, and so are the paired tests)
 """
 import json
 import re
@@ -36,27 +38,30 @@ def msd(values: list[float]) -> str:
     return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v.mean():.1f}"
 
 
-def summary(root: Path, config: str, split: str) -> list[str]:
+def summary(root: Path, config: str, split: str, tag: str = "") -> list[str]:
     """Markdown lines: mean +- sd per metric for each architecture, then McNemar per seed pair."""
-    table = {a: runs(root, config, a, split) for a in ARCHS}
-    for a, r in table.items():
-        if not r:
-            raise SystemExit(f"no {config}-{a}-sN-eval-{split}/eval.json under {root}")
-    first = next(iter(table[ARCHS[0]].values()))
+    table = {a: runs(root, config, a + tag, split) for a in ARCHS}
+    table = {a: r for a, r in table.items() if r}
+    if not table:
+        raise SystemExit(f"no {config}-ARCH{tag}-sN-eval-{split}/eval.json under {root} (ARCH: {', '.join(ARCHS)})")
+    archs = list(table)
+    first = next(iter(table[archs[0]].values()))
     rows = [("accuracy", lambda r: r["image"]["accuracy"]), ("macro F1", lambda r: r["image"]["macro_f1"])]
     rows += [(f"{c} sensitivity", lambda r, c=c: r["image"]["per_class"][c]["sensitivity"]) for c in first["classes"]]
     for src, v in sorted(first["per_source"].items()):
         for c in v["sensitivity"]:
             rows.append((f"{c} sensitivity, {src}", lambda r, s=src, c=c: r["per_source"][s]["sensitivity"][c]["value"]))
     out = [f"{config} configuration, dev {split} ({first['n_images']} images): mean ± sd over seeds (%), each seed in brackets", "",
-           "| metric | " + " | ".join(f"{a} (seeds {', '.join(map(str, sorted(table[a])))})" for a in ARCHS) + " |",
-           "|---|" + "---|" * len(ARCHS)]
+           "| metric | " + " | ".join(f"{a}{tag} (seeds {', '.join(map(str, sorted(table[a])))})" for a in archs) + " |",
+           "|---|" + "---|" * len(archs)]
     for name, get in rows:
         cells = []
-        for a in ARCHS:
+        for a in archs:
             vals = [get(table[a][s]) for s in sorted(table[a])]
             cells.append(f"{msd(vals)} ({', '.join(f'{100 * v:.1f}' for v in vals)})")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
+    if len(archs) < 2:
+        return out
     out += ["", f"Paired per seed (A = {ARCHS[0]}, B = {ARCHS[1]}; same data, recipe and seed):", "",
             "| seed | accuracy A / B | A right only / B right only | exact McNemar p |", "|---|---|---|---|"]
     for s in sorted(set(table[ARCHS[0]]) & set(table[ARCHS[1]])):
@@ -70,7 +75,7 @@ def summary(root: Path, config: str, split: str) -> list[str]:
 
 
 def main() -> None:
-    print("\n".join(summary(Path(sys.argv[1]), sys.argv[2], sys.argv[3])))
+    print("\n".join(summary(Path(sys.argv[1]), sys.argv[2], sys.argv[3], *sys.argv[4:5])))
 
 
 if __name__ == "__main__":
