@@ -62,12 +62,11 @@ def _batch1(spec: str):
     if path.endswith(".onnx"):
         import onnxruntime as ort
 
+        from edgecxr.runtime.runners import onnx_session_kwargs
         from edgecxr.sidecar import read_sidecar, sidecar_path
 
-        side = sidecar_path(Path(path))  # the graph rewrites the export turned off, as the runner does
-        off = read_sidecar(Path(path)).engine.get("disabled_optimizers") if side.exists() else None
-        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"],
-                                    **({"disabled_optimizers": off} if off else {}))
+        engine = read_sidecar(Path(path)).engine if sidecar_path(Path(path)).exists() else {}
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"], **onnx_session_kwargs(engine))
         inp = sess.get_inputs()[0]
         x = np.random.default_rng(0).random([1] + list(inp.shape[1:]), dtype=np.float32)
         return lambda: sess.run(None, {inp.name: x})

@@ -216,7 +216,7 @@ ablation done so far, and what it has not measured yet, is in `benchmarks/ablati
 benchmarks/train_models.sh shipped 0 covid-densenet      # AUG=light LS=0 TAG=-light for the light recipe
 benchmarks/train_models.sh research 0 covid-densenet     # never shipped: non-commercial images; seeds 0-2, both archs
 FRACTION=0.25 TAG=-f25 benchmarks/train_models.sh research 0 covid-densenet   # size sweep (also 0.5); BALANCED=0 TAG=-unbal
-EPOCHS=60 TAG=-e60 benchmarks/train_models.sh shipped 1 covid-densenet   # the shipped model (seed 1: best val macro-F1 of seeds 0-1)
+EPOCHS=60 TAG=-e60 benchmarks/train_models.sh shipped 1 covid-densenet   # the shipped model (seed 1: best val macro-F1 of seeds 0-2)
 edgecxr calibrate runs/shipped-covid-densenet-e60-s1/best.safetensors ../shared/cxr/dev/MANIFEST.csv --permissive-only --ood ood_data --outlier-exclude calibration_data/calib --margin 1.05 --op-margin 0.15 --out CALIBRATED.safetensors
 python benchmarks/ship_weights.py CALIBRATED.safetensors && python benchmarks/record_shipped_predictions.py
 python benchmarks/model_card.py     # the recorded results listed in DEFAULT_RUNS, and benchmarks/seeds.py

@@ -6,7 +6,8 @@
 
 OpenVINO: the CPU plugin's performance counters (``PERF_COUNT``), summed over ``--runs`` batch-1
 inferences, with the kernel each layer ran (e.g. ``jit_avx512_amx_I8``, ``brgconv_avx512_core_vnni``).
-ONNX Runtime: its built-in profiler (``SessionOptions.enable_profiling``), node events summed by node.
+ONNX Runtime: its built-in profiler (``SessionOptions.enable_profiling``), node events summed by node; the session
+turns off the graph rewrites the sidecar names, as the runner does (INT8: float layers stay float).
 Prints a markdown table (layer, type, kernel, ms per image, share of the total).
 """
 
@@ -64,7 +65,11 @@ def profile_onnxruntime(path: Path, runs: int, threads: int | None) -> list[tupl
     so.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
     if threads:
         so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    from edgecxr.runtime.runners import onnx_session_kwargs
+    from edgecxr.sidecar import read_sidecar, sidecar_path
+
+    engine = read_sidecar(path).engine if sidecar_path(path).exists() else {}  # as the runner loads it
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], **onnx_session_kwargs(engine))
     inp = sess.get_inputs()[0]
     x = _input(inp.shape)
     sess.run(None, {inp.name: x})

@@ -25,6 +25,13 @@ from edgecxr.runtime.base import BaseRunner, decode_embedded
 MAX_STATIC_BATCHES = 4  # batch sizes an OpenVINO runner compiles a static-shape model for
 
 
+def onnx_session_kwargs(engine: dict) -> dict:
+    """``InferenceSession`` keyword arguments an artifact's sidecar asks for: the graph rewrites its export turned off
+    (INT8: keeps the float layers float; see edgecxr/export/onnx_build.py)."""
+    off = list(engine.get("disabled_optimizers") or [])
+    return {"disabled_optimizers": off} if off else {}
+
+
 class OnnxRunner(BaseRunner):
     """ONNX Runtime (CPU by default; CUDA when onnxruntime-gpu and a GPU are present and asked for)."""
 
@@ -39,10 +46,8 @@ class OnnxRunner(BaseRunner):
         if threads:
             so.intra_op_num_threads = threads
         so.log_severity_level = 3
-        # graph rewrites the export turned off (INT8: keeps the float layers float; see edgecxr/export/onnx_build.py)
-        off = list(engine.get("disabled_optimizers") or [])
         self._sess = ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"],
-                                          **({"disabled_optimizers": off} if off else {}))
+                                          **onnx_session_kwargs(engine))
         self._input = self._sess.get_inputs()[0].name
         self._outputs = [o.name for o in self._sess.get_outputs()]
         b = self._sess.get_inputs()[0].shape[0]
