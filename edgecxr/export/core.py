@@ -76,13 +76,17 @@ def cache_key(ck_sha: str, tgt: Target, calib_dirs: list[Path], verify_dirs: lis
               isa: dict | None = None) -> str:
     """Everything a verdict depends on; for ISA-dependent CPU artifacts (INT8, OpenVINO FP16) also the CPU's ISA
     class, so an export copied to a machine with other kernels is rebuilt and re-verified there."""
+    from edgecxr.export.onnx_build import KEEP_FLOAT_OFF
     from edgecxr.runtime.isa import isa_dependent
 
     cpu_int8 = isa_dependent({"backend": tgt.backend, "precision": tgt.precision})  # INT8; OpenVINO FP16 runs bf16 or f32
+    # the session rewrites an ONNX INT8 sidecar turns off decide what runs: a new list means a new build and gate
+    ort_off = KEEP_FLOAT_OFF if (tgt.backend, tgt.precision) == ("onnx", "int8") else None
     return hashlib.sha256(json.dumps({
         "checkpoint": ck_sha, "target": tgt.key, "calib": _digest(calib_dirs) if tgt.precision == "int8" else None,
         "verify": _digest(verify_dirs), "guard": guard, "edgecxr": __version__, "gate": GATE_VERSION,
-        "isa": (isa or isa_class()) if cpu_int8 else None}, sort_keys=True, default=str).encode()
+        "isa": (isa or isa_class()) if cpu_int8 else None, **({"ort_off": ort_off} if ort_off else {})},
+        sort_keys=True, default=str).encode()
     ).hexdigest()
 
 
