@@ -37,8 +37,8 @@ def resolve_reduce_range(value) -> bool:
 # - QDQPropagationTransformer moves a QuantizeLinear up through a MaxPool. Behind the float stem conv that turns the
 #   stem's max-pool into a uint8 MaxPool on the 4x larger NCHW map (2.0 of 19.9 ms at batch 1, the top layer of the
 #   shipped model's profile) instead of the float NCHWc one fused behind the conv; the numbers are the same (quantizing
-#   commutes with max: the test checks bit-identical outputs), the batch-1 latency 10% lower (23.7 -> 21.5 ms, AMD EPYC
-#   AVX-512 VNNI, slow host phase; `python benchmarks/latency_probe.py --ab`, see README).
+#   commutes with max: the test checks bit-identical outputs), the batch-1 latency 8% lower (23.7 -> 21.7 ms, AMD EPYC
+#   AVX-512 VNNI, slow host phase: benchmarks/results/latency-ab-onnx-int8-pool-76fa283b-epyc.txt).
 KEEP_FLOAT_OFF = ["WeightBiasQuantization", "QDQPropagationTransformer"]
 
 
