@@ -208,6 +208,48 @@ def test_onnx_int8_stem_pool_stays_float_and_exact(tiny_checkpoint, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_onnx_int8_shared_concat_scales(tiny_checkpoint, tmp_path):
+    """shared_concat_scales: the tensors a QLinearConcat joins get one scale and zero point (so ONNX Runtime copies
+    instead of requantizing), except that a tensor whose range starts at 0 never gets a negative range (a ReLU
+    folded into it stays folded); the model still runs and stays close to the unshared one."""
+    import dataclasses
+
+    from onnx import numpy_helper
+
+    from edgecxr.export.onnx_build import build
+
+    ctx, tgt = _ctx_and_target(tiny_checkpoint, "onnx-int8")
+    models = {}
+    for shared in (False, True):
+        sub = tmp_path / str(shared)
+        sub.mkdir()
+        t = dataclasses.replace(tgt, int8=dataclasses.replace(tgt.int8, shared_concat_scales=shared))
+        path, engine = build(ctx, t, sub)
+        assert engine["int8"]["shared_concat_scales"] is shared
+        models[shared] = path
+
+    def concat_params(path):
+        m = onnx.load(str(path))
+        init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+        out = []
+        for n in m.graph.node:
+            if n.op_type == "QLinearConcat":
+                ins = [(n.input[0], n.input[1])] + [(n.input[i + 1], n.input[i + 2]) for i in range(2, len(n.input), 3)]
+                out.append([(sc, float(init[sc]), int(init[z])) for sc, z in ins])
+        return out
+
+    before, after = concat_params(models[False]), concat_params(models[True])
+    assert before and len(before) == len(after)
+    copies = lambda ps: sum(p[1:] == c[0][1:] for c in ps for p in c[1:])  # noqa: E731
+    assert copies(after) > copies(before)
+    zp0 = {sc for c in before for sc, _, z in c if z == 0}
+    assert all(z == 0 for c in after for sc, _, z in c if sc in zp0)
+    x = np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32)
+    logits = [ort.InferenceSession(str(models[k])).run(None, {"input": x})[0] for k in (False, True)]
+    assert np.isfinite(logits[1]).all()
+    assert np.abs(logits[1] - logits[0]).max() < 0.5 * np.abs(logits[0]).max() + 1e-3
+
+
 def _ctx_and_target(tiny_checkpoint, name):
     from edgecxr.resources import calibration_dir, verification_dirs
 

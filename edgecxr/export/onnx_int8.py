@@ -53,7 +53,7 @@ QOPERATOR_OPS = ("Conv", "Concat", "AveragePool", "MaxPool", "Relu")
 
 def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperator", method: str = "minmax",
                   per_channel: bool = True, reduce_range: bool = False, bn_to_conv: bool = False,
-                  exclude: list[str] | None = None, preprocessed: bool = False) -> Path:
+                  exclude: list[str] | None = None, preprocessed: bool = False, shared_concat_scales: bool = False) -> Path:
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -89,7 +89,71 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperato
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
                             reduce_range=reduce_range, calibrate_method=cm, nodes_to_exclude=exclude,
                             op_types_to_quantize=list(QOPERATOR_OPS))
+            if shared_concat_scales:
+                share_concat_scales(Path(out))
     return Path(out)
+
+
+def share_concat_scales(path: Path) -> int:
+    """Give the tensors that meet in QLinearConcats one scale and zero point per group (the union of their calibrated
+    ranges); return how many tensors changed.
+
+    DenseNet concatenates every earlier feature map again in each dense layer; with its own scale per tensor, ONNX
+    Runtime's QLinearConcat requantizes every input through a lookup table, with equal parameters it copies bytes.
+    A tensor whose range starts at 0 (a ReLU may be folded into it) joins only a group whose range starts at 0 too,
+    so no folded ReLU is undone. The ranges widen, so precision drops: the export gate decides.
+
+    Off by default: for the shipped model 76fa283b it made batch-1 inference 13% faster (14.2 vs 16.2 ms, a speed probe
+    on AMD EPYC AVX-512 VNNI) but failed the gate with 8 flips of 222, and the mixed-precision search did not mend it
+    (8 float layers; `edgecxr export --target` a copy of export/onnx-int8.toml with ``shared_concat_scales = true``)."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    inits = {i.name: i for i in m.graph.initializer}
+
+    def params(scale: str, zp: str):
+        if scale not in inits or zp not in inits:
+            return None
+        s, z = numpy_helper.to_array(inits[scale]), numpy_helper.to_array(inits[zp])
+        if s.size != 1 or z.dtype != np.uint8:
+            return None
+        return float(s), int(z)
+
+    parent: dict[tuple, tuple] = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for n in m.graph.node:
+        if n.op_type != "QLinearConcat":
+            continue
+        pairs = [(n.input[0], n.input[1])] + [(n.input[i + 1], n.input[i + 2]) for i in range(2, len(n.input), 3)]
+        pairs = [p for p in pairs if params(*p) is not None]
+        for p in pairs[1:]:
+            parent[find(p)] = find(pairs[0])
+    groups: dict[tuple, list] = {}
+    for p in list(parent):
+        groups.setdefault(find(p), []).append(p)
+    changed = 0
+    for members in groups.values():
+        rng = {p: ((0 - z) * s, (255 - z) * s) for p in members for s, z in [params(*p)]}
+        lo = min(r[0] for r in rng.values())
+        members = [p for p in members if lo == 0 or rng[p][0] < 0]  # see the docstring: folded ReLUs stay folded
+        if len(members) < 2:
+            continue
+        lo, hi = min(rng[p][0] for p in members), max(rng[p][1] for p in members)
+        scale = (hi - lo) / 255.0
+        zp = int(np.clip(np.round(-lo / scale), 0, 255))
+        for sc, z in members:
+            if params(sc, z) != (np.float32(scale).item(), zp):
+                changed += 1
+            inits[sc].CopyFrom(numpy_helper.from_array(np.array(scale, dtype=np.float32), sc))
+            inits[z].CopyFrom(numpy_helper.from_array(np.array(zp, dtype=np.uint8), z))
+    onnx.save(m, str(path))
+    return changed
 
 
 def output_only_nodes(path: Path, outputs: tuple[str, ...] = ("guard",)) -> list[str]:

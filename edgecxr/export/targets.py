@@ -57,6 +57,7 @@ class Int8Options:
     per_channel: bool = True
     reduce_range: Any = False  # true | false | "auto" (7-bit weights on x86 CPUs without VNNI)
     bn_to_conv: bool = False
+    shared_concat_scales: bool = False  # qoperator: one scale per group of concatenated tensors (faster; see onnx_int8.py)
     exclude: list = field(default_factory=list)  # ONNX node names kept in float
     preset: str = "performance"  # NNCF: performance | mixed
     source: str = "nncf"  # OpenVINO INT8 from NNCF (nncf) or from ONNX Runtime's Q/DQ quantization (ort-qdq)
