@@ -83,6 +83,30 @@ def test_openvino_throughput_mode(tiny_checkpoint, tmp_path):
     assert m.runner.run(x[:1])["logits"].shape[0] == 1  # the latency model still works afterwards
 
 
+def test_paired_speedups_take_the_ratio_round_by_round():
+    """A slow host phase in one round: the median of per-round ratios keeps the ratio, the ratio of medians loses it."""
+    from edgecxr.bench.harness import add_speedups
+    from edgecxr.bench.report import markdown
+
+    def row(target, p50s, ms):
+        return {"target": target, "status": "ok",
+                "latency_b1": {"p50_ms": sorted(p50s)[len(p50s) // 2], "p50_ms_rounds": p50s},
+                "throughput": {"ms_per_image": sorted(ms)[len(ms) // 2], "images_per_s": 1000 / sorted(ms)[len(ms) // 2],
+                               "ms_per_image_rounds": ms}}
+
+    rows = [row("torch-fp32", [54.0, 79.0, 54.0], [53.0, 56.0, 43.0]), row("a", [12.0, 17.0, 16.0], [11.0, 11.0, 14.0])]
+    add_speedups(rows)
+    assert rows[1]["speedup_b1"] == pytest.approx(54.0 / 16.0)
+    assert rows[1]["speedup_paired"]["b1"] == pytest.approx(4.5)  # ratios 4.5, 4.65, 3.375
+    assert rows[1]["speedup_paired"]["batch"] == pytest.approx(53.0 / 11.0)  # ratios 4.82, 5.09, 3.07
+    assert rows[0]["speedup_paired"]["b1"] == pytest.approx(1.0)
+    one = [row("torch-fp32", [54.0], [53.0]), row("a", [12.0], [11.0])]
+    add_speedups(one)
+    assert "speedup_paired" not in one[1]  # one round: nothing to pair
+    flat = [{"machine": "m", "target": "a", "status": "ok", "speedup_b1_paired": 4.5, "speedup_batch_paired": 4.82}]
+    assert "4.50 / 4.82" in markdown(flat, "t")
+
+
 def test_throughput_mode_counts_only_when_its_outputs_match():
     from edgecxr.bench.harness import add_speedups
 

@@ -167,6 +167,22 @@ def add_speedups(rows: list[dict]) -> None:
                 r["throughput_mode_note"] = "not counted: its outputs differ from the latency model's"
             best = max(r["throughput"]["images_per_s"], mode.get("images_per_s", 0) if trusted else 0)
             r["speedup_throughput"] = best / ref["throughput"]["images_per_s"]
+            paired = _paired(ref, r)
+            if paired:
+                r["speedup_paired"] = paired
+
+
+def _paired(ref: dict, row: dict) -> dict | None:
+    """Speed-ups over eager taken round by round (each round's ratio, then the median over rounds): a host that
+    slows for minutes slows both rows of a round more often than the medians of two separate rows show."""
+    a, b = ref["latency_b1"].get("p50_ms_rounds"), row["latency_b1"].get("p50_ms_rounds")
+    c, d = ref["throughput"].get("ms_per_image_rounds"), row["throughput"].get("ms_per_image_rounds")
+    if not a or not b or len(a) != len(b) or len(a) < 2:
+        return None
+    out = {"b1": float(np.median([x / y for x, y in zip(a, b)]))}
+    if c and d and len(c) == len(d) == len(a):
+        out["batch"] = float(np.median([x / y for x, y in zip(c, d)]))
+    return out
 
 
 def _more_rounds(jobs: list[tuple[dict, dict]], rounds: int, progress=None) -> None:
@@ -190,9 +206,10 @@ def _more_rounds(jobs: list[tuple[dict, dict]], rounds: int, progress=None) -> N
         mid = res[int(np.argsort(p50s)[len(p50s) // 2])]  # the round with the median batch-1 p50, whole
         row["latency_b1"] = mid["latency_b1"]
         row["latency_b1"]["p50_ms_rounds"] = p50s
-        ms = sorted(r["throughput"]["ms_per_image"] for r in res)
-        row["throughput"] = dict(row["throughput"], ms_per_image=ms[len(ms) // 2],
-                                 images_per_s=1000 / ms[len(ms) // 2], ms_per_image_rounds=ms)
+        ms = [r["throughput"]["ms_per_image"] for r in res]  # in round order, like p50_ms_rounds
+        mid_ms = sorted(ms)[len(ms) // 2]
+        row["throughput"] = dict(row["throughput"], ms_per_image=mid_ms, images_per_s=1000 / mid_ms,
+                                 ms_per_image_rounds=ms)
         modes = [r["throughput_mode"]["images_per_s"] for r in res if r.get("throughput_mode")]
         if modes:
             row["throughput_mode"] = dict(row["throughput_mode"], images_per_s=sorted(modes)[len(modes) // 2],

@@ -36,6 +36,8 @@ def flat_rows(run: dict) -> list[dict]:
                       "tput_mode_images_per_s": (r.get("throughput_mode") or {}).get("images_per_s"),
                       "tput_mode_max_abs_diff": (r.get("throughput_mode") or {}).get("max_abs_diff_vs_latency"),
                       "speedup_throughput": r.get("speedup_throughput"),
+                      "speedup_b1_paired": (r.get("speedup_paired") or {}).get("b1"),
+                      "speedup_batch_paired": (r.get("speedup_paired") or {}).get("batch"),
                       "accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "covid_sensitivity": r["covid_sensitivity"],
                       "macro_auc": r["macro_auc"], "agreement": r["agreement"], "peak_rss_mb": r["peak_rss_mb"],
                       "artifact_mb": r.get("artifact_mb"), "runs_precision": r["info"].get("inference_precision", r["info"].get("precision")),
@@ -53,7 +55,7 @@ def rich_table(rows: list[dict], title: str) -> Table:
     t = Table(title=title)
     cols = [("target", "target"), ("status", "status"), ("runs as", "runs_precision"), ("p50 ms", "p50_ms"),
             ("p99 ms", "p99_ms"), ("cold ms", "first_ms"), ("ms/img @b", "batch_ms_per_image"), ("x b1", "speedup_b1"),
-            ("x batch", "speedup_batch"), ("x tput", "speedup_throughput"), ("acc", "accuracy"), ("F1", "macro_f1"), ("COVID sens", "covid_sensitivity"),
+            ("x batch", "speedup_batch"), ("x b1 paired", "speedup_b1_paired"), ("x tput", "speedup_throughput"), ("acc", "accuracy"), ("F1", "macro_f1"), ("COVID sens", "covid_sensitivity"),
             ("agree", "agreement"), ("RSS MB", "peak_rss_mb"), ("size MB", "artifact_mb")]
     multi = len({r["machine"] for r in rows}) > 1
     if multi:
@@ -74,9 +76,9 @@ def rich_table(rows: list[dict], title: str) -> Table:
 
 def markdown(rows: list[dict], title: str, run_info: str = "") -> str:
     head = ["target", "status", "runs as", "p50 ms (b1)", "p90", "p99", "cold ms", "ms/img (batch)", "speed-up b1",
-            "speed-up batch", "img/s throughput mode", "speed-up throughput", "accuracy", "macro F1", "COVID sens.", "agreement", "peak RSS MB", "size MB"]
+            "speed-up batch", "paired b1 / batch", "img/s throughput mode", "speed-up throughput", "accuracy", "macro F1", "COVID sens.", "agreement", "peak RSS MB", "size MB"]
     keys = ["target", "status", "runs_precision", "p50_ms", "p90_ms", "p99_ms", "first_ms", "batch_ms_per_image",
-            "speedup_b1", "speedup_batch", "tput_mode_images_per_s", "speedup_throughput", "accuracy", "macro_f1", "covid_sensitivity", "agreement", "peak_rss_mb",
+            "speedup_b1", "speedup_batch", "paired", "tput_mode_images_per_s", "speedup_throughput", "accuracy", "macro_f1", "covid_sensitivity", "agreement", "peak_rss_mb",
             "artifact_mb"]
     multi = len({r["machine"] for r in rows}) > 1
     if multi:
@@ -88,6 +90,8 @@ def markdown(rows: list[dict], title: str, run_info: str = "") -> str:
             v = r.get(k)
             if k == "status" and r["status"] != "ok":
                 v = f"{r['status']}: {r['reason']}"
+            if k == "paired":
+                v = " / ".join(f"{r[x]:.2f}" for x in ("speedup_b1_paired", "speedup_batch_paired") if r.get(x) is not None)
             cells.append("" if v is None or v == "" else f"{v:.3f}" if k in ("accuracy", "macro_f1", "covid_sensitivity", "agreement")
                          else f"{v:.2f}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
@@ -141,7 +145,8 @@ def write(run: dict, out: Path) -> list[dict]:
             f"batch-1 latency over >= {cfg['iters']} runs after {cfg['warmup']} warm-up; throughput at batch {cfg['batch']}; "
             f"throughput mode: the engine's own (OpenVINO THROUGHPUT hint, asynchronous batch-{cfg['batch']} requests, "
             "counted only where its outputs match the latency model's argmax), "
-            "speed-up throughput = the row's best images/s over eager's batch images/s; "
+            "speed-up throughput = the row's best images/s over eager's batch images/s; paired = each round's speed-up "
+            "over eager in that round, median over rounds (a slow host phase then hits both sides more often); "
             f"threads: {cfg['threads']}; each timing the median of {cfg.get('rounds', 1)} interleaved round(s); {run['created']}.")
     (out / "bench.md").write_text(markdown(rows, "edgecxr bench", info))
     plot(rows, out / "bench.png", f"edgecxr bench - {machine_label(run)}")
