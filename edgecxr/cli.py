@@ -325,7 +325,8 @@ def export(
             tgt = load_target(target, precision, batch, dynamic or None, heatmaps or None, reduce_range)
             res = run_export(ck, tgt, precision=precision, batch=batch, dynamic=dynamic or None, calib=calib,
                              verify_on=verify_on, out=out, verify=not no_verify, force=force,
-                             progress=lambda n: prog.advance(task, n), heatmaps=heatmaps or None)
+                             progress=lambda n: prog.advance(task, n), heatmaps=heatmaps or None,
+                             step=lambda s: prog.update(task, description=f"export {escape(s)}"))
         if sign:
             from edgecxr.signing import sign_artifact
 

@@ -250,6 +250,22 @@ def test_onnx_int8_shared_concat_scales(tiny_checkpoint, tmp_path):
     assert np.abs(logits[1] - logits[0]).max() < 0.5 * np.abs(logits[0]).max() + 1e-3
 
 
+def test_int8_quantization_keeps_the_terminal_quiet_and_says_its_steps(tiny_checkpoint, tmp_path, capsys, caplog):
+    """ONNX Runtime's quantization chatter (calibration prints, a warning per tensor left float) stays off the
+    terminal, the root logger is left as it was, and the export reports its steps to the caller instead."""
+    import logging
+
+    level = logging.getLogger().level
+    steps: list[str] = []
+    res = core.export(tiny_checkpoint, "onnx-int8", out=tmp_path / "q", verify=False, step=steps.append)
+    assert res.artifact.is_file()
+    out = capsys.readouterr()
+    assert "Collecting tensor data" not in out.out and "histogram" not in out.out
+    assert not [r for r in caplog.records if "unsupported type to quantize" in r.getMessage()]
+    assert logging.getLogger().level == level
+    assert any("building" in s for s in steps)
+
+
 def _ctx_and_target(tiny_checkpoint, name):
     from edgecxr.resources import calibration_dir, verification_dirs
 

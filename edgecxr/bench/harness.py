@@ -113,7 +113,7 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict:
                 try:
                     out = (cfg.export_root / f"{cfg.checkpoint.stem}-{sha256_file(cfg.checkpoint)[:8]}" / tgt.name
                            if cfg.export_root else None)
-                    ex = export(cfg.checkpoint, tgt, out=out)
+                    ex = export(cfg.checkpoint, tgt, out=out, step=progress)
                 except (EdgeCXRError, BackendUnavailable, RuntimeError, ValueError) as exc:
                     rows.append(dict(row, backend=tgt.backend, precision=tgt.precision, status="export failed",
                                      reason=str(exc).splitlines()[0][:200]))

@@ -14,18 +14,24 @@ class ExportContext:
     """Built once per export; the builders (one module per backend) read from it."""
 
     def __init__(self, checkpoint: Path, calib_dirs: list[Path], verify_dirs: list[Path],
-                 progress: Callable[[int], None] | None = None, heatmaps: bool = False) -> None:
+                 progress: Callable[[int], None] | None = None, heatmaps: bool = False,
+                 step: Callable[[str], None] | None = None) -> None:
         from edgecxr.checkpoint import load_model
 
         self.checkpoint = Path(checkpoint)
         self.model, self.meta = load_model(checkpoint)
         self.classes: list[str] = self.meta["classes"]
         self.pcfg = PreprocessConfig.from_dict(self.meta["preprocess"])
-        self.calib_dirs, self.verify_dirs, self.progress = calib_dirs, verify_dirs, progress
+        self.calib_dirs, self.verify_dirs, self.progress, self._step = calib_dirs, verify_dirs, progress, step
         self._calib: np.ndarray | None = None
         self._verify: tuple | None = None
         self._module = None
         self.heatmaps = heatmaps and hasattr(self.model, "forward_maps")
+
+    def say(self, what: str) -> None:
+        """Tell the caller what the export is doing now (the CLI shows it on its progress line)."""
+        if self._step is not None:
+            self._step(what)
 
     @property
     def size(self) -> int:

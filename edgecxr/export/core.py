@@ -160,7 +160,7 @@ def install(tmp: Path, out: Path, built: Path, backend) -> tuple[Path, list[Path
 def export(checkpoint: str | Path, target: str | Target, precision: str | None = None, batch: int | None = None,
            dynamic: bool | None = None, calib: list[Path] | None = None, verify_on: list[Path] | None = None,
            out: Path | None = None, verify: bool = True, force: bool = False, progress=None,
-           heatmaps: bool | None = None) -> ExportResult:
+           heatmaps: bool | None = None, step=None) -> ExportResult:
     """Export ``checkpoint`` for ``target``; return the artifact, its sidecar and whether it was cached.
 
     Raises :class:`~edgecxr.errors.BackendUnavailable` when the engine is missing (the prepared
@@ -186,7 +186,8 @@ def export(checkpoint: str | Path, target: str | Target, precision: str | None =
         return ExportResult(artifact, side, cached=True)
 
     t0 = time.perf_counter()
-    ctx = ExportContext(checkpoint, calib_dirs, verify_dirs, progress, heatmaps=tgt.heatmaps)
+    ctx = ExportContext(checkpoint, calib_dirs, verify_dirs, progress, heatmaps=tgt.heatmaps, step=step)
+    ctx.say(f"{tgt.name}: building")
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=out))
@@ -196,6 +197,7 @@ def export(checkpoint: str | Path, target: str | Target, precision: str | None =
                        "min_batch": tgt.min_batch, "max_batch": tgt.max_batch,
                        "input_shape": [-1 if tgt.dynamic_batch else tgt.max_batch, 3, ctx.size, ctx.size]})
         export_s = time.perf_counter() - t0
+        ctx.say(f"{tgt.name}: verifying")
         verification = verify_artifact(ctx, built, engine, tgt) if verify else Verification()
         if verification.verdict == "failed" and tgt.precision == "int8" and tgt.int8.mixed_precision:
             from edgecxr.export.mixed import search_float_layers

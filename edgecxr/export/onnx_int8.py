@@ -15,12 +15,29 @@ Two forms, because the fast form differs by engine:
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@contextlib.contextmanager
+def quiet():
+    """Keep ONNX Runtime's quantization tools off the user's terminal: they print calibration chatter to stdout and
+    log a multi-line warning per tensor they leave float (the guard's int64 slices, by design)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
 
 
 class _Reader:
@@ -68,7 +85,8 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperato
         if preprocessed:
             pre = Path(fp32)
         else:
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            with quiet():
+                quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
             if bn_to_conv:
                 batchnorm_to_depthwise(pre, pre)
         import onnx
@@ -76,21 +94,20 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperato
         input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
         exclude = list(exclude or []) + output_only_nodes(pre)
         if fmt == "qdq":
-            quantize_static(str(pre), str(out), _Reader(calib, input_name), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                            reduce_range=reduce_range, calibrate_method=cm, op_types_to_quantize=["Conv", "Gemm"],
-                            nodes_to_exclude=exclude,
-                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                           "CalibMovingAverage": method == "minmax"})
+            form = dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, op_types_to_quantize=["Conv", "Gemm"],
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "CalibMovingAverage": method == "minmax"})
         else:
             # the classifier and the guard's MatMuls stay float (quantizing the guard's distance computation
             # collapsed its score to a constant); see QOPERATOR_OPS for what is quantized
-            quantize_static(str(pre), str(out), _Reader(calib, input_name), quant_format=QuantFormat.QOperator,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                            reduce_range=reduce_range, calibrate_method=cm, nodes_to_exclude=exclude,
-                            op_types_to_quantize=list(QOPERATOR_OPS))
-            if shared_concat_scales:
-                share_concat_scales(Path(out))
+            form = dict(quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8,
+                        op_types_to_quantize=list(QOPERATOR_OPS))
+        with quiet():
+            quantize_static(str(pre), str(out), _Reader(calib, input_name), weight_type=QuantType.QInt8,
+                            per_channel=per_channel, reduce_range=reduce_range, calibrate_method=cm,
+                            nodes_to_exclude=exclude, **form)
+        if fmt == "qoperator" and shared_concat_scales:
+            share_concat_scales(Path(out))
     return Path(out)
 
 
