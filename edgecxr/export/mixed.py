@@ -78,6 +78,12 @@ def _runner_logits(path: Path, engine: dict, x: np.ndarray) -> np.ndarray:
         return run_batched(r, x)["logits"]
 
 
+def _say(ctx, tgt, what: str) -> None:
+    """The search's current step, on the caller's progress line (when it has one)."""
+    if getattr(ctx, "say", None) is not None:
+        ctx.say(f"{getattr(tgt, 'name', 'int8')}: {what}")
+
+
 def search_float_layers(ctx, tgt, tmp: Path, built: Path, engine: dict, verification):
     """Return (artifact, engine facts, verification) after the search; unchanged when it cannot help.
 
@@ -97,11 +103,10 @@ def search_float_layers(ctx, tgt, tmp: Path, built: Path, engine: dict, verifica
     else:
         return built, engine, verification  # TensorRT builds on the device; nothing to search here
     best, gate_runs = None, 0
-    ctx.say(f"{tgt.name}: gate failed ({verification.details.get('agreement', 0):.1%} agreement); "
-            f"mixed-precision search, at most {budget / 60:.0f} min")
+    _say(ctx, tgt, f"gate failed; mixed-precision search, at most {budget / 60:.0g} min")
     for new_built, new_engine, why in candidates:
-        ctx.say(f"{tgt.name}: search {time.perf_counter() - t0:.0f} s: gate run {gate_runs + 1} "
-                f"({len(new_engine.get('int8', {}).get('float_nodes') or [])} float layer(s))")
+        _say(ctx, tgt, f"search {time.perf_counter() - t0:.0f} s: gate run {gate_runs + 1} "
+                       f"({len(new_engine.get('int8', {}).get('float_nodes') or [])} float layer(s))")
         new_engine.update({k: engine[k] for k in ("backend", "precision", "dynamic_batch", "min_batch", "max_batch",
                                                   "input_shape") if k in engine})
         v = verify_artifact(ctx, new_built, new_engine, tgt)
@@ -151,7 +156,7 @@ def _trial(ctx, tgt, tmp: Path, engine: dict, history: list, builder, ref_logits
     score, :func:`logit_error`), both on the calibration images, and record the step."""
     import shutil
 
-    ctx.say(f"{tgt.name}: search: {label}")
+    _say(ctx, tgt, f"search: {label}")
     sub = tmp / f"trial-{len(history)}"
     sub.mkdir()
     shutil.copyfile(ctx.fp32_onnx(tgt, tmp), sub / "fp32.onnx")  # export torch -> ONNX once
