@@ -29,6 +29,8 @@ DEFAULT_RUNS = [
     ("previous shipped model (30 epochs, fee380fb)", ROOT / "benchmarks/results/shipped-fee380fb-eval-test/eval.json"),
     ("60 epochs, seed 0, AMD EPYC (checkpoint lost, never shipped)", TRAINING / "shipped-covid-densenet-e60-s0-eval-test/eval.json"),
     ("60 epochs, seed 2, AMD EPYC (never shipped: val macro-F1 0.783 < 0.797)", TRAINING / "shipped-covid-densenet-e60-s2-eval-test/eval.json"),
+    ("plain DenseNet121, the shipped recipe (60 epochs, seed 0, AMD EPYC; never shipped)",
+     TRAINING / "shipped-densenet121-e60-s0-eval-test/eval.json"),
     ("previous shipped model (14 ep, light recipe, no Stony Brook)", ROOT / "benchmarks/results/old-shipped-eval-test-all/eval.json"),
     ("research, seed 0 (all dev training images incl. non-commercial; never shipped)",
      TRAINING / "research-covid-densenet-s0-eval-test/eval.json"),
