@@ -208,6 +208,20 @@ def test_onnx_int8_stem_pool_stays_float_and_exact(tiny_checkpoint, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_onnx_int8_build_applies_shared_concat_scales_when_asked(tiny_checkpoint, tmp_path, monkeypatch):
+    import dataclasses
+
+    from edgecxr.export import onnx_int8
+    from edgecxr.export.onnx_build import build
+
+    calls = []
+    monkeypatch.setattr(onnx_int8, "share_concat_scales", lambda p: calls.append(p) or 0)
+    ctx, tgt = _ctx_and_target(tiny_checkpoint, "onnx-int8")
+    path, engine = build(ctx, dataclasses.replace(tgt, int8=dataclasses.replace(tgt.int8, shared_concat_scales=True)),
+                         tmp_path)
+    assert engine["int8"]["shared_concat_scales"] is True and calls == [path]
+
+
 def test_onnx_int8_shared_concat_scales(tiny_checkpoint, tmp_path):
     """shared_concat_scales: the tensors a QLinearConcat joins get one scale and zero point (so ONNX Runtime copies
     instead of requantizing), except that a tensor whose range starts at 0 never gets a negative range (a ReLU
@@ -218,15 +232,15 @@ def test_onnx_int8_shared_concat_scales(tiny_checkpoint, tmp_path):
 
     from edgecxr.export.onnx_build import build
 
+    from edgecxr.export.onnx_int8 import share_concat_scales
+
     ctx, tgt = _ctx_and_target(tiny_checkpoint, "onnx-int8")
-    models = {}
-    for shared in (False, True):
-        sub = tmp_path / str(shared)
-        sub.mkdir()
-        t = dataclasses.replace(tgt, int8=dataclasses.replace(tgt.int8, shared_concat_scales=shared))
-        path, engine = build(ctx, t, sub)
-        assert engine["int8"]["shared_concat_scales"] is shared
-        models[shared] = path
+    path, engine = build(ctx, dataclasses.replace(tgt, int8=dataclasses.replace(tgt.int8, shared_concat_scales=False)),
+                         tmp_path)
+    assert engine["int8"]["shared_concat_scales"] is False
+    models = {False: path, True: tmp_path / "shared.onnx"}
+    shutil.copyfile(path, models[True])
+    assert share_concat_scales(models[True]) > 0  # what build() runs after quantizing when the option is on
 
     def concat_params(path):
         m = onnx.load(str(path))
