@@ -120,9 +120,10 @@ def share_concat_scales(path: Path) -> int:
     A tensor whose range starts at 0 (a ReLU may be folded into it) joins only a group whose range starts at 0 too,
     so no folded ReLU is undone. The ranges widen, so precision drops: the export gate decides.
 
-    Off by default: for the shipped model 76fa283b it made batch-1 inference 13% faster (14.2 vs 16.2 ms, a speed probe
-    on AMD EPYC AVX-512 VNNI) but failed the gate with 8 flips of 222, and the mixed-precision search did not mend it
-    (8 float layers; `edgecxr export --target` a copy of export/onnx-int8.toml with ``shared_concat_scales = true``)."""
+    Off by default: for the shipped model 76fa283b it made batch-1 inference 9% faster (19.5 vs 21.4 ms, AMD EPYC
+    AVX-512 VNNI, slow host phase; benchmarks/results/latency-ab-onnx-int8-shared-concat-76fa283b-epyc.txt) but
+    failed the gate with 8 flips of 222, and the mixed-precision search did not mend it (8 float layers; `edgecxr
+    export --target` a copy of export/onnx-int8.toml with ``shared_concat_scales = true``)."""
     import onnx
     from onnx import numpy_helper
 
