@@ -55,11 +55,15 @@ def backbone_vector(m: torch.Tensor, feature: str) -> torch.Tensor:
 class ExportModule(nn.Module):
     """What is exported: logits, the guard score (when fitted) and the heatmap maps (when asked), one pass."""
 
-    def __init__(self, model: nn.Module, guard: dict | None, maps: bool = True) -> None:
+    def __init__(self, model: nn.Module, guard: dict | None, maps: bool = True, probe_size: int = 64) -> None:
         super().__init__()
         self.model, self.maps = model, maps
         self.guard = GuardedClassifier(model, guard) if guard else None
-        self.n_maps = len(self.model.forward_maps(torch.zeros(1, 3, 64, 64))[2]) if maps else 0
+        if maps:
+            with torch.no_grad():
+                self.n_maps = len(self.model.forward_maps(torch.zeros(1, 3, probe_size, probe_size))[2])
+        else:
+            self.n_maps = 0
 
     @property
     def output_names(self) -> list[str]:

@@ -641,3 +641,70 @@ def test_logit_sensitivity_floats_layers_without_recalibration(tiny_checkpoint, 
     assert sorted(ranked) == sorted(nodes)
     singles = [r for r in records if len(r["float"]) == 1]
     assert singles and ranked[0] == min(singles, key=lambda r: r["logit_rms"])["float"][0]
+
+
+@pytest.mark.parametrize("arch", ["covid-densenet", "densenet121"])
+def test_gray_stem_is_exact_on_replicated_gray_and_reads_channel_0_only(arch):
+    """The folded stem equals the 3-channel stem on what the runtime feeds (one gray image normalised per channel),
+    border included, and ignores channels 1-2 (the contract the sidecar records)."""
+    import torch
+
+    from edgecxr.export.gray_stem import fold_gray_stem
+    from edgecxr.models import build_model
+    from edgecxr.preprocess import PreprocessConfig, preprocess
+
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    for m in model.modules():  # non-trivial BatchNorm statistics, so a wrong border term shows in the logits
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    cfg = PreprocessConfig(size=64)
+    folded = fold_gray_stem(model, cfg.mean, cfg.std, cfg.size)
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(np.stack([preprocess(rng.random((80, 70), dtype=np.float32), cfg) for _ in range(2)]))
+    with torch.no_grad():
+        a, b = model.backbone.conv0(x), folded.backbone.conv0(x)
+        np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-4 * float(a.abs().max()))
+        np.testing.assert_allclose(folded(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-4)
+        y = x.clone()
+        y[:, 1:] = 0.0
+        np.testing.assert_array_equal(folded(y).numpy(), folded(x).numpy())
+
+
+def test_gray_stem_refuses_a_stem_it_cannot_fold():
+    import torch
+
+    from edgecxr.export.gray_stem import GrayStem, fold_gray_stem
+
+    with pytest.raises(ValueError, match="without gray_stem"):
+        GrayStem(torch.nn.Conv2d(1, 8, 3, padding=1), [0.5] * 3, [0.2] * 3, 32)
+    with pytest.raises(ValueError, match="without gray_stem"):
+        fold_gray_stem(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)), [0.5] * 3, [0.2] * 3, 32)
+
+
+def test_gray_stem_target_exports_a_one_channel_stem_that_the_runtime_verifies(tiny_checkpoint, onnx_artifact, tmp_path):
+    """A target with ``gray_stem = true``: its own cache key, a graph whose only Conv reading the input has 1 input
+    channel, the flag in sidecar and embedded metadata, the gate passed against the unfolded FP32 model, and the same
+    findings through the runtime as the plain artifact."""
+    from edgecxr.export.onnx_fp32 import get_metadata
+    from edgecxr.preprocess import PreprocessConfig, preprocess
+    from edgecxr.runtime import load
+
+    toml = tmp_path / "gs.toml"
+    toml.write_text('backend = "onnx"\nprecision = "fp32"\ngray_stem = true\n')
+    res = core.export(tiny_checkpoint, str(toml), out=tmp_path / "gs")
+    assert res.verified, res.sidecar.verification
+    assert res.sidecar.engine["gray_stem"] is True and get_metadata(res.artifact)["gray_stem"] is True
+    assert res.sidecar.cache_key != read_sidecar(onnx_artifact).cache_key
+    g = onnx.load(str(res.artifact)).graph
+    w = {i.name: i for i in g.initializer}
+    stem = next(n for n in g.node if n.op_type == "Conv")
+    assert list(w[stem.input[1]].dims)[1] == 1
+    rng = np.random.default_rng(2)
+    x = np.stack([preprocess(rng.random((90, 80), dtype=np.float32), PreprocessConfig(size=64)) for _ in range(3)])
+    with load(res.artifact, guard=False) as folded, load(onnx_artifact, guard=False) as plain:
+        p, q = folded.predict_preprocessed(x), plain.predict_preprocessed(x)
+    for a, b in zip(p, q):
+        assert a.label == b.label
+        np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)

@@ -25,7 +25,8 @@ class ExportContext:
         self.calib_dirs, self.verify_dirs, self.progress, self._step = calib_dirs, verify_dirs, progress, step
         self._calib: np.ndarray | None = None
         self._verify: tuple | None = None
-        self._module = None
+        self._module = self._reference = None
+        self.gray_stem = False  # set from the target: the exported graph folds the gray replication into its stem
         self.heatmaps = heatmaps and hasattr(self.model, "forward_maps")
 
     def say(self, what: str) -> None:
@@ -46,12 +47,24 @@ class ExportContext:
     def operating_point(self) -> dict | None:
         return self.meta.get("operating_point")
 
-    def export_module(self):
-        """The torch module that is exported: logits, the guard's score when fitted, the heatmap maps."""
-        if self._module is None:
+    def reference_module(self):
+        """The checkpoint's own model as exported (logits, guard score, maps): FP32 torch, the gate's reference."""
+        if self._reference is None:
             from edgecxr.guard_torch import ExportModule
 
-            self._module = ExportModule(self.model, self.guard, maps=self.heatmaps).eval()
+            self._reference = ExportModule(self.model, self.guard, maps=self.heatmaps).eval()
+        return self._reference
+
+    def export_module(self):
+        """The torch module that is exported: the reference, with the stem folded when ``gray_stem`` is set."""
+        if not self.gray_stem:
+            return self.reference_module()
+        if self._module is None:
+            from edgecxr.export.gray_stem import fold_gray_stem
+            from edgecxr.guard_torch import ExportModule
+
+            model = fold_gray_stem(self.model, self.pcfg.mean, self.pcfg.std, self.size)
+            self._module = ExportModule(model, self.guard, maps=self.heatmaps, probe_size=self.size).eval()
         return self._module
 
     @property
@@ -86,7 +99,7 @@ class ExportContext:
 
             x, y, samples = load_images(self.verify_dirs, self.pcfg, self.classes)
             self._verify_paths = [s.path for s in samples]
-            module = self.export_module()
+            module = self.reference_module()
             parts: dict[str, list[np.ndarray]] = {}
             with torch.no_grad():
                 for i, j in chunks(len(x), 16):
@@ -113,6 +126,8 @@ class ExportContext:
             md["operating_point"] = self.operating_point
         if self.heatmaps:
             md["heatmap"] = self.heatmap_record()
+        if self.gray_stem:
+            md["gray_stem"] = True
         return md
 
     def guard_public(self) -> dict | None:

@@ -187,6 +187,7 @@ def export(checkpoint: str | Path, target: str | Target, precision: str | None =
 
     t0 = time.perf_counter()
     ctx = ExportContext(checkpoint, calib_dirs, verify_dirs, progress, heatmaps=tgt.heatmaps, step=step)
+    ctx.gray_stem = tgt.gray_stem
     ctx.say(f"{tgt.name}: building")
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out)
@@ -195,7 +196,8 @@ def export(checkpoint: str | Path, target: str | Target, precision: str | None =
         built, engine = backend.build_function()(ctx, tgt, tmp)
         engine.update({"backend": tgt.backend, "precision": tgt.precision, "dynamic_batch": tgt.dynamic_batch,
                        "min_batch": tgt.min_batch, "max_batch": tgt.max_batch,
-                       "input_shape": [-1 if tgt.dynamic_batch else tgt.max_batch, 3, ctx.size, ctx.size]})
+                       "input_shape": [-1 if tgt.dynamic_batch else tgt.max_batch, 3, ctx.size, ctx.size],
+                       **({"gray_stem": True} if tgt.gray_stem else {})})
         export_s = time.perf_counter() - t0
         ctx.say(f"{tgt.name}: verifying")
         verification = verify_artifact(ctx, built, engine, tgt) if verify else Verification()

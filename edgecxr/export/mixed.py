@@ -46,7 +46,7 @@ def _calib_reference(ctx) -> np.ndarray:
     from edgecxr.runtime.batching import chunks
 
     x = ctx.calib()
-    module = ctx.export_module()
+    module = ctx.reference_module()
     out = []
     with torch.no_grad():
         for i, j in chunks(len(x), 16):
