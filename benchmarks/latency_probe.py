@@ -5,7 +5,9 @@
   python benchmarks/latency_probe.py MODEL.xml --static   # OpenVINO: dynamic vs static-shape compile, batch 1 and 8
   python benchmarks/latency_probe.py --ab A.xml B.xml:f32 ...  # several artifacts interleaved, batch 1, 6 rounds: OpenVINO
                                                                 # IRs (static shape; ":f32"/":bf16" sets the float parts'
-                                                                # precision) and ONNX models (ONNX Runtime, CPU, all cores)
+                                                                # precision), ONNX models (ONNX Runtime, CPU, all cores) and
+                                                                # checkpoints (.safetensors: torch eager FP32, the bench's
+                                                                # reference); each round's ratio to the first is printed
 """
 import sys
 import time
@@ -59,6 +61,14 @@ def static_ab(path: str) -> None:
 def _batch1(spec: str):
     """A callable that runs one batch-1 input through the artifact named by ``spec`` (see the module docstring)."""
     path, _, prec = spec.partition(":")
+    if path.endswith(".safetensors"):  # torch eager FP32 from a checkpoint: the bench's reference, as it runs it
+        from edgecxr.bench.worker import TorchRunner
+        from edgecxr.checkpoint import read_meta
+
+        runner = TorchRunner(path)
+        size = int(read_meta(Path(path))["preprocess"]["size"])
+        x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+        return lambda: runner.run(x)
     if path.endswith(".onnx"):
         import onnxruntime as ort
 
@@ -96,8 +106,13 @@ def interleaved(specs: list[str], rounds: int = 6, n: int = 40) -> None:
                 run()
                 t.append(time.perf_counter() - t0)
             ms[spec].append(float(np.median(t)) * 1000)
+    first = next(iter(ms))
     for spec, v in ms.items():
-        print(f"{spec}: median {np.median(v):.2f} ms; rounds " + " ".join(f"{a:.2f}" for a in v))
+        line = f"{spec}: median {np.median(v):.2f} ms; rounds " + " ".join(f"{a:.2f}" for a in v)
+        if spec != first:  # the same round's ratio: both timed within seconds, so in the same host phase
+            r = np.asarray(ms[first]) / np.asarray(v)
+            line += f"; {Path(first).name} / this per round " + " ".join(f"{a:.2f}" for a in r) + f" (median {np.median(r):.2f})"
+        print(line)
 
 
 if __name__ == "__main__":
