@@ -708,3 +708,23 @@ def test_gray_stem_target_exports_a_one_channel_stem_that_the_runtime_verifies(t
     for a, b in zip(p, q):
         assert a.label == b.label
         np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)
+
+
+def test_int8_exclude_names_a_node_that_is_not_there_is_refused(tiny_checkpoint, tmp_path):
+    """ONNX Runtime and NNCF ignore unknown names and would quantize the layer meant to stay float: refuse, and hint."""
+    toml = tmp_path / "typo.toml"
+    toml.write_text('backend = "onnx"\nprecision = "int8"\n[int8]\nexclude = ["/conv0/Cnv"]\nmixed_precision = false\n')
+    with pytest.raises(EdgeCXRError, match=r"no node named '/conv0/Cnv' \(did you mean '/conv0/Conv'"):
+        core.export(tiny_checkpoint, str(toml), out=tmp_path / "o")
+    assert not list((tmp_path / "o").glob("model.onnx"))
+
+
+@pytest.mark.parametrize("name", sorted(n for n in list_targets() if "int8" in n))
+def test_shipped_int8_targets_exclude_only_nodes_the_graph_has(tiny_checkpoint, tmp_path, name):
+    """Every float layer a shipped INT8 target names exists in the graph that target exports (gray_stem renames the
+    stem), for the tiny model of the same architecture."""
+    from edgecxr.export.onnx_int8 import check_node_names
+
+    ctx, tgt = _ctx_and_target(tiny_checkpoint, name)
+    ctx.gray_stem = tgt.gray_stem
+    check_node_names(list(tgt.int8.exclude), ctx.fp32_onnx(tgt, tmp_path))

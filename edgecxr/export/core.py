@@ -193,6 +193,10 @@ def export(checkpoint: str | Path, target: str | Target, precision: str | None =
     remove_stale_tmp(out)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=out))
     try:
+        if tgt.precision == "int8" and tgt.int8.exclude:
+            from edgecxr.export.onnx_int8 import check_node_names
+
+            check_node_names(list(tgt.int8.exclude), ctx.fp32_onnx(tgt, tmp))
         built, engine = backend.build_function()(ctx, tgt, tmp)
         engine.update({"backend": tgt.backend, "precision": tgt.precision, "dynamic_batch": tgt.dynamic_batch,
                        "min_batch": tgt.min_batch, "max_batch": tgt.max_batch,

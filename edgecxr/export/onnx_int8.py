@@ -68,6 +68,25 @@ class _Reader:
 QOPERATOR_OPS = ("Conv", "Concat", "AveragePool", "MaxPool", "Relu")
 
 
+def check_node_names(names: list[str], fp32_onnx: Path) -> None:
+    """Refuse ``[int8] exclude`` names the exported graph does not have (a BatchNorm also under its int8-depthwise name,
+    ``<name>_as_dwconv``): the quantizers would ignore them and quantize the layer the user meant to keep float."""
+    import difflib
+
+    import onnx
+
+    from edgecxr.export.targets import TargetError
+
+    nodes = onnx.load(str(fp32_onnx), load_external_data=False).graph.node
+    graph_names = {n.name for n in nodes} | {n.name + "_as_dwconv" for n in nodes if n.op_type == "BatchNormalization"}
+    missing = [n for n in names if n not in graph_names]
+    if missing:
+        hints = {n: difflib.get_close_matches(n, sorted(graph_names), n=2) for n in missing}
+        raise TargetError("[int8] exclude: no node named " + "; ".join(
+            f"{n!r}" + (f" (did you mean {', '.join(map(repr, h))}?)" if h else "") for n, h in hints.items())
+            + " in the exported graph (a target with gray_stem = true names its stem /conv0/conv/Conv). Fix the target file.")
+
+
 def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperator", method: str = "minmax",
                   per_channel: bool = True, reduce_range: bool = False, bn_to_conv: bool = False,
                   exclude: list[str] | None = None, preprocessed: bool = False, shared_concat_scales: bool = False) -> Path:
@@ -91,7 +110,8 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperato
                 batchnorm_to_depthwise(pre, pre)
         import onnx
 
-        input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
+        graph = onnx.load(str(pre), load_external_data=False).graph
+        input_name = graph.input[0].name
         exclude = list(exclude or []) + output_only_nodes(pre)
         if fmt == "qdq":
             form = dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, op_types_to_quantize=["Conv", "Gemm"],
