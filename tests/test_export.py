@@ -677,9 +677,9 @@ def test_gray_stem_refuses_a_stem_it_cannot_fold():
 
     from edgecxr.export.gray_stem import GrayStem, fold_gray_stem
 
-    with pytest.raises(ValueError, match="without gray_stem"):
+    with pytest.raises(EdgeCXRError, match="without gray_stem"):
         GrayStem(torch.nn.Conv2d(1, 8, 3, padding=1), [0.5] * 3, [0.2] * 3, 32)
-    with pytest.raises(ValueError, match="without gray_stem"):
+    with pytest.raises(EdgeCXRError, match="without gray_stem"):
         fold_gray_stem(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)), [0.5] * 3, [0.2] * 3, 32)
 
 
@@ -703,8 +703,13 @@ def test_gray_stem_target_exports_a_one_channel_stem_that_the_runtime_verifies(t
     assert list(w[stem.input[1]].dims)[1] == 1
     rng = np.random.default_rng(2)
     x = np.stack([preprocess(rng.random((90, 80), dtype=np.float32), PreprocessConfig(size=64)) for _ in range(3)])
+    y = x.copy()
+    y[:, 2] += 0.5  # not what preprocessing makes: the folded artifact would answer for channel 0 alone
     with load(res.artifact, guard=False) as folded, load(onnx_artifact, guard=False) as plain:
         p, q = folded.predict_preprocessed(x), plain.predict_preprocessed(x)
+        with pytest.raises(ValueError, match="gray_stem"):
+            folded.predict_preprocessed(y)
+        assert len(plain.predict_preprocessed(y)) == 3  # the 3-channel artifact takes any tensor
     for a, b in zip(p, q):
         assert a.label == b.label
         np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)

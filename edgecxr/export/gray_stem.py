@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgecxr.export.targets import TargetError
+
 
 class GrayStem(nn.Module):
     """``conv`` (3 input channels) for inputs whose channels are one gray image normalised by ``mean``/``std``."""
@@ -23,7 +25,7 @@ class GrayStem(nn.Module):
     def __init__(self, conv: nn.Conv2d, mean, std, size: int) -> None:
         super().__init__()
         if conv.in_channels != 3 or conv.groups != 1 or conv.padding_mode != "zeros" or len(mean) != 3 or len(std) != 3:
-            raise ValueError("gray_stem needs a 3-channel, ungrouped, zero-padded stem convolution and 3-channel "
+            raise TargetError("gray_stem needs a 3-channel, ungrouped, zero-padded stem convolution and 3-channel "
                              "normalisation; build the target without gray_stem")
         w = conv.weight.detach().double()
         m, s = torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(std, dtype=torch.float64)
@@ -48,7 +50,7 @@ def fold_gray_stem(model: nn.Module, mean, std, size: int) -> nn.Module:
     folded = copy.deepcopy(model)
     stem = getattr(getattr(folded, "backbone", None), "conv0", None)
     if not isinstance(stem, nn.Conv2d):
-        raise ValueError(f"gray_stem: {type(model).__name__} has no backbone.conv0 convolution; build the target "
+        raise TargetError(f"gray_stem: {type(model).__name__} has no backbone.conv0 convolution; build the target "
                          "without gray_stem")
     folded.backbone.conv0 = GrayStem(stem, mean, std, size)
     return folded.eval()

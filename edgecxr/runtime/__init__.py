@@ -77,6 +77,19 @@ class Prediction:
         return d
 
 
+def check_replicated_gray(x: np.ndarray, cfg: PreprocessConfig, tol: float = 1e-3) -> None:
+    """An artifact exported with ``gray_stem`` reads channel 0 only: refuse tensors whose channels are not the one gray
+    image normalised per channel, as :func:`edgecxr.preprocess.preprocess` makes them (it would answer for another
+    image than the one given)."""
+    m, sd = np.asarray(cfg.mean, np.float32), np.asarray(cfg.std, np.float32)
+    gray = x[:, :1] * sd[0] + m[0]
+    want = (gray - m[None, :, None, None]) / sd[None, :, None, None]
+    if x.size and float(np.max(np.abs(x - want))) > tol:
+        raise ValueError("this artifact was exported with gray_stem (it reads channel 0 only) and these tensors' 3 "
+                         "channels are not one gray image normalised per channel: pass them through "
+                         "edgecxr.preprocess.preprocess, or re-export without gray_stem")
+
+
 class Model:
     """A verified artifact with its runner. Use :func:`load` to make one."""
 
@@ -184,6 +197,8 @@ class Model:
         s = self.preprocess_config.size
         if x.ndim != 4 or x.shape[1:] != (3, s, s):
             raise ValueError(f"expected (N, 3, {s}, {s}) preprocessed tensors, got {x.shape}")
+        if self.sidecar.engine.get("gray_stem"):
+            check_replicated_gray(x, self.preprocess_config)
         results = [Prediction(source=f"<tensor #{i}>", model=self.identity) for i in range(len(x))]
         self._classify(list(enumerate(x)), results, max(1, min(batch or self.max_batch, self.max_batch)))
         return results
