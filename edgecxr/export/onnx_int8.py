@@ -110,8 +110,7 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperato
                 batchnorm_to_depthwise(pre, pre)
         import onnx
 
-        graph = onnx.load(str(pre), load_external_data=False).graph
-        input_name = graph.input[0].name
+        input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
         exclude = list(exclude or []) + output_only_nodes(pre)
         if fmt == "qdq":
             form = dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, op_types_to_quantize=["Conv", "Gemm"],
