@@ -715,6 +715,64 @@ def test_gray_stem_target_exports_a_one_channel_stem_that_the_runtime_verifies(t
         np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["covid-densenet", "densenet121"])
+def test_pool_first_keeps_the_function_and_quarters_the_transition_convs(arch):
+    """Pooling before each transition's 1x1 conv gives the same logits (float rounding aside), with the conv reading
+    a quarter of the pixels and keeping its name and weights."""
+    import torch
+
+    from edgecxr.export.pool_first import pool_first
+    from edgecxr.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    swapped = pool_first(model)
+    x = torch.randn(2, 3, 64, 64)
+    seen = {}
+    for name in ("transition1", "transition2", "transition3"):
+        block = getattr(swapped.backbone, name)
+        assert [n for n, _ in block.named_children()] == ["norm", "relu", "pool", "conv"]
+        assert block.conv.weight.data_ptr() != getattr(model.backbone, name).conv.weight.data_ptr()  # a copy
+        torch.testing.assert_close(block.conv.weight, getattr(model.backbone, name).conv.weight)
+        block.conv.register_forward_hook(lambda m, i, o, name=name: seen.update({name: i[0].shape[-1]}))
+    with torch.no_grad():
+        np.testing.assert_allclose(swapped(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-4)
+    assert seen == {"transition1": 8, "transition2": 4, "transition3": 2}  # 64 px: 16, 8, 4 before pooling
+    assert [n for n, _ in model.backbone.transition1.named_children()][-1] == "pool"  # the original is untouched
+
+
+def test_pool_first_refuses_a_model_without_transitions():
+    import torch
+
+    from edgecxr.export.pool_first import pool_first
+
+    with pytest.raises(EdgeCXRError, match="without pool_first"):
+        pool_first(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)))
+
+
+def test_pool_first_target_is_verified_keeps_names_and_records_it(tiny_checkpoint, tmp_path):
+    """``pool_first = true``: its own cache key, the flag in the sidecar, the transitions' conv nodes keep their
+    names but read pooled tensors, the gate passed against the unchanged model."""
+    res = {}
+    for flag in ("true", "false"):
+        toml = tmp_path / f"pf-{flag}.toml"
+        toml.write_text(f'backend = "onnx"\nprecision = "fp32"\npool_first = {flag}\n')
+        res[flag] = core.export(tiny_checkpoint, str(toml), out=tmp_path / flag)
+        assert res[flag].verified, res[flag].sidecar.verification
+    assert res["true"].sidecar.engine["pool_first"] is True and "pool_first" not in res["false"].sidecar.engine
+    assert res["true"].sidecar.cache_key != res["false"].sidecar.cache_key
+    for flag, before_conv in (("true", "AveragePool"), ("false", "Relu")):
+        g = onnx.load(str(res[flag].artifact)).graph
+        by_name = {n.name: n for n in g.node}
+        producer = {o: n for n in g.node for o in n.output}
+        for t in (1, 2, 3):
+            assert producer[by_name[f"/transition{t}/conv/Conv"].input[0]].op_type == before_conv
+
+
 def test_int8_exclude_names_a_node_that_is_not_there_is_refused(tiny_checkpoint, tmp_path):
     """ONNX Runtime and NNCF ignore unknown names and would quantize the layer meant to stay float: refuse, and hint."""
     toml = tmp_path / "typo.toml"
@@ -731,5 +789,5 @@ def test_shipped_int8_targets_exclude_only_nodes_the_graph_has(tiny_checkpoint, 
     from edgecxr.export.onnx_int8 import check_node_names
 
     ctx, tgt = _ctx_and_target(tiny_checkpoint, name)
-    ctx.gray_stem = tgt.gray_stem
+    ctx.gray_stem, ctx.pool_first = tgt.gray_stem, tgt.pool_first
     check_node_names(list(tgt.int8.exclude), ctx.fp32_onnx(tgt, tmp_path))

@@ -27,6 +27,7 @@ class ExportContext:
         self._verify: tuple | None = None
         self._module = self._reference = None
         self.gray_stem = False  # set from the target: the exported graph folds the gray replication into its stem
+        self.pool_first = False  # set from the target: the transitions pool before their 1x1 convs
         self.heatmaps = heatmaps and hasattr(self.model, "forward_maps")
 
     def say(self, what: str) -> None:
@@ -56,14 +57,22 @@ class ExportContext:
         return self._reference
 
     def export_module(self):
-        """The torch module that is exported: the reference, with the stem folded when ``gray_stem`` is set."""
-        if not self.gray_stem:
+        """The torch module that is exported: the reference, rewritten as the target says (``gray_stem``: the stem
+        folded; ``pool_first``: transitions pool before their convs). Same function; the gate checks it."""
+        if not (self.gray_stem or self.pool_first):
             return self.reference_module()
         if self._module is None:
-            from edgecxr.export.gray_stem import fold_gray_stem
             from edgecxr.guard_torch import ExportModule
 
-            model = fold_gray_stem(self.model, self.pcfg.mean, self.pcfg.std, self.size)
+            model = self.model
+            if self.gray_stem:
+                from edgecxr.export.gray_stem import fold_gray_stem
+
+                model = fold_gray_stem(model, self.pcfg.mean, self.pcfg.std, self.size)
+            if self.pool_first:
+                from edgecxr.export.pool_first import pool_first
+
+                model = pool_first(model)
             self._module = ExportModule(model, self.guard, maps=self.heatmaps, probe_size=self.size).eval()
         return self._module
 

@@ -187,7 +187,7 @@ def export(checkpoint: str | Path, target: str | Target, precision: str | None =
 
     t0 = time.perf_counter()
     ctx = ExportContext(checkpoint, calib_dirs, verify_dirs, progress, heatmaps=tgt.heatmaps, step=step)
-    ctx.gray_stem = tgt.gray_stem
+    ctx.gray_stem, ctx.pool_first = tgt.gray_stem, tgt.pool_first
     ctx.say(f"{tgt.name}: building")
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out)
@@ -201,7 +201,8 @@ def export(checkpoint: str | Path, target: str | Target, precision: str | None =
         engine.update({"backend": tgt.backend, "precision": tgt.precision, "dynamic_batch": tgt.dynamic_batch,
                        "min_batch": tgt.min_batch, "max_batch": tgt.max_batch,
                        "input_shape": [-1 if tgt.dynamic_batch else tgt.max_batch, 3, ctx.size, ctx.size],
-                       **({"gray_stem": True} if tgt.gray_stem else {})})
+                       **({"gray_stem": True} if tgt.gray_stem else {}),
+                       **({"pool_first": True} if tgt.pool_first else {})})
         export_s = time.perf_counter() - t0
         ctx.say(f"{tgt.name}: verifying")
         verification = verify_artifact(ctx, built, engine, tgt) if verify else Verification()

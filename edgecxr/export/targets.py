@@ -147,6 +147,7 @@ class Target:
     opset: int = 18
     heatmaps: bool = False  # also output the classifier's spatial maps (for --heatmaps); costs latency in some engines
     gray_stem: bool = False  # fold the gray->3-channel replication into the stem conv (edgecxr/export/gray_stem.py)
+    pool_first: bool = False  # average-pool before the transitions' 1x1 convs (edgecxr/export/pool_first.py)
     int8: Int8Options = field(default_factory=Int8Options)
     openvino: OpenVINOOptions = field(default_factory=OpenVINOOptions)
     tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
@@ -190,7 +191,8 @@ def target_from_dict(data: dict, where: str) -> Target:
     data["tensorrt"] = _typed(TensorRTOptions, data.pop("tensorrt", {}), f"{where} [tensorrt]")
     data["tolerance"] = _typed(Tolerance, {"min_agreement": agree, "max_accuracy_drop": drop,
                                            **data.pop("tolerance", {})}, f"{where} [tolerance]")
-    for key, typ in (("heatmaps", bool), ("gray_stem", bool), ("dynamic_batch", bool), ("min_batch", int), ("opt_batch", int), ("max_batch", int),
+    for key, typ in (("heatmaps", bool), ("gray_stem", bool), ("pool_first", bool),
+                     ("dynamic_batch", bool), ("min_batch", int), ("opt_batch", int), ("max_batch", int),
                      ("opset", int), ("name", str), ("description", str)):
         if key in data and (not isinstance(data[key], typ) or (typ is int and isinstance(data[key], bool))):
             raise TargetError(f"{where}.{key}: expected {typ.__name__}, got {data[key]!r}")
