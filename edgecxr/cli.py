@@ -77,6 +77,12 @@ def info(
     cpu = rep["cpu"]
     t.add_row("CPU", f"{cpu['model']} ({cpu['arch']}, {cpu['logical_cores']} logical cores)")
     t.add_row("ISA", ", ".join(cpu["isa"]) or "none of interest")
+    from edgecxr.hardware import isa_class, onednn_cap
+
+    if onednn_cap() is not None:  # OpenVINO (and torch) kernels follow it; INT8 verdicts then belong to that class
+        capped = isa_class(backend="openvino")["isa"]
+        t.add_row("oneDNN cap", escape(f"ONEDNN_MAX_CPU_ISA: OpenVINO and torch run as {', '.join(capped) or 'no AVX2'}"
+                                       " (ONNX Runtime ignores it)"))
     t.add_row("GPUs", "; ".join(f"{g['name']} {g['memory_mib']} MiB cc {g['compute_capability']} driver {g['driver']}"
                                 for g in rep["gpus"]) or "none (no nvidia-smi)")
     t.add_row("Jetson", json.dumps(rep["jetson"]) if rep["jetson"] else "no")

@@ -42,12 +42,34 @@ _AVX512 = {"AVX-512F", "AVX-512 VNNI", "AVX-512 BF16", "AMX", "AMX-BF16", "AMX-I
 _CPUID = {"AVX-512F": "AVX512F", "AVX-512 VNNI": "AVX512VNNI", "AVX-512 BF16": "AVX512BF16", "AVX2": "AVX2"}
 
 
-def isa_class(cpu: dict | None = None, cpuid: dict | None = None) -> dict:
+# oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA): what each value still lets its kernels use
+_ONEDNN_CAP = {
+    "SSE41": set(), "AVX": set(), "AVX2": {"AVX2"}, "AVX2_VNNI": {"AVX2", "AVX-VNNI"},
+    "AVX2_VNNI_2": {"AVX2", "AVX-VNNI"}, "AVX512_CORE": {"AVX2", "AVX-512F"},
+    "AVX512_CORE_VNNI": {"AVX2", "AVX-512F", "AVX-512 VNNI"},
+    "AVX512_CORE_BF16": {"AVX2", "AVX-512F", "AVX-512 VNNI", "AVX-512 BF16"},
+    "AVX512_CORE_FP16": {"AVX2", "AVX-512F", "AVX-512 VNNI", "AVX-512 BF16"},
+    "AVX10_1_512": {"AVX2", "AVX-512F", "AVX-512 VNNI", "AVX-512 BF16"},
+}
+ONEDNN_BACKENDS = ("openvino", "torch")  # engines whose CPU kernels oneDNN picks (ONNX Runtime's MLAS reads CPUID)
+
+
+def onednn_cap(env=None) -> set[str] | None:
+    """The features oneDNN may use under ``ONEDNN_MAX_CPU_ISA`` (None: no cap, or one that caps nothing we track)."""
+    env = os.environ if env is None else env
+    value = (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return _ONEDNN_CAP.get(value)
+
+
+def isa_class(cpu: dict | None = None, cpuid: dict | None = None, backend: str | None = None, env=None) -> dict:
     """What INT8 and bf16 CPU kernels are chosen by: the architecture and its integer / bf16 extensions (VNNI or
     not changes ORT's reduce_range and both engines' kernels; bf16 changes OpenVINO's default precision).
 
     /proc/cpuinfo lists what the kernel saw; the engines ask CPUID, which a hypervisor or emulator may answer
-    with less. Where numpy's CPUID probe (``cpuid``; default: numpy's own) says a feature is absent, it is dropped."""
+    with less. Where numpy's CPUID probe (``cpuid``; default: numpy's own) says a feature is absent, it is dropped.
+    For an engine built on oneDNN (``backend`` openvino or torch), ``ONEDNN_MAX_CPU_ISA`` in ``env`` (default: this
+    process's environment) caps the class too: with ``AVX2`` OpenVINO runs the kernels of an AVX2-only CPU, so its
+    INT8 verdicts belong to that class (``benchmarks/results/emulated-avx2/``: the same outputs as under QEMU)."""
     cpu = cpu or cpu_info()
     isa = set(cpu["isa"])
     if cpuid is None:
@@ -66,6 +88,9 @@ def isa_class(cpu: dict | None = None, cpuid: dict | None = None) -> dict:
                 isa.discard(name)
         if not cpuid.get("AVX2"):
             isa.discard("AVX-VNNI")
+    cap = onednn_cap(env) if backend in ONEDNN_BACKENDS and cpu["arch"] in ("x86_64", "AMD64") else None
+    if cap is not None:
+        isa = {f for f in isa if f in cap or not (f in _AVX512 or f in ("AVX2", "AVX-VNNI"))}
     return {"arch": cpu["arch"], "isa": sorted(f for f in isa if "VNNI" in f or "AMX" in f or "BF16" in f
                                                or f in ("AVX2", "AVX-512F", "NEON dot-product"))}
 

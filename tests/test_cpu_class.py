@@ -96,3 +96,32 @@ def test_verify_cli_reports_and_needs_the_gate_images(int8_artifact, tmp_path):
     assert "passed" in r.output and "agreement 1.0000" in r.output
     r = CliRunner().invoke(app, ["verify", str(int8_artifact), "--images", str(tmp_path)])
     assert r.exit_code == 2 and "gate images are not under" in r.output
+
+
+def test_onednn_cap_lowers_the_class_for_openvino_only():
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes OpenVINO (and torch) run AVX2 kernels: their INT8 verdicts and reduce_range belong
+    to the AVX2 class then; ONNX Runtime's MLAS reads CPUID and ignores the cap."""
+    from edgecxr.hardware import onednn_cap
+
+    cpu = {"arch": "x86_64", "isa": ["AVX2", "FMA", "AVX-512F", "AVX-512 VNNI", "AVX-512 BF16"]}
+    full = {"AVX": True, "AVX2": True, "AVX512F": True, "AVX512VNNI": True, "AVX512BF16": True}
+    cap = {"ONEDNN_MAX_CPU_ISA": "avx2"}
+    assert isa_class(cpu, full, "openvino", cap)["isa"] == ["AVX2"]
+    assert isa_class(cpu, full, "torch", {"DNNL_MAX_CPU_ISA": "AVX2"})["isa"] == ["AVX2"]
+    assert isa_class(cpu, full, "onnx", cap)["isa"] == ["AVX-512 BF16", "AVX-512 VNNI", "AVX-512F", "AVX2"]
+    assert isa_class(cpu, full, "openvino", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"})["isa"] == [
+        "AVX-512 VNNI", "AVX-512F", "AVX2"]
+    assert isa_class(cpu, full, "openvino", {"ONEDNN_MAX_CPU_ISA": "ALL"}) == isa_class(cpu, full, "openvino", {})
+    assert onednn_cap({}) is None and onednn_cap({"ONEDNN_MAX_CPU_ISA": "AVX"}) == set()
+
+
+def test_onednn_cap_in_this_process_decides_reduce_range_and_the_runtime_check(monkeypatch):
+    from edgecxr.export.onnx_build import resolve_reduce_range
+    from edgecxr.hardware import cpu_info
+
+    if cpu_info()["arch"] not in ("x86_64", "AMD64"):
+        pytest.skip("the oneDNN ISA cap is an x86 matter; this machine is " + cpu_info()["arch"])
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert resolve_reduce_range("auto", "openvino") is True  # no VNNI kernels under the cap: 7-bit weights
+    assert "VNNI" not in " ".join(isa_class(backend="openvino")["isa"])
+    assert isa_class(backend="onnx") == isa_class()  # ONNX Runtime unaffected

@@ -85,7 +85,7 @@ def cache_key(ck_sha: str, tgt: Target, calib_dirs: list[Path], verify_dirs: lis
     return hashlib.sha256(json.dumps({
         "checkpoint": ck_sha, "target": tgt.key, "calib": _digest(calib_dirs) if tgt.precision == "int8" else None,
         "verify": _digest(verify_dirs), "guard": guard, "edgecxr": __version__, "gate": GATE_VERSION,
-        "isa": (isa or isa_class()) if cpu_int8 else None, **({"ort_off": ort_off} if ort_off else {})},
+        "isa": (isa or isa_class(backend=tgt.backend)) if cpu_int8 else None, **({"ort_off": ort_off} if ort_off else {})},
         sort_keys=True, default=str).encode()
     ).hexdigest()
 
@@ -142,7 +142,7 @@ def verify_artifact(ctx: ExportContext, built: Path, engine: dict, tgt: Target) 
     if tgt.backend in ("onnx", "openvino"):  # CPU engines: what `edgecxr verify` re-checks on another CPU
         from edgecxr.runtime.isa import reference_record
 
-        res["isa"] = isa_class()
+        res["isa"] = isa_class(backend=tgt.backend)
         res["reference"] = reference_record(ctx.verify_digests(), y, ref)
     return Verification.from_dict(res)
 

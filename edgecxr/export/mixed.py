@@ -274,7 +274,7 @@ def _ranked_float(ctx, tgt, tmp: Path, start, trial, t0: float, budget: float, h
         from edgecxr.export.onnx_build import resolve_reduce_range
 
         ranked = rank_onnx_nodes(pre, ctx.calib(), start.calibration, base, tmp, deadline=t0 + budget,
-                                 history=history, reduce_range=resolve_reduce_range(start.reduce_range))
+                                 history=history, reduce_range=resolve_reduce_range(start.reduce_range, tgt.backend))
     except Exception as exc:  # e.g. an ONNX Runtime change: fall back to graph order from the input (stem first)
         history.append({"step": "ranking failed", "error": f"{type(exc).__name__}: {exc}"})
         import onnx

@@ -17,13 +17,14 @@ def stamp_onnx(path: Path, metadata: dict) -> None:
     onnx.save(m, str(path))
 
 
-def resolve_reduce_range(value) -> bool:
-    """``"auto"``: 7-bit weights on x86 CPUs without VNNI, where U8S8 products can saturate (vpmaddubsw)."""
+def resolve_reduce_range(value, backend: str = "onnx") -> bool:
+    """``"auto"``: 7-bit weights on x86 CPUs without VNNI, where U8S8 products can saturate (vpmaddubsw); for
+    ``backend`` the engine that will run them (OpenVINO's kernels follow oneDNN's ISA cap, ONNX Runtime's do not)."""
     if value != "auto":
         return bool(value)
     from edgecxr.hardware import isa_class
 
-    cpu = isa_class()
+    cpu = isa_class(backend=backend)
     vnni = any("VNNI" in f or "AMX" in f for f in cpu["isa"])
     return cpu["arch"] in ("x86_64", "AMD64") and not vnni
 

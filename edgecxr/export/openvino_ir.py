@@ -30,7 +30,7 @@ def build(ctx, target, tmp: Path) -> tuple[Path, dict]:
                           "calibration_images": int(len(ctx.calib())),
                           "float_nodes": list(target.int8.exclude)}
         if target.int8.source == "ort-qdq":  # as to_openvino resolved it (NNCF has no such knob)
-            engine["int8"]["reduce_range"] = resolve_reduce_range(target.int8.reduce_range)
+            engine["int8"]["reduce_range"] = resolve_reduce_range(target.int8.reduce_range, "openvino")
     return out, engine
 
 
@@ -61,7 +61,7 @@ def to_openvino(onnx_path: Path, out_xml: Path, precision: str, calib: np.ndarra
 
         qdq = Path(out_xml).with_suffix(".qdq.onnx")
         quantize_onnx(onnx_path, qdq, calib, fmt="qdq", method=opts.calibration, per_channel=opts.per_channel,
-                      reduce_range=resolve_reduce_range(opts.reduce_range), exclude=list(opts.exclude))
+                      reduce_range=resolve_reduce_range(opts.reduce_range, "openvino"), exclude=list(opts.exclude))
         model = ov.convert_model(str(qdq))
         qdq.unlink()
     else:

@@ -82,7 +82,7 @@ def check_cpu(artifact: Path, side: Sidecar, isa: dict | None = None) -> None:
         return
     from edgecxr.hardware import isa_class
 
-    isa = isa or isa_class()
+    isa = isa or isa_class(backend=side.engine.get("backend"))
     gate_isa = side.verification.get("isa")
     if gate_isa == isa:
         return
@@ -136,7 +136,7 @@ def verify_here(artifact: Path, image_dirs: list[Path] | None = None,
     refd = {k: np.asarray(ref[k], np.float64) for k in ("logits", "guard") if k in ref}
     res = compare(refd, outs, np.asarray(ref["labels"]), Tolerance(**ver["tolerance"]), guard=side.guard,
                   classes=side.classes, operating_point=side.operating_point)
-    isa = isa_class()
+    isa = isa_class(backend=side.engine.get("backend"))
     record = {"isa": isa, "cpu": cpu_info()["model"], "artifact_sha256": side.artifact.sha256,
               "sidecar_sha256": _sha(sidecar_path(artifact)), "runs": runs,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
