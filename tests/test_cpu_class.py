@@ -115,13 +115,28 @@ def test_onednn_cap_lowers_the_class_for_openvino_only():
     assert onednn_cap({}) is None and onednn_cap({"ONEDNN_MAX_CPU_ISA": "AVX"}) == set()
 
 
-def test_onednn_cap_in_this_process_decides_reduce_range_and_the_runtime_check(monkeypatch):
+def test_onednn_cap_in_this_process_decides_reduce_range_and_the_runtime_check(int8_artifact, monkeypatch):
+    import dataclasses
+
     from edgecxr.export.onnx_build import resolve_reduce_range
     from edgecxr.hardware import cpu_info
+    from edgecxr.runtime import load
+    from edgecxr.runtime.isa import check_cpu, record_path
+    from edgecxr.sidecar import read_sidecar
 
     if cpu_info()["arch"] not in ("x86_64", "AMD64"):
         pytest.skip("the oneDNN ISA cap is an x86 matter; this machine is " + cpu_info()["arch"])
+    record_path(int8_artifact).unlink(missing_ok=True)
+    native = isa_class()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert resolve_reduce_range("auto", "openvino") is True  # no VNNI kernels under the cap: 7-bit weights
     assert "VNNI" not in " ".join(isa_class(backend="openvino")["isa"])
-    assert isa_class(backend="onnx") == isa_class()  # ONNX Runtime unaffected
+    assert isa_class(backend="onnx") == native  # ONNX Runtime unaffected
+    load(int8_artifact).close()  # an ONNX INT8 artifact gated here still loads under the cap
+    side = read_sidecar(int8_artifact)
+    as_openvino = dataclasses.replace(side, engine=dict(side.engine, backend="openvino"))
+    if isa_class(backend="openvino") != native:  # a VNNI / AVX-512 machine: the same verdict read as OpenVINO's
+        with pytest.raises(ArtifactError, match="edgecxr verify"):
+            check_cpu(int8_artifact, as_openvino)
+    else:  # an AVX2-only machine: the cap changes nothing
+        check_cpu(int8_artifact, as_openvino)
