@@ -123,3 +123,20 @@ def test_throughput_mode_counts_only_when_its_outputs_match():
     assert rows[1]["speedup_b1"] == 8.0 and rows[1]["speedup_batch"] == 6.0
     assert abs(rows[1]["speedup_throughput"] - 200 / (1000 / 60)) < 1e-9  # the mode counts
     assert rows[2]["speedup_throughput"] == 6.0 and "not counted" in rows[2]["throughput_mode_note"]
+
+
+def test_plot_handles_unverified_and_partial_rows(tmp_path):
+    """The bench plot draws verified and unverified rows, rows without a batch measurement and rows without an
+    image count (older bench.json files), and writes a real PNG."""
+    from edgecxr.bench.report import plot
+
+    base = {"machine": "cpu", "batch": 8, "n_images": 109}
+    rows = [dict(base, target="torch-fp32", status="ok", p50_ms=60.0, batch_ms_per_image=55.0, speedup_b1=1.0, accuracy=0.88),
+            dict(base, target="onnx-int8", status="unverified", p50_ms=15.0, batch_ms_per_image=None, speedup_b1=4.0,
+                 accuracy=0.87),
+            dict(base, target="openvino-int8", status="ok", p50_ms=12.0, batch_ms_per_image=10.0, speedup_b1=5.0,
+                 speedup_b1_paired=4.8, accuracy=0.89, n_images=None),
+            dict(base, target="tensorrt-int8", status="skipped")]
+    plot(rows, tmp_path / "p.png", "t")
+    data = (tmp_path / "p.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

@@ -26,7 +26,8 @@ def flat_rows(run: dict) -> list[dict]:
     for r in run["rows"]:
         f = {"machine": machine_label(run), "target": r["target"], "status": r["status"],
              "reason": "; ".join(x for x in (r.get("reason", ""), r.get("throughput_mode_note", "")) if x),
-             "backend": r.get("backend", ""), "precision": r.get("precision", "")}
+             "backend": r.get("backend", ""), "precision": r.get("precision", ""),
+             "n_images": (run.get("data") or {}).get("images")}
         if "latency_b1" in r:
             lat = r["latency_b1"]
             f.update({"p50_ms": lat["p50_ms"], "p90_ms": lat["p90_ms"], "p99_ms": lat["p99_ms"], "mean_ms": lat["mean_ms"],
@@ -98,33 +99,61 @@ def markdown(rows: list[dict], title: str, run_info: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _isa(run: dict) -> str:
+    return ", ".join(run["machine"]["cpu"].get("isa") or []) or "ISA unknown"
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
+    """Two panels: latency per target (batch 1 and per image at the bench batch, speed-up over eager written on
+    each bar) and accuracy with its 95% Wilson interval, so a one-image difference does not look like a finding."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in rows if r.get("p50_ms")]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    from edgecxr.metrics import wilson_ci
+
+    ok = sorted((r for r in rows if r.get("p50_ms")), key=lambda r: (r["machine"], -r["p50_ms"]))
     machines = sorted({r["machine"] for r in ok})
-    markers = "osD^v<>"
-    for i, m in enumerate(machines):
-        pts = [r for r in ok if r["machine"] == m]
-        for verified in (True, False):
-            sel = [r for r in pts if (r["status"] == "ok") == verified]
-            if sel:
-                ax.scatter([r["p50_ms"] for r in sel], [100 * r["accuracy"] for r in sel], marker=markers[i % len(markers)],
-                           s=40, facecolors=None if verified else "none", edgecolors="C%d" % i, color="C%d" % i,
-                           label=(m if len(machines) > 1 else "verified") if verified else "unverified")
-        for r in pts:
-            ax.annotate(r["target"], (r["p50_ms"], 100 * r["accuracy"]), fontsize=7, xytext=(4, 3 + 6 * (len(ax.texts) % 2)),
-                        textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("latency at batch 1, p50 (ms, log scale)")
-    ax.set_ylabel("accuracy on the labelled set (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    multi = len(machines) > 1
+    names = [(f"{r['target']} ({r['machine']})" if multi else r["target"]) + ("" if r["status"] == "ok" else "  [unverified]")
+             for r in ok]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 0.9 + 0.42 * max(len(ok), 2)), dpi=120,
+                                   gridspec_kw={"width_ratios": [3, 2]}, sharey=True)
+    y = list(range(len(ok)))
+    h = 0.38
+    labelled = {"b1": False, "batch": False}
+    for i, r in enumerate(ok):
+        colour = f"C{machines.index(r['machine'])}"
+        hatch = None if r["status"] == "ok" else "//"
+        ax1.barh(i + h / 2, r["p50_ms"], height=h, color=colour, alpha=0.9, hatch=hatch,
+                 label=None if labelled["b1"] else "batch 1, p50")
+        labelled["b1"] = True
+        if r.get("batch_ms_per_image"):
+            ax1.barh(i - h / 2, r["batch_ms_per_image"], height=h, color=colour, alpha=0.45, hatch=hatch,
+                     label=None if labelled["batch"] else f"batch {r['batch']}, ms per image")
+            labelled["batch"] = True
+        sp = r.get("speedup_b1_paired") or r.get("speedup_b1")
+        if sp:
+            ax1.annotate(f"{sp:.1f}x", (r["p50_ms"], i + h / 2), xytext=(3, -3), textcoords="offset points", fontsize=7)
+        n = r.get("n_images")
+        if r.get("accuracy") is not None:
+            acc = 100 * r["accuracy"]
+            if n:
+                lo, hi = wilson_ci(round(r["accuracy"] * n), n)
+                ax2.errorbar(acc, i, xerr=[[acc - 100 * lo], [100 * hi - acc]], fmt="o", color=colour, capsize=3,
+                             mfc=colour if r["status"] == "ok" else "white")
+            else:
+                ax2.plot(acc, i, "o", color=colour)
+    ax1.set_yticks(y, names, fontsize=8)
+    ax1.set_xlabel("ms (lower is better); label: speed-up over torch eager at batch 1 (paired when measured)", fontsize=8)
+    ax1.set_xlim(0, 1.12 * max((max(r["p50_ms"], r.get("batch_ms_per_image") or 0) for r in ok), default=1))
+    ax1.legend(fontsize=7, loc="upper right")
+    ax1.grid(True, axis="x", alpha=0.3)
+    n_txt = f" of {ok[0]['n_images']} images" if ok and ok[0].get("n_images") else ""
+    ax2.set_xlabel(f"accuracy{n_txt} (%), 95% Wilson interval", fontsize=8)
+    ax2.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -149,7 +178,7 @@ def write(run: dict, out: Path) -> list[dict]:
             "over eager in that round, median over rounds (a slow host phase then hits both sides more often); "
             f"threads: {cfg['threads']}; each timing the median of {cfg.get('rounds', 1)} interleaved round(s); {run['created']}.")
     (out / "bench.md").write_text(markdown(rows, "edgecxr bench", info))
-    plot(rows, out / "bench.png", f"edgecxr bench - {machine_label(run)}")
+    plot(rows, out / "bench.png", f"edgecxr bench - {machine_label(run)}; ISA {_isa(run)}; {cfg['threads'] or 'default'} threads")
     return rows
 
 
