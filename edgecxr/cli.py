@@ -297,7 +297,7 @@ def export(
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the verification gate (artifact stays unverified)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even when a matching export exists."),
     heatmaps: bool = typer.Option(False, "--heatmaps", help="Also output the spatial maps that `predict --heatmaps` "
-                                  "needs (costs latency on some engines: see README)."),
+                                  "needs (costs latency on some engines: benchmarks/results/output-overhead.md)."),
     sign: Optional[Path] = typer.Option(None, "--sign", help="Ed25519 private key: sign the sidecar (see `edgecxr keygen`)."),
     reduce_range: Optional[bool] = typer.Option(None, "--reduce-range/--no-reduce-range", help="INT8: 7-bit weights, "
                                                 "so the artifact also computes right on CPUs without VNNI (AVX2-only). "
