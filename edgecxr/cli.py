@@ -10,6 +10,8 @@ stderr; file names and messages are printed literally (no rich markup is interpr
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -540,11 +542,29 @@ def bench(
     threads: Optional[int] = typer.Option(None, help="Threads for every engine (default: each engine's own)."),
     out: Path = typer.Option(Path("bench-results"), "--out", help="Folder for bench.json/.csv/.md/.png."),
     exports: Path = typer.Option(Path("exports"), help="Where exported artifacts are cached."),
+    onednn_isa: Optional[str] = typer.Option(None, "--onednn-isa", help="Run OpenVINO and torch on a lower ISA's "
+                                             "kernels (e.g. AVX2: what an AVX2-only CPU runs), through oneDNN's cap; "
+                                             "INT8 targets are then built and gated for that class, and ONNX Runtime "
+                                             "rows are skipped (it ignores the cap). Default --exports then: exports-onednn-<isa>."),
 ) -> None:
     """Export (cached) and measure every target on this machine: latency p50/p90/p99, cold start, throughput,
     memory, size, accuracy and agreement with PyTorch FP32."""
     if ctx.invoked_subcommand:
         return
+    if onednn_isa:
+        from edgecxr.hardware import onednn_cap_env
+
+        try:
+            cap_env = onednn_cap_env(onednn_isa)
+        except ValueError as exc:
+            _fail(str(exc), EXIT_USAGE)
+        loaded = [m for m in ("torch", "openvino") if m in sys.modules]
+        if loaded and any(os.environ.get(k) != v for k, v in cap_env.items()):
+            _fail(f"--onednn-isa must be set before {' and '.join(loaded)} is loaded; start the process with "
+                  + " ".join(f"{k}={v}" for k, v in cap_env.items()) + " instead.", EXIT_USAGE)
+        os.environ.update(cap_env)  # read by oneDNN and ATen in this process (export) and in every bench worker
+        if exports == Path("exports"):  # keep the native builds: an export for another CPU class would replace them
+            exports = Path(f"exports-onednn-{cap_env['ONEDNN_MAX_CPU_ISA'].lower()}")
     from edgecxr.bench.harness import DEFAULT_TARGETS, BenchConfig, run_bench
     from edgecxr.bench.report import CAVEAT, rich_table, write
     from edgecxr.resources import eval_dir

@@ -61,6 +61,21 @@ def onednn_cap(env=None) -> set[str] | None:
     return _ONEDNN_CAP.get(value)
 
 
+# ATen's own switch (ATEN_CPU_CAPABILITY) for the same cap: torch's non-oneDNN CPU kernels follow it
+_ATEN_CAPABILITY = {"AVX2": "avx2", "AVX2_VNNI": "avx2", "AVX2_VNNI_2": "avx2"}
+
+
+def onednn_cap_env(value: str) -> dict[str, str]:
+    """The environment that makes OpenVINO and torch run a lower ISA's kernels on this CPU (``edgecxr bench
+    --onednn-isa``): ``ONEDNN_MAX_CPU_ISA`` for oneDNN, ``ATEN_CPU_CAPABILITY`` for torch's other kernels."""
+    key = value.strip().upper()
+    if key not in _ONEDNN_CAP:
+        raise ValueError(f"unknown oneDNN ISA {value!r}; use one of: {', '.join(_ONEDNN_CAP)}")
+    env = {"ONEDNN_MAX_CPU_ISA": key}
+    env["ATEN_CPU_CAPABILITY"] = _ATEN_CAPABILITY.get(key, "avx512" if key.startswith(("AVX512", "AVX10")) else "default")
+    return env
+
+
 def isa_class(cpu: dict | None = None, cpuid: dict | None = None, backend: str | None = None, env=None) -> dict:
     """What INT8 and bf16 CPU kernels are chosen by: the architecture and its integer / bf16 extensions (VNNI or
     not changes ORT's reduce_range and both engines' kernels; bf16 changes OpenVINO's default precision).
@@ -175,5 +190,10 @@ def backends_report() -> dict[str, dict]:
 
 
 def machine_report() -> dict:
-    return {"versions": backend_versions(), "cpu": cpu_info(), "gpus": gpu_info(), "jetson": jetson_info(),
-            "backends": backends_report(), "os": platform.platform()}
+    rep = {"versions": backend_versions(), "cpu": cpu_info(), "gpus": gpu_info(), "jetson": jetson_info(),
+           "backends": backends_report(), "os": platform.platform()}
+    if onednn_cap() is not None:  # OpenVINO and torch run a lower ISA's kernels in this process and its children
+        rep["onednn_cap"] = {"ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"),
+                             "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY"),
+                             "openvino_and_torch_isa": isa_class(backend="openvino")["isa"]}
+    return rep

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 
@@ -140,3 +141,31 @@ def test_plot_handles_unverified_and_partial_rows(tmp_path):
     plot(rows, tmp_path / "p.png", "t")
     data = (tmp_path / "p.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_bench_under_the_onednn_cap_labels_rows_and_skips_onnx(tiny_checkpoint, tmp_path):
+    """`bench --onednn-isa AVX2` (what an AVX2-only CPU runs, measured on this one): torch runs capped, ONNX Runtime
+    rows are skipped with the reason (MLAS ignores the cap), the report names the cap. Runs in a fresh process: the
+    cap must be set before torch loads."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")}
+    from edgecxr.resources import eval_dir
+
+    r = subprocess.run([sys.executable, "-m", "edgecxr.cli", "bench", "--model", str(tiny_checkpoint), "--data",
+                        str(eval_dir()), "--targets", "torch-fp32,onnx-fp32", "--iters", "2", "--warmup", "1",
+                        "--seconds", "0", "--batch", "2", "--threads", "1", "--rounds", "1", "--onednn-isa", "avx2",
+                        "--out", str(tmp_path / "b")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = json.loads((tmp_path / "b" / "bench.json").read_text())
+    rows = {x["target"]: x for x in run["rows"]}
+    assert rows["torch-fp32"]["status"] == "ok"
+    assert rows["onnx-fp32"]["status"] == "skipped" and "native kernels" in rows["onnx-fp32"]["reason"]
+    cap = run["machine"]["onednn_cap"]
+    assert cap["ONEDNN_MAX_CPU_ISA"] == "AVX2" and cap["ATEN_CPU_CAPABILITY"] == "avx2"
+    assert not any("512" in f or "VNNI" in f for f in cap["openvino_and_torch_isa"])
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in (tmp_path / "b" / "bench.md").read_text()
+    r = subprocess.run([sys.executable, "-m", "edgecxr.cli", "bench", "--model", str(tiny_checkpoint), "--onednn-isa",
+                        "avx9", "--out", str(tmp_path / "c")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 4 and "unknown oneDNN ISA" in r.stderr

@@ -73,6 +73,9 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict:
     from edgecxr.hardware import machine_report
     from edgecxr.preprocess import PreprocessConfig
     from edgecxr.backends import backend_available
+    from edgecxr.hardware import ONEDNN_BACKENDS, onednn_cap
+
+    capped = onednn_cap() is not None
 
     meta = read_meta(cfg.checkpoint)
     classes = meta["classes"]
@@ -107,6 +110,9 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict:
 
                 tgt = load_target(name)
                 ok, why = backend_available(tgt.backend)
+                if ok and capped and tgt.backend not in ONEDNN_BACKENDS:
+                    ok, why = False, (f"ONEDNN_MAX_CPU_ISA caps OpenVINO and torch only; {tgt.backend} would run this "
+                                      "CPU's native kernels, so its row would not be the capped ISA's: measure it on such a CPU")
                 if not ok:
                     rows.append(dict(row, backend=tgt.backend, precision=tgt.precision, status="skipped", reason=why))
                     continue

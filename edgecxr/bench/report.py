@@ -100,7 +100,12 @@ def markdown(rows: list[dict], title: str, run_info: str = "") -> str:
 
 
 def _isa(run: dict) -> str:
-    return ", ".join(run["machine"]["cpu"].get("isa") or []) or "ISA unknown"
+    isa = ", ".join(run["machine"]["cpu"].get("isa") or []) or "ISA unknown"
+    cap = run["machine"].get("onednn_cap")
+    if cap:
+        isa += (f" (OpenVINO and torch capped to {', '.join(cap['openvino_and_torch_isa']) or 'no AVX2'} kernels: "
+                f"ONEDNN_MAX_CPU_ISA={cap['ONEDNN_MAX_CPU_ISA']})")
+    return isa
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -169,7 +174,7 @@ def write(run: dict, out: Path) -> list[dict]:
         w.writeheader()
         w.writerows(rows)
     cfg = run["config"]
-    info = (f"Machine: {machine_label(run)}; ISA {', '.join(run['machine']['cpu']['isa'])}; checkpoint "
+    info = (f"Machine: {machine_label(run)}; ISA {_isa(run)}; checkpoint "
             f"{run['checkpoint']['arch']} sha256 {run['checkpoint']['sha256'][:12]}; {run['data']['images']} labelled images; "
             f"batch-1 latency over >= {cfg['iters']} runs after {cfg['warmup']} warm-up; throughput at batch {cfg['batch']}; "
             f"throughput mode: the engine's own (OpenVINO THROUGHPUT hint, asynchronous batch-{cfg['batch']} requests, "
