@@ -249,3 +249,23 @@ def test_openvino_static_shapes_per_batch(openvino_artifact):
         m.runner._static = False
         for b, x in xs.items():
             np.testing.assert_allclose(got[b], m.runner.run(x)["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_openvino_runner_under_the_onednn_cap_runs_f32_and_reports_compile_errors(openvino_artifact, monkeypatch, tmp_path):
+    """Under ONEDNN_MAX_CPU_ISA=AVX2 the plugin still reads bf16 from CPUID but oneDNN has no bf16 kernels, so an
+    FP16 target's "default" precision failed to compile (no primitive for its max-pool); the runner now asks for f32,
+    what an AVX2-only CPU runs. A model the plugin cannot compile is one ArtifactError line, not a RuntimeError stack."""
+    import json
+
+    from edgecxr.errors import ArtifactError
+    from edgecxr.runtime.runners import OpenVINORunner
+    from edgecxr.sidecar import sidecar_path
+
+    engine = dict(json.loads(sidecar_path(openvino_artifact).read_text())["engine"], inference_precision="default")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    r = OpenVINORunner(openvino_artifact, engine)
+    assert r.info["inference_precision"] == "f32"
+    r.close()
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    with pytest.raises(ArtifactError, match="could not compile"):
+        OpenVINORunner(openvino_artifact, dict(engine, inference_precision="no-such-precision"))

@@ -67,6 +67,15 @@ class OnnxRunner(BaseRunner):
         return decode_embedded(self._sess.get_modelmeta().custom_metadata_map)
 
 
+def _capped_without_bf16() -> bool:
+    """True when ONEDNN_MAX_CPU_ISA leaves OpenVINO's CPU plugin no bf16 kernels on this CPU."""
+    from edgecxr.hardware import isa_class, onednn_cap
+
+    if onednn_cap() is None:
+        return False
+    return not any("BF16" in f for f in isa_class(backend="openvino")["isa"])
+
+
 class OpenVINORunner(BaseRunner):
     """OpenVINO on its CPU plugin (or GPU/NPU named in the sidecar)."""
 
@@ -83,6 +92,10 @@ class OpenVINORunner(BaseRunner):
         prec = inference_precision or engine.get("inference_precision", "default")
         if prec and prec != "default":
             cfg["INFERENCE_PRECISION_HINT"] = prec
+        elif device.upper().startswith("CPU") and _capped_without_bf16():
+            # the plugin picks bf16 from CPUID, but oneDNN's cap leaves no bf16 kernels: f32 is what the capped
+            # ISA's CPUs run by default (without this, compiling fails: no primitive for a bf16 pooling node)
+            cfg["INFERENCE_PRECISION_HINT"] = "f32"
         if threads:
             cfg["INFERENCE_NUM_THREADS"] = threads
         model = core.read_model(str(path))
@@ -90,7 +103,12 @@ class OpenVINORunner(BaseRunner):
         self._meta = {k: json.loads(model.get_rt_info(["edgecxr", k]).astype(str))
                       for k in EMBEDDED_KEYS if model.has_rt_info(["edgecxr", k])}
         self._outputs = [o.get_any_name() for o in model.outputs]
-        self._compiled = core.compile_model(model, device, cfg)
+        try:
+            self._compiled = core.compile_model(model, device, cfg)
+        except RuntimeError as exc:  # the plugin's message is a stack of "Exception from ..." lines: keep the cause
+            lines = [x.strip() for x in str(exc).splitlines() if x.strip() and not x.startswith("Exception from")]
+            raise ArtifactError(f"{path}: OpenVINO could not compile it for {device} with {cfg}: "
+                                f"{' '.join(lines)[:300] or exc}") from exc
         # Opt-in (target [openvino] static_shapes = true; recorded in the engine, so the export gate verifies it):
         # a model compiled per batch size (a few at most; batch 1 at load) runs faster than the dynamic one (batch 1,
         # INT8, 2-core AVX-512 VNNI: 12.5 vs 13.8 ms), but OpenVINO then picks other kernels: the shipped INT8
