@@ -31,10 +31,44 @@ def _code(hd, value: str, scheme: str, meaning: str):
     return hd.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning[:64])
 
 
+# what the SR copies from its source: Type 1 (must be present) and Type 2 (must be present, may be empty)
+_TYPE1 = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
+          "StudyID", "ReferringPhysicianName")
+
+
+def sr_source(source):
+    """A copy of ``source`` the SR can reference: anonymised and test-suite DICOM often lack Type 2 patient and study
+    attributes or hold values highdicom refuses (sex "U", a malformed date); those become empty, i.e. "unknown",
+    as DICOM allows. Nothing is invented. A missing Type 1 UID raises a ValueError naming it."""
+    import copy
+
+    from pydicom.valuerep import DA, TM
+
+    missing = [k for k in _TYPE1 if not str(source.get(k, "") or "").strip()]
+    if missing:
+        raise ValueError(f"the source lacks {', '.join(missing)} (required to reference it)")
+    ds = copy.copy(source)  # shallow: the source's elements are not changed
+    for k in _TYPE2:
+        if k not in ds or ds.get(k) is None:
+            setattr(ds, k, "")
+    if str(ds.PatientSex).strip().upper() not in ("M", "F", "O", ""):
+        ds.PatientSex = ""
+    for k, vr in (("PatientBirthDate", DA), ("StudyDate", DA), ("StudyTime", TM)):
+        v = str(ds.get(k) or "").strip()
+        try:
+            if v and vr(v) is None:
+                raise ValueError(v)
+        except ValueError:
+            setattr(ds, k, "")
+    return ds
+
+
 def build_sr(source, prediction, model_identity: dict, version: str, operating_point: dict | None = None,
              series_number: int = 999):
     """A highdicom Comprehensive3DSR for ``prediction`` (status ok or rejected) of the pydicom dataset ``source``."""
     hd = _hd()
+    source = sr_source(source)
     from pydicom.sr.codedict import codes
 
     observer = hd.sr.ObserverContext(
