@@ -5,8 +5,9 @@ PIL images. Every failure is an :class:`~edgecxr.errors.ImageError` naming the i
 
 DICOM pipeline (pydicom): decode (compressed syntaxes through pydicom's pixel-data plugins; see
 :func:`dicom_support`) -> Modality LUT / rescale slope+intercept -> VOI LUT or window centre/width
--> scale to [0, 1] by the data's range -> invert when Photometric Interpretation is MONOCHROME1
-(pydicom does not do this step for us). Multi-frame and colour DICOM are refused.
+-> scale to [0, 1] by the data's range (pixel padding left out, then shown black) -> invert when Photometric
+Interpretation is MONOCHROME1, or MONOCHROME2 with Presentation LUT Shape INVERSE (pydicom does not do this
+step). Multi-frame and colour DICOM are refused.
 
 Contract: :func:`load_gray` raises :class:`ImageError` and nothing else, whatever the bytes; the
 pixel-module header is checked against the pixel data and the transfer syntax, and the declared
@@ -306,6 +307,7 @@ def read_dicom(path: Path, info: dict | None = None) -> np.ndarray:
     except BaseException as exc:  # noqa: BLE001 - truncated or corrupt data, decoder panics ...
         raise ImageError(f"{name}: cannot decode pixel data (transfer syntax {ts}): {type(exc).__name__}: {exc}") from exc
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    pad = _padding_mask(ds, arr)
     stored = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
     arr2 = stored
     if stored.dtype.kind == "f" and "VOILUTSequence" in ds and np.array_equal(stored, np.round(stored)):
@@ -313,19 +315,48 @@ def read_dicom(path: Path, info: dict | None = None) -> np.ndarray:
     out = np.asarray(apply_voi_lut(arr2, ds), dtype=np.float64)
     if not np.isfinite(out).all() or not np.isfinite(stored).all():
         raise ImageError(f"{name}: pixel data contains NaN or infinite values.")
-    lo, hi = float(out.min()), float(out.max())
-    if hi - lo <= 1e-9 * max(1.0, abs(hi)) or np.std(out) < 1e-6 * (abs(hi) + 1):
+    body = out if pad is None else out[~pad]  # padding (outside the exposed field) does not set the range
+    lo, hi = float(body.min()), float(body.max())
+    if hi - lo <= 1e-9 * max(1.0, abs(hi)) or np.std(body) < 1e-6 * (abs(hi) + 1):
         # the header window lies outside the stored values: fall back to their range, as viewers do
         out = stored
-        lo, hi = float(out.min()), float(out.max())
+        body = out if pad is None else out[~pad]
+        lo, hi = float(body.min()), float(body.max())
         if info is not None:
             info["voi_fallback"] = "the header's VOI window collapsed the image; used the stored values' range"
     if hi - lo <= 0:
         raise ImageError(f"{name}: DICOM pixel data is constant; not a usable image.")
-    out = ((out - lo) / (hi - lo)).astype(np.float32)
-    if photometric == "MONOCHROME1":
+    out = np.clip((out - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    if _inverted(ds, photometric):
         out = 1.0 - out
+    if pad is not None:
+        out[pad] = 0.0  # shown black, as viewers show padding
+        if info is not None:
+            info["pixel_padding"] = f"{int(pad.sum())} padding pixels (PixelPaddingValue) shown black, left out of the range"
     return out
+
+
+def _inverted(ds, photometric: str) -> bool:
+    """Whether high output values are dark. MONOCHROME1 says so; DX requires Presentation LUT Shape INVERSE with
+    MONOCHROME1 (the same inversion, applied once), and INVERSE with MONOCHROME2 inverts a MONOCHROME2 image."""
+    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    return photometric == "MONOCHROME1" or (photometric == "MONOCHROME2" and shape == "INVERSE")
+
+
+def _padding_mask(ds, arr: np.ndarray) -> np.ndarray | None:
+    """Stored values marked as padding by PixelPaddingValue (and PixelPaddingRangeLimit), or None."""
+    if "PixelPaddingValue" not in ds:
+        return None
+    try:
+        v = int(ds.PixelPaddingValue)
+        limit = int(ds.PixelPaddingRangeLimit) if "PixelPaddingRangeLimit" in ds else v
+    except (TypeError, ValueError):  # e.g. an unresolved "US or SS" value read as bytes
+        return None
+    lo, hi = min(v, limit), max(v, limit)
+    mask = (arr >= lo) & (arr <= hi)
+    if not mask.any() or mask.all():
+        return None
+    return mask
 
 
 def read_dicom_header(path: Path):

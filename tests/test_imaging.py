@@ -10,7 +10,7 @@ pydicom = pytest.importorskip("pydicom")
 
 
 def _dicom(path, arr, photometric="MONOCHROME2", window=None, voi_lut=None, slope=1.0, intercept=0.0,
-           frames=1, spp=1, compress=None):
+           frames=1, spp=1, compress=None, extra=None):
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -41,6 +41,8 @@ def _dicom(path, arr, photometric="MONOCHROME2", window=None, voi_lut=None, slop
         item.LUTDescriptor = [len(voi_lut), 0, 16]
         item.LUTData = np.asarray(voi_lut, np.uint16).tobytes()
         ds.VOILUTSequence = [item]
+    for k, v in (extra or {}).items():
+        setattr(ds, k, v)
     ds.PixelData = arr.astype(np.uint16).tobytes()
     if compress:
         ds.compress(compress)
@@ -66,6 +68,38 @@ def test_dicom_window_applied_before_inversion(tmp_path):
     assert g2[RAMP > 1300].min() == pytest.approx(1.0, abs=1e-6)
     g1 = read_image(_dicom(tmp_path / "w1.dcm", RAMP, window=(1000, 500), photometric="MONOCHROME1"))
     np.testing.assert_allclose(g1, 1.0 - g2, atol=1e-6)
+
+
+def test_dicom_presentation_lut_shape(tmp_path):
+    """DX pairs MONOCHROME1 with Presentation LUT Shape INVERSE: one inversion, not two; INVERSE on a MONOCHROME2
+    image inverts it; IDENTITY changes nothing."""
+    m2 = read_image(_dicom(tmp_path / "m2.dcm", RAMP))
+    m1_inv = read_image(_dicom(tmp_path / "m1i.dcm", RAMP, photometric="MONOCHROME1", extra={"PresentationLUTShape": "INVERSE"}))
+    m2_inv = read_image(_dicom(tmp_path / "m2i.dcm", RAMP, extra={"PresentationLUTShape": "INVERSE"}))
+    m2_id = read_image(_dicom(tmp_path / "m2d.dcm", RAMP, extra={"PresentationLUTShape": "IDENTITY"}))
+    np.testing.assert_allclose(m1_inv, 1.0 - m2, atol=1e-6)
+    np.testing.assert_allclose(m2_inv, 1.0 - m2, atol=1e-6)
+    np.testing.assert_allclose(m2_id, m2, atol=1e-6)
+
+
+def test_dicom_pixel_padding_is_left_out_of_the_range(tmp_path):
+    """Padding outside the exposed field (here 4095, far above the image's 1000-2000) must not squeeze the image
+    into a few grey levels; it is shown black, in both polarities, and the note says so."""
+    img = (1000 + (np.arange(64 * 64).reshape(64, 64) % 1001)).astype(np.uint16)
+    padded = img.copy()
+    padded[:, :8] = 4095
+    info: dict = {}
+    g = load_gray(_dicom(tmp_path / "pad.dcm", padded, extra={"PixelPaddingValue": 4095}), info=info)
+    body = (img[:, 8:] - img[:, 8:].min()) / (img[:, 8:].max() - img[:, 8:].min())
+    np.testing.assert_allclose(g[:, 8:], body, atol=1e-6)
+    assert (g[:, :8] == 0).all() and "pixel_padding" in info
+    g1 = read_image(_dicom(tmp_path / "pad1.dcm", padded, photometric="MONOCHROME1", extra={"PixelPaddingValue": 4095}))
+    np.testing.assert_allclose(g1[:, 8:], 1.0 - body, atol=1e-6)
+    assert (g1[:, :8] == 0).all()
+    ranged = padded.copy()
+    ranged[:, :4] = 4000  # a padding range: 4000..4095
+    g2 = read_image(_dicom(tmp_path / "pad2.dcm", ranged, extra={"PixelPaddingValue": 4000, "PixelPaddingRangeLimit": 4095}))
+    np.testing.assert_allclose(g2[:, 8:], body, atol=1e-6)
 
 
 def test_dicom_voi_lut_sequence(tmp_path):
