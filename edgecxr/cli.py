@@ -443,6 +443,7 @@ def predict(
                                                      "Ed25519 public key (repeatable; or EDGECXR_TRUSTED_KEYS)."),
 ) -> None:
     """Classify images with an exported artifact. Exit 0: all ok; 1: an input failed; 3: an input was rejected."""
+    from edgecxr.imaging import IMAGE_SUFFIXES
     from edgecxr.runtime import iter_images, load
 
     if no_guard:
@@ -453,7 +454,12 @@ def predict(
                  isolate_decoding=isolate, audit=audit, trusted_keys=trusted_key or None)
     except EdgeCXRError as exc:
         _fail(str(exc), _code_for(exc))
-    files = iter_images(paths)
+    skipped: list[Path] = []
+    files = iter_images(paths, skipped)
+    if skipped:  # said, not silent: a folder may hold images under names we do not recognise
+        shown = ", ".join(str(f) for f in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        err.print(f"[yellow]skipped[/] {len(skipped)} file(s) in the folders that are neither images by suffix "
+                  f"({', '.join(sorted(IMAGE_SUFFIXES))}) nor DICOM by content: {escape(shown)}")
     if not files:
         _fail("no images found in the given paths.", EXIT_USAGE)
     with m:

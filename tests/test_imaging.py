@@ -238,3 +238,24 @@ def test_histogram_equalisation_option():
     assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg  # carried through checkpoints and sidecars
     old = {k: v for k, v in cfg.to_dict().items() if k != "equalize"}  # written before the option existed
     assert PreprocessConfig.from_dict(old).equalize is False
+
+
+def test_folders_find_dicom_without_a_suffix(tmp_path):
+    """PACS exports and DICOM media name files IM0001 or 1.2.840...: a folder's DICOM files count by content, not
+    only by suffix; DICOMDIR (an index, no pixels) and other files are skipped and reported."""
+    import shutil
+
+    from edgecxr.runtime import iter_images
+
+    d = tmp_path / "study" / "IMAGES"
+    d.mkdir(parents=True)
+    shutil.copy(_dicom(tmp_path / "a.dcm", RAMP), d / "IM0001")
+    shutil.copy(tmp_path / "a.dcm", d / "1.2.840.113619.2.55")
+    shutil.copy(tmp_path / "a.dcm", tmp_path / "study" / "DICOMDIR")
+    (d / "notes.txt").write_text("not an image")
+    Image.fromarray((RAMP // 16).astype(np.uint8)).save(d / "b.png")
+    skipped: list = []
+    found = iter_images([tmp_path / "study"], skipped)
+    assert sorted(f.name for f in found) == ["1.2.840.113619.2.55", "IM0001", "b.png"]
+    assert sorted(f.name for f in skipped) == ["DICOMDIR", "notes.txt"]
+    assert read_image(d / "IM0001").shape == RAMP.shape

@@ -324,14 +324,21 @@ def _output_names(runner) -> list[str]:
     return list(getattr(runner, "_outputs", None) or getattr(runner, "_outs", None) or ["logits", "guard"])
 
 
-def iter_images(paths: Iterable[str | Path]) -> list[Path]:
-    """Expand folders into the image files under them (sorted); files are kept as given."""
-    from edgecxr.imaging import IMAGE_SUFFIXES
+def iter_images(paths: Iterable[str | Path], skipped: list[Path] | None = None) -> list[Path]:
+    """Expand folders into the image files under them (sorted); files are kept as given.
+
+    In a folder, a file is an image by its suffix or, whatever its name (PACS exports and DICOM media use names like
+    ``IM0001``), by the DICOM preamble; DICOMDIR index files are not images. Other files go to ``skipped``."""
+    from edgecxr.imaging import IMAGE_SUFFIXES, is_dicom
 
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            for f in sorted(f for f in p.rglob("*") if f.is_file()):
+                if f.suffix.lower() in IMAGE_SUFFIXES or (f.name.upper() != "DICOMDIR" and is_dicom(f)):
+                    out.append(f)
+                elif skipped is not None:
+                    skipped.append(f)
         else:
             out.append(p)
     return out
