@@ -30,6 +30,9 @@ def _ds(**tags):
     (dict(Modality="CT"), "Modality CT"),
     (dict(Modality="DX", BodyPartExamined="CHEST", ViewPosition="LL"), "lateral view"),
     (dict(Modality="SC"), "Modality SC"),
+    (dict(Modality="DX", BodyPartExamined="CHEST", PresentationIntentType="FOR PROCESSING"), "For Processing"),
+    (dict(Modality="DX", SOPClassUID="1.2.840.10008.5.1.4.1.1.1.1.1"), "For Processing"),  # DX For Processing
+    (dict(Modality="DX", SOPClassUID="1.2.840.10008.5.1.4.1.1.1.1", PresentationIntentType="FOR PRESENTATION"), None),
 ])
 def test_header_rules(tags, expect):
     reason = HeaderRules().check(_ds(**tags))

@@ -10,6 +10,8 @@ Defaults (each configurable per target in ``[guard]`` and carried in the sidecar
   usual vendor and language variants).
 * ViewPosition, when present and not empty, must be PA or AP (frontal): LL/RL/LATERAL are refused,
   the model has never seen a lateral view.
+* "For Processing" images (raw detector data, before the modality's image processing) are always refused: they
+  look nothing like the radiographs the model learnt from; the modality's "For Presentation" image is the input.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ from dataclasses import dataclass, field
 
 CHEST_TERMS = ("CHEST", "THORAX", "LUNG", "LUNGS", "TORAX", "THORAKS", "BRUST", "POITRINE", "PECHO", "TORACE",
                "CHEST_PA", "CHEST_AP", "PA CHEST", "AP CHEST", "CHEST PA", "CHEST AP", "CXR", "THORACIC", "PORT CHEST")
+
+
+# SOP classes of raw ("For Processing") projection images: DX, mammography, intra-oral
+FOR_PROCESSING_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.2.1",
+                              "1.2.840.10008.5.1.4.1.1.1.3.1")
 
 
 @dataclass
@@ -55,6 +62,8 @@ class HeaderRules:
         modality = text("Modality")
         if modality not in self.modalities:
             return (f"not a chest radiograph: Modality {modality or '(empty)'} (accepted: {', '.join(self.modalities)})")
+        if text("PresentationIntentType") == "FOR PROCESSING" or text("SOPClassUID") in FOR_PROCESSING_SOP_CLASSES:
+            return ("raw detector data (For Processing): send the For Presentation image the modality makes from it")
         part = text("BodyPartExamined")
         if part and not any(part == t or part.replace("_", " ") == t for t in self.body_parts) \
                 and not any(w in part.replace("_", " ").split() for w in ("CHEST", "THORAX", "LUNG", "LUNGS")):
