@@ -1,0 +1,182 @@
+"""Real-world DICOM through the runtime: what happens to every file of a DICOM test suite, and whether a chest
+radiograph reads the same in every encoding a hospital may send.
+
+1. pydicom's bundled test files (CT, MR, US, RT, SR, colour, multi-frame, broken ones) as they are: each must end
+   as "rejected" or "error" with a reason; none may crash the run or get a finding.
+2. The same files relabelled as frontal chest DX (Modality DX, BodyPartExamined CHEST, ViewPosition PA), so the
+   decoders, pixel-module checks, image rules and content guard see them rather than the header rules: still no
+   finding for any of them (none is a chest radiograph).
+3. One shipped eval CXR written as DICOM in the encodings and pixel conventions real senders use (MONOCHROME1 with
+   Presentation LUT Shape INVERSE, 12-bit and signed 16-bit with rescale and windows, SIGMOID VOI, implicit VR,
+   RLE, JPEG-LS, JPEG 2000 lossless, pixel padding, a file name without suffix): each must be "ok" with the
+   PNG's finding and probabilities within a small tolerance.
+
+    python benchmarks/dicom_suite.py exports/covid-densenet-cxr3-76fa283b/openvino-int8 --out benchmarks/results/dicom-suite-76fa283b.md
+
+Nothing leaves the machine; the files are written to a temporary folder and deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+def _pydicom_test_files() -> list[Path]:
+    import pydicom
+
+    root = Path(pydicom.__file__).parent / "data" / "test_files"  # the wheel's own files: no download
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".") and p.suffix != ".py")
+
+
+def _relabelled(files: list[Path], out: Path) -> list[Path]:
+    import pydicom
+
+    made = []
+    for p in files:
+        try:
+            ds = pydicom.dcmread(p, force=True)
+            if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+                continue
+            ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", "PA"
+            q = out / f"dx-{p.name}"
+            ds.save_as(q, enforce_file_format=False)
+            made.append(q)
+        except Exception:  # noqa: BLE001 - a file pydicom cannot rewrite is simply not part of this part
+            continue
+    return made
+
+
+def _cxr_variants(png: Path, out: Path) -> dict[str, Path]:
+    """The same radiograph as DICOM in several encodings and conventions."""
+    import pydicom
+    from PIL import Image
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import (DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                             JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid)
+
+    g = np.asarray(Image.open(png).convert("L"), np.float64) / 255.0
+
+    def base(values: np.ndarray, bits: int, photometric: str = "MONOCHROME2", signed: bool = False):
+        ds = pydicom.Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", "PA"
+        ds.PatientID, ds.PatientName = "SUITE", "Suite^Test"
+        ds.Rows, ds.Columns = values.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
+        ds.PixelRepresentation = 1 if signed else 0
+        ds.PixelData = values.astype(np.int16 if signed else np.uint16).tobytes()
+        return ds
+
+    v12 = np.round(g * 4095)
+    variants = {}
+
+    def put(name: str, ds, ts=None, file_name: str | None = None):
+        if ts is not None:
+            ds.compress(ts)
+        p = out / (file_name or f"{name}.dcm")
+        ds.save_as(p, enforce_file_format=True)
+        variants[name] = p
+
+    put("12-bit MONOCHROME2", base(v12, 12))
+    d = base(4095 - v12, 12, "MONOCHROME1")
+    d.PresentationLUTShape = "INVERSE"  # what DX requires with MONOCHROME1: one inversion, not two
+    put("12-bit MONOCHROME1 + Presentation LUT INVERSE", d)
+    d = base(np.round(g * 65535), 16)
+    d.WindowCenter, d.WindowWidth = 32768, 65536
+    put("16-bit with a window", d)
+    d = base(v12 - 2048, 12, signed=True)
+    d.RescaleSlope, d.RescaleIntercept = 1, 2048
+    d.WindowCenter, d.WindowWidth = 2048, 4096
+    put("signed 12-bit, rescale intercept, window", d)
+    d = base(np.round(g * 65535), 16)
+    d.VOILUTFunction, d.WindowCenter, d.WindowWidth = "SIGMOID", 32768, 65536
+    put("16-bit, SIGMOID VOI function", d)
+    d = base(2000 + np.round(g * 4000), 16)  # no window, a detector-like narrow range
+    put("16-bit raw range 2000-6000, no window", d)
+    d = base(v12, 12)
+    d.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    put("implicit VR little endian", d)
+    put("RLE lossless", base(v12, 12), RLELossless)
+    put("JPEG-LS lossless", base(v12, 12), JPEGLSLossless)
+    put("JPEG 2000 lossless", base(v12, 12), JPEG2000Lossless)
+    padded = np.vstack([np.full((16, v12.shape[1]), 4095.0), v12])  # a padded strip above the exposed field
+    d = base(padded, 12)
+    d.add_new((0x0028, 0x0120), "US", 4095)  # PixelPaddingValue (explicit VR: the dictionary says "US or SS")
+    put("pixel padding strip (PixelPaddingValue)", d)
+    put("name without suffix (IM0001)", base(v12, 12), file_name="IM0001")
+    return variants
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("artifact", type=Path, help="exported artifact or its folder")
+    ap.add_argument("--image", type=Path, default=None, help="a PNG chest X-ray (default: the first shipped eval image)")
+    ap.add_argument("--tolerance", type=float, default=0.02, help="largest allowed probability difference to the PNG")
+    ap.add_argument("--out", type=Path, default=None, help="write the report (Markdown) here")
+    a = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    from edgecxr.hardware import cpu_info
+    from edgecxr.resources import eval_dir
+    from edgecxr.runtime import iter_images, load
+
+    png = a.image or sorted((eval_dir() / "COVID-19").glob("*.png"))[0]
+    lines = [f"# python benchmarks/dicom_suite.py {a.artifact}", "",
+             f"{time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}; CPU {cpu_info()['model']}, ISA "
+             f"{', '.join(cpu_info()['isa'])}; pydicom's bundled test files; reference image {png.name}", ""]
+    failures = []
+    with tempfile.TemporaryDirectory() as tmp, load(a.artifact, isolate_decoding=True) as m:
+        tmp = Path(tmp)
+        suite = _pydicom_test_files()
+        dx = tmp / "dx"
+        dx.mkdir()
+        relabelled = _relabelled(suite, dx)
+        for title, files in (("as they are", suite), ("relabelled as chest DX", relabelled)):
+            res = m.predict(files)
+            counts = collections.Counter(r.status for r in res)
+            found = [r for r in res if r.status == "ok" or r.finding is not None]
+            failures += [f"{title}: {r.source} got a finding ({r.finding})" for r in found]
+            reasons = collections.Counter(r.reason.split(": ", 1)[-1].split(" (accepted")[0].split(";")[0][:60]
+                                          for r in res if r.reason)
+            lines += [f"## pydicom test files, {title}: {len(files)} files", "",
+                      "| status | files |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(counts.items())]
+            lines += ["", "Most common reasons: " + "; ".join(f"{k} ({v})" for k, v in reasons.most_common(6)), ""]
+        (tmp / "cxr").mkdir()
+        variants = _cxr_variants(png, tmp / "cxr")
+        ref = m.predict([png])[0]
+        lines += [f"## One chest X-ray in {len(variants)} DICOM forms (reference: the PNG, {ref.status}, finding "
+                  f"{ref.finding})", "", "| form | status | finding | max probability difference to the PNG |",
+                  "|---|---|---|---|"]
+        found = iter_images([tmp / "cxr"])
+        for name, r in zip(variants, m.predict(list(variants.values()))):
+            diff = (max(abs(r.probabilities[k] - ref.probabilities[k]) for k in ref.probabilities)
+                    if r.status == "ok" else float("nan"))
+            lines.append(f"| {name} | {r.status} | {r.finding} | {diff:.4f} |" if r.status == "ok"
+                         else f"| {name} | {r.status}: {r.reason} | - | - |")
+            if r.status != "ok" or r.finding != ref.finding or diff > a.tolerance:
+                failures.append(f"{name}: {r.status} {r.finding} {r.reason or ''} diff {diff:.4f}")
+        if len(found) != len(variants):
+            failures.append(f"a folder of the {len(variants)} forms yields {len(found)} images")
+    lines += ["", f"**{'FAILED' if failures else 'passed'}**" + ("".join(f"\n- {f}" for f in failures) if failures else
+              f": no finding for any test-suite file; every DICOM form of the CXR read as the PNG (tolerance "
+              f"{a.tolerance}), and found in a folder")]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        a.out.write_text(text)
+    raise SystemExit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
