@@ -8,7 +8,7 @@ radiograph reads the same in every encoding a hospital may send.
    finding for any of them (none is a chest radiograph).
 3. One shipped eval CXR written as DICOM in the encodings and pixel conventions real senders use (MONOCHROME1 with
    Presentation LUT Shape INVERSE, 12-bit and signed 16-bit with rescale and windows, SIGMOID VOI, implicit VR,
-   RLE, JPEG-LS, JPEG 2000 lossless, pixel padding, a file name without suffix): each must be "ok" with the
+   RLE, JPEG-LS, JPEG 2000 lossless, JPEG Baseline, JPEG Lossless, pixel padding, a file name without suffix): each must be "ok" with the
    PNG's finding and probabilities within a small tolerance.
 
     python benchmarks/dicom_suite.py exports/covid-densenet-cxr3-76fa283b/openvino-int8 --out benchmarks/results/dicom-suite-76fa283b.md
@@ -116,6 +116,22 @@ def _cxr_variants(png: Path, out: Path) -> dict[str, Path]:
     d.add_new((0x0028, 0x0120), "US", 4095)  # PixelPaddingValue (explicit VR: the dictionary says "US or SS")
     put("pixel padding strip (PixelPaddingValue)", d)
     put("name without suffix (IM0001)", base(v12, 12), file_name="IM0001")
+    try:  # lossy 8-bit JPEG Baseline and 12-bit JPEG Lossless (SV1), encoded by imagecodecs (BSD), encapsulated
+        import imagecodecs
+        from pydicom.encaps import encapsulate
+        from pydicom.uid import JPEGBaseline8Bit, JPEGLosslessSV1
+
+        d = base(np.round(g * 255), 8)
+        d.BitsAllocated = 8
+        d.PixelData = encapsulate([imagecodecs.jpeg8_encode(np.round(g * 255).astype(np.uint8), level=95)])
+        d.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        put("JPEG Baseline 8-bit (quality 95)", d)
+        d = base(v12, 12)
+        d.PixelData = encapsulate([imagecodecs.ljpeg_encode(v12.astype(np.uint16), bitspersample=12)])
+        d.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+        put("JPEG Lossless SV1 12-bit", d)
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:  # the [dicom] extra is optional
+        print(f"JPEG forms left out: {type(exc).__name__}: {exc}")
     return variants
 
 
