@@ -352,6 +352,9 @@ def _padding_mask(ds, arr: np.ndarray) -> np.ndarray | None:
         limit = int(ds.PixelPaddingRangeLimit) if "PixelPaddingRangeLimit" in ds else v
     except (TypeError, ValueError):  # e.g. an unresolved "US or SS" value read as bytes
         return None
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1:  # signed pixels, padding written as its unsigned bit pattern
+        v, limit = (x - (1 << bits) if x >= 1 << (bits - 1) else x for x in (v, limit))
     lo, hi = min(v, limit), max(v, limit)
     mask = (arr >= lo) & (arr <= hi)
     if not mask.any() or mask.all():

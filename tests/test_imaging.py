@@ -100,6 +100,16 @@ def test_dicom_pixel_padding_is_left_out_of_the_range(tmp_path):
     ranged[:, :4] = 4000  # a padding range: 4000..4095
     g2 = read_image(_dicom(tmp_path / "pad2.dcm", ranged, extra={"PixelPaddingValue": 4000, "PixelPaddingRangeLimit": 4095}))
     np.testing.assert_allclose(g2[:, 8:], body, atol=1e-6)
+    signed = padded.astype(np.int32) - 2048  # signed pixels; padding -32768 written as its bit pattern 32768
+    signed[:, :8] = -32768
+    path = _dicom(tmp_path / "pad3.dcm", np.zeros((64, 64)), extra={"PixelPaddingValue": 32768})
+    ds = pydicom.dcmread(path)
+    ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 1, 16, 15
+    ds.PixelData = signed.astype(np.int16).tobytes()
+    ds.save_as(path)
+    g3 = read_image(path)
+    np.testing.assert_allclose(g3[:, 8:], body, atol=1e-6)
+    assert (g3[:, :8] == 0).all()
 
 
 def test_dicom_voi_lut_sequence(tmp_path):
