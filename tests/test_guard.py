@@ -290,7 +290,11 @@ def test_dicom_sr_from_an_anonymised_source(guarded_onnx, tmp_path):
     sr = pydicom.dcmread(tmp_path / "sr" / f"{src.SOPInstanceUID}.sr.dcm")
     assert sr.PatientID == src.PatientID and sr.PatientName == src.PatientName
     assert sr.PatientSex == "" and sr.StudyDate == "" and sr.PatientBirthDate == ""
-    assert pydicom.dcmread(p).PatientSex == "U"  # the source file is not touched
+    from edgecxr.runtime.sr import sr_source
+
+    fixed = sr_source(src)  # and not the dataset in memory either
+    assert fixed.PatientSex == "" and src.PatientSex == "U" and "PatientBirthDate" not in src
+    assert "PixelData" in src and "PixelData" not in fixed
 
     del src.StudyInstanceUID
     q = tmp_path / "no-study-uid.dcm"

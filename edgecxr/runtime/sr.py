@@ -48,7 +48,14 @@ def sr_source(source):
     missing = [k for k in _TYPE1 if not str(source.get(k, "") or "").strip()]
     if missing:
         raise ValueError(f"the source lacks {', '.join(missing)} (required to reference it)")
-    ds = copy.copy(source)  # shallow: the source's elements are not changed
+    import pydicom
+
+    ds = pydicom.Dataset()  # a copy without the pixels (the SR only references them); the source stays as it was
+    for elem in source:
+        if elem.keyword not in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            ds.add(copy.deepcopy(elem))
+    if getattr(source, "file_meta", None) is not None:
+        ds.file_meta = copy.deepcopy(source.file_meta)
     for k in _TYPE2:
         if k not in ds or ds.get(k) is None:
             setattr(ds, k, "")
