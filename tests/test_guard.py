@@ -221,18 +221,24 @@ def test_heatmaps_match_torch_gradcam(guarded_onnx, guarded_checkpoint, tmp_path
     assert len(list((tmp_path / "h").glob("*.png"))) == 1 and len(list((tmp_path / "h").glob("*.npy"))) == 1
 
 
-def test_dicom_sr_round_trips(guarded_onnx, tmp_path):
-    pytest.importorskip("highdicom", reason="highdicom not installed (pip install 'edgecxr[sr]')")
-    import highdicom as hd
+def _chest_dx_source():
+    """pydicom's CT_small relabelled as a chest DX holding a shipped eval CXR: a DICOM source for the SR tests."""
     from PIL import Image
-
-    from edgecxr.cli import app
 
     src = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm", download=False))
     src.Modality, src.BodyPartExamined, src.ViewPosition = "DX", "CHEST", "PA"
     g = np.asarray(Image.open(EVAL[0]).convert("L").resize((128, 128)), np.uint16) * 16
     src.PixelData, src.BitsStored, src.HighBit, src.PixelRepresentation = g.tobytes(), 12, 11, 0
     src.RescaleSlope, src.RescaleIntercept = 1, 0
+    return src
+
+
+def test_dicom_sr_round_trips(guarded_onnx, tmp_path):
+    pytest.importorskip("highdicom", reason="highdicom not installed (pip install 'edgecxr[sr]')")
+    import highdicom as hd
+    from edgecxr.cli import app
+
+    src = _chest_dx_source()
     p = tmp_path / "cxr.dcm"
     src.save_as(p)
     r = CliRunner().invoke(app, ["predict", str(p), "--model", str(guarded_onnx), "--sr", str(tmp_path / "sr"),
@@ -270,15 +276,9 @@ def test_dicom_sr_from_an_anonymised_source(guarded_onnx, tmp_path):
     every file got "no SR" before. Now the SR carries them empty (unknown) and keeps what is valid; a source without
     its Type 1 UIDs gets no SR and one line saying why, and the run still succeeds."""
     pytest.importorskip("highdicom", reason="highdicom not installed (pip install 'edgecxr[sr]')")
-    from PIL import Image
-
     from edgecxr.cli import app
 
-    src = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm", download=False))
-    src.Modality, src.BodyPartExamined, src.ViewPosition = "DX", "CHEST", "PA"
-    g = np.asarray(Image.open(EVAL[0]).convert("L").resize((128, 128)), np.uint16) * 16
-    src.PixelData, src.BitsStored, src.HighBit, src.PixelRepresentation = g.tobytes(), 12, 11, 0
-    src.RescaleSlope, src.RescaleIntercept = 1, 0
+    src = _chest_dx_source()
     for k in ("PatientBirthDate", "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName"):
         if k in src:
             delattr(src, k)

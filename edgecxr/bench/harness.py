@@ -70,10 +70,9 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict:
     from edgecxr.artifact import sha256_file
     from edgecxr.checkpoint import read_meta
     from edgecxr.export.core import export
-    from edgecxr.hardware import machine_report
+    from edgecxr.hardware import ONEDNN_BACKENDS, machine_report, onednn_cap
     from edgecxr.preprocess import PreprocessConfig
     from edgecxr.backends import backend_available
-    from edgecxr.hardware import ONEDNN_BACKENDS, onednn_cap
 
     capped = onednn_cap() is not None
 
