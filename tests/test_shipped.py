@@ -82,3 +82,30 @@ def test_shipped_guard_accepts_every_dev_cxr():
     outs, m = checkpoint_outputs(default_checkpoint(), [Sample(p, "Normal") for p in files])
     accept = guard_accepts(outs, m)
     assert accept.mean() >= 0.99, f"dev val/test CXRs accepted: {int(accept.sum())}/{len(accept)}"
+
+
+def test_shipped_model_on_the_public_dicom_suites_radiographs():
+    """Real radiographs from a public DICOM test suite (pydicom-data): a chest CR (RG1, MONOCHROME1, 15 bits) reads
+    the same in its four encodings (uncompressed and JPEG 2000, lossless and lossy) and passes the guard; a CR of an
+    extremity (RG3) is refused by the header rules as it is, and by the content guard when its header claims CHEST."""
+    data_store = pytest.importorskip("data_store", reason="pydicom-data not installed (it is in the dev extra)")
+    pytest.importorskip("torch", reason="torch not installed")
+    import pydicom
+
+    from edgecxr.data.layouts import Sample
+    from edgecxr.runtime.header_rules import HeaderRules
+    from edgecxr.train.evaluate import checkpoint_outputs, guard_accepts
+
+    root = Path(data_store.__file__).parent / "data"
+    chest = [root / f"RG1_{form}.dcm" for form in ("UNCR", "J2KR", "UNCI", "J2KI")]
+    hand = [root / f"RG3_{form}.dcm" for form in ("UNCR", "J2KR", "UNCI", "J2KI")]
+    rules = HeaderRules()  # what every export carries unless its target configures others
+    assert all(rules.check(pydicom.dcmread(p, stop_before_pixels=True)) is None for p in chest)
+    assert all("EXTREMITY" in (rules.check(pydicom.dcmread(p, stop_before_pixels=True)) or "") for p in hand)
+    outs, meta = checkpoint_outputs(default_checkpoint(), [Sample(p, "Normal") for p in chest + hand])
+    accept = guard_accepts(outs, meta)
+    assert accept[:4].all() and not accept[4:].any(), accept
+    prob = np.exp(outs["logits"][:4]) / np.exp(outs["logits"][:4]).sum(1, keepdims=True)
+    assert len(set(prob.argmax(1))) == 1
+    np.testing.assert_allclose(prob[1], prob[0], atol=1e-4)  # lossless JPEG 2000 decodes to the same pixels
+    assert np.abs(prob - prob[0]).max() < 0.02  # the lossy forms stay close
