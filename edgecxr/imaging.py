@@ -13,7 +13,8 @@ Contract: :func:`load_gray` raises :class:`ImageError` and nothing else, whateve
 pixel-module header is checked against the pixel data and the transfer syntax, and the declared
 size against a memory budget, before any decoder runs. Blank or near-constant images are refused
 in every format. When a header window collapses an image to (near) constant, the stored values'
-range is used instead and ``info["voi_fallback"]`` says so.
+range is used instead and ``info["voi_fallback"]`` says so; so it is when the window is invalid (width < 1, a
+malformed VOI LUT). An unknown VOI LUT Function is read as LINEAR, DICOM's default (``info["voi_function"]``).
 """
 
 from __future__ import annotations
@@ -312,8 +313,19 @@ def read_dicom(path: Path, info: dict | None = None) -> np.ndarray:
     arr2 = stored
     if stored.dtype.kind == "f" and "VOILUTSequence" in ds and np.array_equal(stored, np.round(stored)):
         arr2 = stored.astype(np.int64)  # a VOI LUT is a table lookup: it needs integer stored values
-    out = np.asarray(apply_voi_lut(arr2, ds), dtype=np.float64)
-    if not np.isfinite(out).all() or not np.isfinite(stored).all():
+    function = str(ds.get("VOILUTFunction", "") or "").strip().upper()
+    if "VOILUTFunction" in ds and function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        ds.VOILUTFunction = "LINEAR"  # what DICOM means when the function is absent; an unknown one is read so too
+        if info is not None:
+            info["voi_function"] = f"unknown VOI LUT Function {function[:16]!r} read as LINEAR"
+    if not np.isfinite(stored).all():
+        raise ImageError(f"{name}: pixel data contains NaN or infinite values.")
+    try:
+        out = np.asarray(apply_voi_lut(arr2, ds), dtype=np.float64)
+        window = None
+    except (ValueError, TypeError, IndexError, KeyError) as exc:  # e.g. a window width < 1, a malformed VOI LUT
+        out, window = stored, f"the header's VOI transform is invalid ({str(exc)[:80]}); used the stored values' range"
+    if not np.isfinite(out).all():
         raise ImageError(f"{name}: pixel data contains NaN or infinite values.")
     body = out if pad is None else out[~pad]  # padding (outside the exposed field) does not set the range
     lo, hi = float(body.min()), float(body.max())
@@ -322,8 +334,9 @@ def read_dicom(path: Path, info: dict | None = None) -> np.ndarray:
         out = stored
         body = out if pad is None else out[~pad]
         lo, hi = float(body.min()), float(body.max())
-        if info is not None:
-            info["voi_fallback"] = "the header's VOI window collapsed the image; used the stored values' range"
+        window = "the header's VOI window collapsed the image; used the stored values' range"
+    if window and info is not None:
+        info["voi_fallback"] = window
     if hi - lo <= 0:
         raise ImageError(f"{name}: DICOM pixel data is constant; not a usable image.")
     out = np.clip((out - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)

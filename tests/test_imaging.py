@@ -70,6 +70,21 @@ def test_dicom_window_applied_before_inversion(tmp_path):
     np.testing.assert_allclose(g1, 1.0 - g2, atol=1e-6)
 
 
+def test_dicom_invalid_window_and_unknown_voi_function(tmp_path):
+    """A window width below 1 is invalid (PS3.3 C.11.2.1.2): ignored, the stored values' range used, and said so.
+    An unknown VOI LUT Function is read as LINEAR, DICOM's default, and said so."""
+    plain = read_image(_dicom(tmp_path / "p.dcm", RAMP))
+    info: dict = {}
+    g = read_image(_dicom(tmp_path / "w0.dcm", RAMP, window=(1000, 0)), info)
+    np.testing.assert_allclose(g, plain, atol=1e-6)
+    assert "invalid" in info["voi_fallback"]
+    linear = read_image(_dicom(tmp_path / "lin.dcm", RAMP, window=(1000, 500), extra={"VOILUTFunction": "LINEAR"}))
+    info = {}
+    g = read_image(_dicom(tmp_path / "bogus.dcm", RAMP, window=(1000, 500), extra={"VOILUTFunction": "BOGUS"}), info)
+    np.testing.assert_allclose(g, linear, atol=1e-6)
+    assert "BOGUS" in info["voi_function"] and "voi_fallback" not in info
+
+
 def test_dicom_presentation_lut_shape(tmp_path):
     """DX pairs MONOCHROME1 with Presentation LUT Shape INVERSE: one inversion, not two; INVERSE on a MONOCHROME2
     image inverts it; IDENTITY changes nothing."""
