@@ -11,7 +11,8 @@ radiograph reads the same in every encoding a hospital may send.
    finding for any of them (none is a chest radiograph).
 3. One shipped eval CXR written as DICOM in the encodings and pixel conventions real senders use (MONOCHROME1 with
    Presentation LUT Shape INVERSE, 12-bit and signed 16-bit with rescale and windows, SIGMOID VOI, implicit VR,
-   RLE, JPEG-LS, JPEG 2000 lossless, JPEG Baseline, JPEG Lossless, pixel padding, a file name without suffix): each must be "ok" with the
+   RLE, JPEG-LS, JPEG 2000 lossless, JPEG Baseline, JPEG Lossless, pixel padding, a file name without suffix, a bare
+   legacy dataset without preamble and file meta): each must be "ok" with the
    PNG's finding and probabilities within a small tolerance.
 
     python benchmarks/dicom_suite.py exports/covid-densenet-cxr3-76fa283b/openvino-int8 --out benchmarks/results/dicom-suite-76fa283b.md
@@ -143,6 +144,11 @@ def _cxr_variants(png: Path, out: Path) -> dict[str, Path]:
     d.add_new((0x0028, 0x0120), "US", 4095)  # PixelPaddingValue (explicit VR: the dictionary says "US or SS")
     put("pixel padding strip (PixelPaddingValue)", d)
     put("name without suffix (IM0001)", base(v12, 12), file_name="IM0001")
+    d = base(v12, 12)  # a legacy export: the bare dataset, no preamble, no file meta
+    del d.file_meta
+    d.preamble = None
+    d.save_as(out / "bare.dcm", implicit_vr=True, little_endian=True, enforce_file_format=False)
+    variants["bare dataset, no preamble or file meta (legacy)"] = out / "bare.dcm"
     try:  # lossy 8-bit JPEG Baseline and 12-bit JPEG Lossless (SV1), encoded by imagecodecs (BSD), encapsulated
         import imagecodecs
         from pydicom.encaps import encapsulate

@@ -1,7 +1,7 @@
 """A seeded mutation fuzzer for the decoding contract (issue 12). Torch-free.
 
 Seeds: PNG (8/16-bit, RGBA, palette), JPEG, TIFF (incl. float32), BMP made here, and DICOM files
-built here (uncompressed, RLE, deflated, JPEG Baseline/Lossless/LS/2000 where a local encoder
+built here (uncompressed, a bare legacy dataset without preamble and file meta, RLE, deflated, JPEG Baseline/Lossless/LS/2000 where a local encoder
 exists) plus pydicom's bundled test files. Mutations: bit flips, byte overwrites with interesting
 values, chunk deletion/duplication, truncation, and header-field edits of DICOM datasets.
 
@@ -84,6 +84,12 @@ def dicom_seeds(seed: int = 0) -> list[tuple[str, bytes]]:
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         out.append((f"seed-{ts.name.replace(' ', '_')}.dcm", buf.getvalue()))
+        if ts == ExplicitVRLittleEndian:  # a legacy bare dataset: no preamble, no file meta, implicit VR
+            del ds.file_meta
+            ds.preamble = None
+            buf = io.BytesIO()
+            ds.save_as(buf, implicit_vr=True, little_endian=True, enforce_file_format=False)
+            out.append(("seed-bare-implicit.dcm", buf.getvalue()))
     base = Path(pydicom.__file__).parent / "data" / "test_files"
     for f in ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "JPGExtended.dcm", "MR_small_RLE.dcm",
               "JPEGLSNearLossless_16.dcm", "image_dfl.dcm", "SC_rgb_jpeg_dcmtk.dcm", "693_J2KI.dcm"):

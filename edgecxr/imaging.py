@@ -287,13 +287,42 @@ def _pixel_array(ds, ts: str, name: str) -> np.ndarray:
     raise ImageError(f"{name}: cannot decode pixel data (transfer syntax {ts}): " + "; ".join(errors))
 
 
-def read_dicom(path: Path, info: dict | None = None) -> np.ndarray:
+def _starts_like_a_dataset(path: Path) -> bool:
+    """A DICOM dataset written without preamble and file meta (legacy exports) begins with a group 0008 element."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    return head[:2] in (b"\x08\x00", b"\x00\x08") and len(head) == 4
+
+
+def dcmread(path: Path, stop_before_pixels: bool = False):
+    """pydicom.dcmread, also for legacy files without preamble and file meta (read with the encoding pydicom infers,
+    recorded as the transfer syntax). Other non-DICOM bytes still raise pydicom's InvalidDicomError."""
     import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        if not _starts_like_a_dataset(path):
+            raise
+    ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+        from pydicom.dataset import FileMetaDataset
+        from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+        implicit, little = ds.original_encoding
+        ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                          ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    return ds
+
+
+def read_dicom(path: Path, info: dict | None = None) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     name = str(path)
     try:
-        ds = pydicom.dcmread(path)
+        ds = dcmread(path)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001
@@ -377,10 +406,8 @@ def _padding_mask(ds, arr: np.ndarray) -> np.ndarray | None:
 
 def read_dicom_header(path: Path):
     """The DICOM dataset without pixel data (for the header rules), or None when unreadable."""
-    import pydicom
-
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        return dcmread(path, stop_before_pixels=True)
     except Exception:
         return None
 

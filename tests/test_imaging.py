@@ -85,6 +85,27 @@ def test_dicom_invalid_window_and_unknown_voi_function(tmp_path):
     assert "BOGUS" in info["voi_function"] and "voi_fallback" not in info
 
 
+def test_dicom_without_preamble_and_file_meta(tmp_path):
+    """Legacy exports write the bare dataset (no 128-byte preamble, no DICM, no file meta): read with the encoding
+    pydicom infers, as the same image with a file meta; the header rules see its header too."""
+    from edgecxr.imaging import read_dicom_header
+
+    ref = read_image(_dicom(tmp_path / "ref.dcm", RAMP))
+    for implicit in (True, False):
+        ds = pydicom.dcmread(_dicom(tmp_path / "src.dcm", RAMP))
+        del ds.file_meta
+        ds.preamble = None
+        bare = tmp_path / f"bare-{implicit}.dcm"
+        ds.save_as(bare, implicit_vr=implicit, little_endian=True, enforce_file_format=False)
+        assert bare.read_bytes()[:2] == b"\x08\x00"  # no preamble
+        np.testing.assert_allclose(read_image(bare), ref, atol=1e-6)
+        assert read_dicom_header(bare).Modality == "DX"
+    text = tmp_path / "notes.dcm"
+    text.write_bytes(b"\x08\x00 not DICOM at all, only two bytes that look like a group 0008 tag")
+    with pytest.raises(ImageError):
+        read_image(text)
+
+
 def test_dicom_presentation_lut_shape(tmp_path):
     """DX pairs MONOCHROME1 with Presentation LUT Shape INVERSE: one inversion, not two; INVERSE on a MONOCHROME2
     image inverts it; IDENTITY changes nothing."""

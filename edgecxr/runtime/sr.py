@@ -124,14 +124,12 @@ def build_sr(source, prediction, model_identity: dict, version: str, operating_p
 def write_sr(source_path: Path, prediction, model_identity: dict, version: str, folder: Path,
              operating_point: dict | None = None) -> Path | None:
     """Write ``<folder>/<SOPInstanceUID of the source>.sr.dcm``; None when the source is not DICOM."""
-    import pydicom
-
-    from edgecxr.imaging import is_dicom
+    from edgecxr.imaging import dcmread, is_dicom
 
     p = Path(source_path)
     if not (p.is_file() and is_dicom(p)) or prediction.status == "error":
         return None
-    src = pydicom.dcmread(p, stop_before_pixels=False)
+    src = dcmread(p)
     sr = build_sr(src, prediction, model_identity, version, operating_point)
     Path(folder).mkdir(parents=True, exist_ok=True)
     out = Path(folder) / f"{src.SOPInstanceUID}.sr.dcm"
