@@ -25,7 +25,7 @@ rule = outs["image_rules_ok"]
 acc = guard_accepts(outs, m)
 print("permissive val+test CXRs accepted", int(acc[:len(cxr)].sum()), "/", len(cxr), [str(p) for p, a in zip(cxr, acc) if not a])
 rej = ~acc[len(cxr):]
-for g in ("natural", "medical", "synthetic", "hard"):
+for g in ("natural", "medical", "radiographs", "synthetic", "hard"):
     idx = [i for i, p in enumerate(ood) if p.parent.name == g]
     print(g, int(rej[idx].sum()), "/", len(idx), "missed:", [ood[i].name for i in idx if not rej[i]],
           "by the image rules:", [ood[i].name for i in idx if not rule[len(cxr) + i]])

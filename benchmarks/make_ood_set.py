@@ -3,13 +3,15 @@
 Sources, all usable offline and permissively licensed (details and licences in ood_data/README.md):
   natural/   scikit-image's bundled sample images (CC0 / public domain ones only)
   medical/   other modalities decoded from pydicom's bundled test files (NEMA WG04 CT/MR/NM, ...)
+  radiographs/ radiographs of other body parts: a CR of the lower leg and ankle from the pydicom-data package (MIT)
   synthetic/ display test patterns, gradients and noise, generated here (seeded)
   hard/      hard cases made from permissive dev-train CXRs in calibration_data/calib: inverted
              intensities, 90-degree rotations, tiny crops, one-lung crops
 Every image is an 8-bit grayscale PNG, shorter side 256 px.
 
-Run: python benchmarks/make_ood_set.py SKIMAGE_DATA_DIR
-(SKIMAGE_DATA_DIR: the ``skimage/data`` folder of a scikit-image wheel or install.)
+Run: python benchmarks/make_ood_set.py [SKIMAGE_DATA_DIR]
+(SKIMAGE_DATA_DIR: the ``skimage/data`` folder of a scikit-image wheel or install; without it natural/ and its
+MANIFEST rows are kept as they are.)
 """
 
 from __future__ import annotations
@@ -70,6 +72,23 @@ def medical(rows: list) -> None:
               "pydicom test data (MIT-licensed package; NEMA public test sets)")
 
 
+RADIOGRAPHS = {  # pydicom-data file: what it is
+    "RG3_UNCR.dcm": ("leg-ankle-cr", "CR of the lower leg and ankle (BodyPartExamined EXTREMITY)"),
+}
+
+
+def radiographs(rows: list) -> None:
+    """Real radiographs that are not of the chest: the case a header-less PNG export of another body part poses."""
+    import data_store  # pydicom-data (dev extra)
+
+    from edgecxr.imaging import read_image
+
+    base = Path(data_store.__file__).parent / "data"
+    for f, (name, what) in RADIOGRAPHS.items():
+        _save(read_image(base / f), f"radiographs/{name}.png", rows, f"pydicom-data data_store/data/{f}: {what}",
+              "pydicom-data test data (MIT-licensed package)")
+
+
 def synthetic(rows: list) -> None:
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:256, 0:320] / np.array([255.0, 319.0])[:, None, None]
@@ -111,12 +130,16 @@ def hard(rows: list) -> None:
 def main() -> None:
     skdata = Path(sys.argv[1]) if len(sys.argv) > 1 else None
     rows: list = []
-    for sub in ("natural", "medical", "synthetic", "hard"):
-        for f in (DST / sub).glob("*.png"):
+    kept = ["natural"] if not skdata else []
+    if kept:  # keep natural/ as built before, with its MANIFEST rows
+        rows += [r for r in csv.DictReader((DST / "MANIFEST.csv").open()) if r["group"] in kept]
+    for sub in ("natural", "medical", "radiographs", "synthetic", "hard"):
+        for f in (DST / sub).glob("*.png") if sub not in kept else ():
             f.unlink()
     if skdata:
         natural(skdata, rows)
     medical(rows)
+    radiographs(rows)
     synthetic(rows)
     hard(rows)
     with (DST / "MANIFEST.csv").open("w", newline="") as fh:
