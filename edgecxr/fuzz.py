@@ -1,8 +1,8 @@
 """A seeded mutation fuzzer for the decoding contract (issue 12). Torch-free.
 
 Seeds: PNG (8/16-bit, RGBA, palette), JPEG, TIFF (incl. float32), BMP made here, and DICOM files
-built here (uncompressed, a bare legacy dataset without preamble and file meta, RLE, deflated, JPEG Baseline/Lossless/LS/2000 where a local encoder
-exists) plus pydicom's bundled test files. Mutations: bit flips, byte overwrites with interesting
+built here (uncompressed, a bare legacy dataset without preamble and file meta, RLE, deflated,
+JPEG Baseline/Lossless/LS/2000 where a local encoder exists) plus pydicom's bundled test files. Mutations: bit flips, byte overwrites with interesting
 values, chunk deletion/duplication, truncation, and header-field edits of DICOM datasets.
 
 The contract checked for every input: :func:`edgecxr.imaging.load_gray` returns a finite 2-D

@@ -4,7 +4,7 @@
    load_gray returns a finite 2-D float32 array in [0, 1] or raises ImageError; nothing else.
 2. Equivalences a sender may legally choose between must give the same pixels: MONOCHROME1 vs MONOCHROME2 of the
    inverted values, a positive linear rescale, signed vs unsigned storage, garbage in the bits above BitsStored,
-   little vs big endian. A failure prints the smallest example Hypothesis finds.
+   little vs big endian, 8- vs 16-bit storage, one window vs several with the same first one. A failure prints the smallest example Hypothesis finds.
 """
 
 import numpy as np
@@ -200,6 +200,26 @@ def test_bits_above_bits_stored_are_ignored(tmp_path, img, bits, junk_seed):
 def test_big_endian_reads_as_little_endian(tmp_path, img):
     a = load_gray(_write(tmp_path, "le", img, bits_stored=12))
     b = load_gray(_write(tmp_path, "be", img, bits_stored=12, big_endian=True))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@SETTINGS
+@given(img=_image(8))
+def test_8_bit_storage_reads_as_16_bit_storage_of_the_same_image(tmp_path, img):
+    a = load_gray(_write(tmp_path, "b8", img, bits_stored=8, bits_allocated=8))
+    b = load_gray(_write(tmp_path, "b16", img * 257, bits_stored=16))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@SETTINGS
+@given(img=_image(12), windows=st.lists(st.tuples(st.integers(500, 3500), st.integers(200, 4000)), min_size=1,
+                                        max_size=3))
+def test_the_first_of_several_windows_is_the_one_applied(tmp_path, img, windows):
+    """CR/DX headers often carry several windows (soft tissue, bone ...); the first is the default (PS3.3 C.11.2)."""
+    (c, w), *_ = windows
+    a = load_gray(_write(tmp_path, "one", img, bits_stored=12, WindowCenter=c, WindowWidth=w))
+    b = load_gray(_write(tmp_path, "many", img, bits_stored=12, WindowCenter=[x for x, _ in windows],
+                         WindowWidth=[y for _, y in windows]))
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
