@@ -5,6 +5,8 @@ Run: python benchmarks/seeds.py benchmarks/results/training research test
      (reads DIR/CONFIG-ARCH-sN-eval-SPLIT/eval.json for ARCH in covid-densenet, densenet121)
      python benchmarks/seeds.py benchmarks/results/training shipped test -e60
      (a TAG: DIR/CONFIG-ARCH-e60-sN-...; an architecture without runs is left out, and so are the paired tests)
+     python benchmarks/seeds.py benchmarks/results/training research test -e60 --plot seeds.png
+     (also a figure: each seed's accuracy and per-source sensitivities with 95% Wilson intervals, and issue 14's goals)
 """
 import json
 import re
@@ -74,8 +76,69 @@ def summary(root: Path, config: str, split: str, tag: str = "") -> list[str]:
     return out
 
 
+def plot(root: Path, config: str, split: str, tag: str, out: Path) -> None:
+    """Each seed as a point with its 95% Wilson interval, per architecture: accuracy, then each class's sensitivity
+    per source; dashed lines at issue 14's research goals (85% accuracy and COVID-19 sensitivity, 80% Normal and
+    Pneumonia)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgecxr.metrics import wilson_ci
+
+    table = {a: r for a in ARCHS if (r := runs(root, config, a + tag, split))}
+    first = next(iter(next(iter(table.values())).values()))
+    metrics = [("accuracy", None, None, 0.85)]
+    metrics += [(f"{c}\n{src}", src, c, 0.85 if c == "COVID-19" else 0.80)
+                for src, v in sorted(first["per_source"].items()) for c in v["sensitivity"]]
+
+    def kn(r: dict, src: str | None, c: str | None) -> tuple[int, int]:
+        if src is None:
+            _, ok = correct(r)
+            return int(ok.sum()), len(ok)
+        v = r["per_source"][src]["sensitivity"][c]
+        return v["k"], v["n"]
+
+    fig, ax = plt.subplots(figsize=(1.3 * len(metrics) + 2, 4.2))
+    colours = dict(zip(ARCHS, ("tab:blue", "tab:orange")))
+    for j, (name, src, c, goal) in enumerate(metrics):
+        ax.hlines(goal, j - 0.45, j + 0.45, colors="grey", linestyles="dashed", linewidth=1)
+        for i, (a, res) in enumerate(table.items()):
+            seeds = sorted(res)
+            vals = []
+            for q, sd in enumerate(seeds):
+                k, n = kn(res[sd], src, c)
+                lo, hi = wilson_ci(k, n)
+                x = j + (i - 0.5) * 0.4 + (q - (len(seeds) - 1) / 2) * 0.08
+                ax.errorbar(x, k / n, yerr=[[k / n - lo], [hi - k / n]], fmt="o", ms=4, color=colours[a], alpha=0.8,
+                            capsize=2, label=f"{a}{tag} (seeds {', '.join(map(str, seeds))})" if j == 0 and q == 0 else None)
+                vals.append(k / n)
+            ax.hlines(np.mean(vals), j + (i - 0.5) * 0.4 - 0.15, j + (i - 0.5) * 0.4 + 0.15, colors=colours[a], linewidth=2.5)
+    n = first["n_images"]
+    ax.set_xticks(range(len(metrics)), [m[0] + ("" if m[1] is None else " sens.") for m in metrics], fontsize=8)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("share right (95% Wilson interval per seed; bar = mean)")
+    ax.set_title(f"{config} configuration, dev {split} ({n} images): each seed; dashed = issue 14's goal for the class", fontsize=10)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+
+
 def main() -> None:
-    print("\n".join(summary(Path(sys.argv[1]), sys.argv[2], sys.argv[3], *sys.argv[4:5])))
+    args = sys.argv[1:]
+    out = None
+    if "--plot" in args:  # parsed by hand: the TAG itself starts with "-" (-e60), which argparse takes for an option
+        i = args.index("--plot")
+        out, args = Path(args[i + 1]), args[:i] + args[i + 2:]
+    if len(args) not in (3, 4):
+        raise SystemExit(__doc__)
+    root, config, split, tag = Path(args[0]), args[1], args[2], (args[3:] or [""])[0]
+    print("\n".join(summary(root, config, split, tag)))
+    if out:
+        plot(root, config, split, tag, out)
 
 
 if __name__ == "__main__":
