@@ -55,3 +55,13 @@ def pytest_configure(config):
         torch.set_num_threads(1)
     except ImportError:
         pass
+    # Hypothesis: the same examples on every run (CI must not pass or fail by luck); explore new ones with
+    # `pytest --hypothesis-profile=explore` (a random seed each run, more examples).
+    try:
+        from hypothesis import settings
+
+        settings.register_profile("repeatable", derandomize=True, max_examples=80, print_blob=True)
+        settings.register_profile("explore", max_examples=1000)
+        settings.load_profile("repeatable")
+    except ImportError:
+        pass

@@ -20,7 +20,7 @@ from hypothesis.extra.numpy import arrays  # noqa: E402
 from edgecxr.errors import ImageError  # noqa: E402
 from edgecxr.imaging import load_gray  # noqa: E402
 
-SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                               HealthCheck.too_slow])
 
 
