@@ -205,12 +205,18 @@ best val macro-F1 (seed 1); the mean over seeds is what the recipe gives.
 
 Same data (every dev training image), recipe and selection for both; `python benchmarks/seeds.py
 benchmarks/results/training research test`. A difference counts only if it holds across seeds with a small paired p.
-These runs used the 30-epoch recipe; the final recipe trains 60 epochs, and its research campaign so far:
+These runs used the 30-epoch recipe; the final recipe trains 60 epochs, three seeds of each architecture:
 
 {chr(10).join(seed60_lines)}
 
-`python benchmarks/seeds.py benchmarks/results/training research test -e60` (a seed pair gets its paired test once both
-architectures have it).
+`python benchmarks/seeds.py benchmarks/results/training research test -e60 --plot
+benchmarks/results/seeds-research-e60-test.png`:
+
+![each seed of both architectures on dev test, with 95% intervals and issue 14's goals](../../benchmarks/results/seeds-research-e60-test.png)
+
+**Neither architecture is shown better** (equal dev test means, no seed pair at p < 0.05 on test or val; val point
+estimates favour DenseNet121 in two of three seeds). Both miss issue 14's research goal (85%): Cohen-collection COVID-19
+and Pneumonia hold them back. The recipe's evidence and this verdict: `benchmarks/ablation.md`, "Summary".
 
 ## At the operating point, and what is not done
 
