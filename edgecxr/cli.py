@@ -487,9 +487,18 @@ def predict(
             t.add_column(col)
         for c in m.classes:
             t.add_column(escape(c), justify="right")
+        op = m.operating_point
+        if op.get("positive_class") and op.get("threshold") is not None:
+            target = f", chosen for >= {100 * op['target_sensitivity']:.0f}% sensitivity on val" \
+                if isinstance(op.get("target_sensitivity"), (int, float)) else ""
+            t.caption = escape(f"finding: {op['positive_class']} whenever its probability reaches "
+                               f"{op['threshold']:.3f} (the operating point{target}), otherwise the most probable "
+                               "class; * marks a finding that is not the most probable class")
         for r in results:
             if r.ok:
-                t.add_row(escape(r.source), "[green]ok[/]", escape(r.finding or ""),
+                top = max(r.probabilities, key=r.probabilities.get)
+                mark = "*" if r.finding and r.finding != top else ""
+                t.add_row(escape(r.source), "[green]ok[/]", escape((r.finding or "") + mark),
                           *[f"{r.probabilities[c]:.3f}" for c in m.classes])
             elif r.status == "rejected":
                 t.add_row(escape(r.source), "[yellow]rejected[/]", "", *["" for _ in m.classes])

@@ -148,6 +148,8 @@ def test_rejected_inputs_get_no_finding_and_exit_3(guarded_onnx, tmp_path):
     res = CliRunner().invoke(app, ["predict", str(hand), str(EVAL[0]), "--model", str(art), "--no-isolate"])
     assert res.exit_code == 3, res.output
     assert "BodyPartExamined HAND" in res.output and "hand[dicom].dcm" in res.output  # no markup eaten
+    words = " ".join(res.output.split())  # the table says how its findings are made (rich wraps the caption)
+    assert "finding: COVID-19 whenever its probability reaches" in words and "the operating point" in words
     res = CliRunner().invoke(app, ["predict", str(hand), str(EVAL[0]), "--model", str(art), "--no-guard", "--json",
                                    "--no-isolate"])
     assert res.exit_code in (0, 1) and "guard off" in res.output
