@@ -134,7 +134,9 @@ def main() -> None:
     if kept:  # keep natural/ as built before, with its MANIFEST rows
         rows += [r for r in csv.DictReader((DST / "MANIFEST.csv").open()) if r["group"] in kept]
     for sub in ("natural", "medical", "radiographs", "synthetic", "hard"):
-        for f in (DST / sub).glob("*.png") if sub not in kept else ():
+        if sub in kept:
+            continue
+        for f in (DST / sub).glob("*.png"):
             f.unlink()
     if skdata:
         natural(skdata, rows)

@@ -493,7 +493,7 @@ def predict(
                 if isinstance(op.get("target_sensitivity"), (int, float)) else ""
             t.caption = escape(f"finding: {op['positive_class']} whenever its probability reaches "
                                f"{op['threshold']:.3f} (the operating point{target}), otherwise the most probable "
-                               "class; * marks a finding that is not the most probable class")
+                               "other class; * marks a finding that is not the most probable class")
         for r in results:
             if r.ok:
                 top = max(r.probabilities, key=r.probabilities.get)
