@@ -791,3 +791,80 @@ def test_shipped_int8_targets_exclude_only_nodes_the_graph_has(tiny_checkpoint, 
     ctx, tgt = _ctx_and_target(tiny_checkpoint, name)
     ctx.gray_stem, ctx.pool_first = tgt.gray_stem, tgt.pool_first
     check_node_names(list(tgt.int8.exclude), ctx.fp32_onnx(tgt, tmp_path))
+
+
+def test_split_conv_weights_is_exact_in_fp32_and_keeps_float_precision_in_int8(tiny_checkpoint, tmp_path):
+    """A split conv computes the same function in FP32 (W_hi + W_lo = W, W_hi on the int8 grid); quantized, the pair's
+    logits stay closer to FP32 than the conv quantized whole, and no Q/DQ sits between the halves and their sum."""
+    from edgecxr.export.onnx_int8 import quantize_onnx, split_conv_weights
+    from onnx import numpy_helper
+
+    ctx, tgt = _ctx_and_target(tiny_checkpoint, "onnx-fp32")
+    fp32 = ctx.fp32_onnx(tgt, tmp_path)
+    halves = split_conv_weights(fp32, tmp_path / "split.onnx", ["/conv0/Conv"], qmax=127)
+    assert halves == ["/conv0/Conv_output_0_hi", "/conv0/Conv_output_0_lo"]
+    m = onnx.load(str(tmp_path / "split.onnx"))
+    w = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    hi, lo = w["/conv0/Conv_w_hi"], w["/conv0/Conv_w_lo"]
+    step = np.abs(hi).reshape(len(hi), -1).max(1) / 127
+    k = hi / step[:, None, None, None]
+    np.testing.assert_allclose(k, np.round(k), atol=1e-3)  # on the per-channel int8 grid the quantizer will use
+    assert np.all(np.abs(lo) <= step[:, None, None, None] / 2 + 1e-7)
+    x, _, _ = ctx.verify_set()
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(["logits"], {"input": x[:8]})[0]
+    ref = run(fp32)
+    np.testing.assert_allclose(run(tmp_path / "split.onnx"), ref, atol=1e-4)
+    whole = quantize_onnx(fp32, tmp_path / "whole.onnx", ctx.calib(), fmt="qdq", method="minmax")
+    split = quantize_onnx(fp32, tmp_path / "q-split.onnx", ctx.calib(), fmt="qdq", method="minmax",
+                          split_weights=["/conv0/Conv"])
+    g = onnx.load(str(split)).graph
+    assert not [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] in halves]
+    assert {n.name for n in g.node if n.op_type == "Conv"} >= {"/conv0/Conv", "/conv0/Conv_lo"}
+    # the rest of the graph quantized as before: only the stem's weight error differs
+    err = lambda p: float(np.sqrt(((run(p) - ref) ** 2).mean()))
+    assert err(split) < err(whole)
+    with pytest.raises(EdgeCXRError, match="split_weights"):
+        split_conv_weights(fp32, tmp_path / "x.onnx", ["/no/such/Conv"], qmax=127)
+
+
+def test_split_weights_and_stem_s2d_target_validation(tmp_path):
+    from edgecxr.export.targets import load_target
+
+    def target(body: str):
+        p = tmp_path / "t.toml"
+        p.write_text(body)
+        return load_target(str(p))
+
+    t = target('backend = "onnx"\nprecision = "int8"\n[int8]\nsplit_weights = ["/conv0/Conv"]\n')
+    assert t.int8.split_weights == ["/conv0/Conv"] and "split_weights" in json.dumps(t.key)
+    with pytest.raises(EdgeCXRError, match="either kept float or split"):
+        target('backend = "onnx"\nprecision = "int8"\n[int8]\nsplit_weights = ["/a"]\nexclude = ["/a"]\n')
+    with pytest.raises(EdgeCXRError, match="gray_stem = true"):
+        target('backend = "onnx"\nprecision = "fp32"\nstem_s2d = true\n')
+    assert target('backend = "onnx"\nprecision = "fp32"\ngray_stem = true\nstem_s2d = true\n').stem_s2d
+
+
+@pytest.mark.parametrize("arch", ["covid-densenet", "densenet121"])
+def test_space_to_depth_stem_is_exact(arch):
+    """The gray stem as a 4x4 conv of 2x2 pixel blocks equals the 3-channel 7x7 stem on replicated gray, border
+    included; a stem it cannot rewrite is refused."""
+    import torch
+
+    from edgecxr.export.gray_stem import SpaceToDepthStem, fold_gray_stem
+    from edgecxr.models import build_model
+    from edgecxr.preprocess import PreprocessConfig, preprocess
+
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    cfg = PreprocessConfig(size=64)
+    s2d = fold_gray_stem(model, cfg.mean, cfg.std, cfg.size, s2d=True)
+    assert s2d.backbone.conv0.conv.conv.in_channels == 4
+    rng = np.random.default_rng(2)
+    x = torch.from_numpy(np.stack([preprocess(rng.random((70, 90), dtype=np.float32), cfg) for _ in range(2)]))
+    with torch.no_grad():
+        a, b = model.backbone.conv0(x), s2d.backbone.conv0(x)
+        np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-4 * float(a.abs().max()))
+    with pytest.raises(EdgeCXRError, match="without stem_s2d"):
+        SpaceToDepthStem(torch.nn.Conv2d(1, 8, 3, 2, 1), 64)
+    with pytest.raises(EdgeCXRError, match="without stem_s2d"):
+        SpaceToDepthStem(torch.nn.Conv2d(1, 8, 7, 2, 3), 63)

@@ -28,6 +28,7 @@ class ExportContext:
         self._module = self._reference = None
         self.gray_stem = False  # set from the target: the exported graph folds the gray replication into its stem
         self.pool_first = False  # set from the target: the transitions pool before their 1x1 convs
+        self.stem_s2d = False  # set from the target: the gray stem as a conv of 2x2 pixel blocks
         self.heatmaps = heatmaps and hasattr(self.model, "forward_maps")
 
     def say(self, what: str) -> None:
@@ -68,7 +69,7 @@ class ExportContext:
             if self.gray_stem:
                 from edgecxr.export.gray_stem import fold_gray_stem
 
-                model = fold_gray_stem(model, self.pcfg.mean, self.pcfg.std, self.size)
+                model = fold_gray_stem(model, self.pcfg.mean, self.pcfg.std, self.size, s2d=self.stem_s2d)
             if self.pool_first:
                 from edgecxr.export.pool_first import pool_first
 

@@ -187,7 +187,7 @@ def export(checkpoint: str | Path, target: str | Target, precision: str | None =
 
     t0 = time.perf_counter()
     ctx = ExportContext(checkpoint, calib_dirs, verify_dirs, progress, heatmaps=tgt.heatmaps, step=step)
-    ctx.gray_stem, ctx.pool_first = tgt.gray_stem, tgt.pool_first
+    ctx.gray_stem, ctx.pool_first, ctx.stem_s2d = tgt.gray_stem, tgt.pool_first, tgt.stem_s2d
     ctx.say(f"{tgt.name}: building")
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out)
@@ -202,7 +202,8 @@ def export(checkpoint: str | Path, target: str | Target, precision: str | None =
                        "min_batch": tgt.min_batch, "max_batch": tgt.max_batch,
                        "input_shape": [-1 if tgt.dynamic_batch else tgt.max_batch, 3, ctx.size, ctx.size],
                        **({"gray_stem": True} if tgt.gray_stem else {}),
-                       **({"pool_first": True} if tgt.pool_first else {})})
+                       **({"pool_first": True} if tgt.pool_first else {}),
+                       **({"stem_s2d": True} if tgt.stem_s2d else {})})
         export_s = time.perf_counter() - t0
         ctx.say(f"{tgt.name}: verifying")
         verification = verify_artifact(ctx, built, engine, tgt) if verify else Verification()

@@ -60,11 +60,12 @@ def build(ctx, target, tmp: Path) -> tuple[Path, dict]:
         reduce_range = resolve_reduce_range(o.reduce_range)
         quantize_onnx(fp32, out, ctx.calib(), fmt=o.format, method=o.calibration, per_channel=o.per_channel,
                       reduce_range=reduce_range, bn_to_conv=o.bn_to_conv, exclude=list(o.exclude),
-                      shared_concat_scales=o.shared_concat_scales)
+                      shared_concat_scales=o.shared_concat_scales, split_weights=list(o.split_weights))
         stamp_onnx(out, ctx.metadata())
         engine["int8"] = {"format": o.format, "calibration": o.calibration, "calibration_images": int(len(ctx.calib())),
                           "reduce_range": reduce_range, "bn_to_conv": o.bn_to_conv, "float_nodes": list(o.exclude),
-                          "shared_concat_scales": o.shared_concat_scales}
+                          "shared_concat_scales": o.shared_concat_scales,
+                          **({"split_weights": list(o.split_weights)} if o.split_weights else {})}
         engine["disabled_optimizers"] = list(KEEP_FLOAT_OFF)
     else:
         from edgecxr.export.onnx_fp16 import cast_fp16

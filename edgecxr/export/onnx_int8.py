@@ -89,7 +89,8 @@ def check_node_names(names: list[str], fp32_onnx: Path) -> None:
 
 def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperator", method: str = "minmax",
                   per_channel: bool = True, reduce_range: bool = False, bn_to_conv: bool = False,
-                  exclude: list[str] | None = None, preprocessed: bool = False, shared_concat_scales: bool = False) -> Path:
+                  exclude: list[str] | None = None, preprocessed: bool = False, shared_concat_scales: bool = False,
+                  split_weights: list[str] | None = None) -> Path:
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -108,6 +109,10 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperato
                 quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
             if bn_to_conv:
                 batchnorm_to_depthwise(pre, pre)
+        if split_weights:
+            split = Path(td) / "split.onnx"
+            halves = split_conv_weights(pre, split, list(split_weights), qmax=64 if reduce_range else 127)
+            pre = split
         import onnx
 
         input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
@@ -125,6 +130,8 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperato
             quantize_static(str(pre), str(out), _Reader(calib, input_name), weight_type=QuantType.QInt8,
                             per_channel=per_channel, reduce_range=reduce_range, calibrate_method=cm,
                             nodes_to_exclude=exclude, **form)
+        if fmt == "qdq" and split_weights:
+            drop_output_qdq(Path(out), halves)
         if fmt == "qoperator" and shared_concat_scales:
             share_concat_scales(Path(out))
     return Path(out)
@@ -271,3 +278,99 @@ def batchnorm_to_depthwise(src: Path, dst: Path) -> int:
     onnx.checker.check_model(m)
     onnx.save(m, str(dst))
     return count
+
+
+def drop_output_qdq(path: Path, tensors: list[str]) -> int:
+    """Remove the QuantizeLinear -> DequantizeLinear pair on each of ``tensors`` (Q/DQ form): their consumers read the
+    float values. For split convs (:func:`split_conv_weights`): quantizing each half's output would add back the
+    error the split removed; the engine runs the convs int8 with float outputs and adds them. Return pairs removed."""
+    import onnx
+
+    m = onnx.load(str(path))
+    g, want = m.graph, set(tensors)
+    qs = {n.output[0]: n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] in want}
+    dqs = [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in qs]
+    rename = {dq.output[0]: qs[dq.input[0]].input[0] for dq in dqs}
+    if len(rename) != len(qs) or any(o in rename for o in (x.name for x in g.output)):
+        return 0  # a quantized half with other consumers (or a graph output): leave the graph as it is
+    gone = {id(n) for n in list(qs.values()) + dqs}
+    keep = [n for n in g.node if id(n) not in gone]
+    for n in keep:
+        for i, x in enumerate(n.input):
+            if x in rename:
+                n.input[i] = rename[x]
+    del g.node[:]
+    g.node.extend(keep)
+    onnx.save(m, str(path))
+    return len(dqs)
+
+
+def split_conv_weights(src: Path, dst: Path, names: list[str], qmax: int) -> int:
+    """Run each named Conv as two convolutions of the same input whose weights add up to the original: W_hi, the
+    weights on the quantizer's own per-channel int8 grid (scale max|W|/qmax, so quantizing them is exact), and
+    W_lo = W - W_hi, the rounding rest (at most half a step), quantized on a grid of its own. In FP32 the sum is the
+    same conv; in INT8 the pair keeps ~15 bits of weight precision at twice an int8 conv's cost, where a float conv
+    costs about four. For the layers whose int8 weights move the logits most (the stem conv of a network trained from
+    scratch: ``benchmarks/int8_sensitivity.py``). ``qmax``: 127, or 64 with 7-bit weights (ONNX Runtime's ranges).
+    Return the split convs' output tensors (the two halves of each sum)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(src))
+    inits = {i.name: i for i in m.graph.initializer}
+    wanted, new_nodes, halves = set(names), [], []
+    for n in m.graph.node:
+        new_nodes.append(n)
+        if n.name not in wanted or n.op_type != "Conv" or n.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+        step = np.abs(w).reshape(len(w), -1).max(axis=1).reshape(-1, *[1] * (w.ndim - 1)) / qmax
+        hi = np.round(w / np.where(step > 0, step, 1.0)) * step
+        hi_name, lo_name, out = f"{n.name}_w_hi", f"{n.name}_w_lo", n.output[0]
+        m.graph.initializer.extend([numpy_helper.from_array(hi.astype(np.float32), hi_name),
+                                    numpy_helper.from_array((w - hi).astype(np.float32), lo_name)])
+        n.input[1] = hi_name
+        n.output[0] = f"{out}_hi"
+        lo = helper.make_node("Conv", [n.input[0], lo_name], [f"{out}_lo"], name=f"{n.name}_lo")
+        lo.attribute.extend(a for a in n.attribute)
+        new_nodes += [lo, helper.make_node("Add", [f"{out}_hi", f"{out}_lo"], [out], name=f"{n.name}_sum")]
+        halves += [f"{out}_hi", f"{out}_lo"]
+    if len(halves) != 2 * len(wanted):
+        from edgecxr.export.targets import TargetError
+
+        found = {n.name for n in m.graph.node if n.op_type == "Conv"}
+        raise TargetError(f"[int8] split_weights: no Conv named {sorted(wanted - found)} in the graph; fix the target file")
+    del m.graph.node[:]
+    m.graph.node.extend(new_nodes)
+    used = {i for n in m.graph.node for i in n.input}
+    keep = [i for i in m.graph.initializer if i.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(dst))
+    return halves
+
+
+def drop_output_qdq(path: Path, tensors: list[str]) -> int:
+    """Remove the QuantizeLinear -> DequantizeLinear pair on each of ``tensors`` (Q/DQ form): their consumers read the
+    float values. For split convs (:func:`split_conv_weights`): quantizing each half's output would add back the
+    error the split removed; the engine runs the convs int8 with float outputs and adds them. Return pairs removed."""
+    import onnx
+
+    m = onnx.load(str(path))
+    g, want = m.graph, set(tensors)
+    qs = {n.output[0]: n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] in want}
+    dqs = [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in qs]
+    rename = {dq.output[0]: qs[dq.input[0]].input[0] for dq in dqs}
+    if len(rename) != len(qs) or any(o in rename for o in (x.name for x in g.output)):
+        return 0  # a quantized half with other consumers (or a graph output): leave the graph as it is
+    gone = {id(n) for n in list(qs.values()) + dqs}
+    keep = [n for n in g.node if id(n) not in gone]
+    for n in keep:
+        for i, x in enumerate(n.input):
+            if x in rename:
+                n.input[i] = rename[x]
+    del g.node[:]
+    g.node.extend(keep)
+    onnx.save(m, str(path))
+    return len(dqs)

@@ -28,7 +28,8 @@ def build(ctx, target, tmp: Path) -> tuple[Path, dict]:
         engine["int8"] = {"preset": target.int8.preset, "source": target.int8.source,
                           "calibration": target.int8.calibration if target.int8.source == "ort-qdq" else "nncf",
                           "calibration_images": int(len(ctx.calib())),
-                          "float_nodes": list(target.int8.exclude)}
+                          "float_nodes": list(target.int8.exclude),
+                          **({"split_weights": list(target.int8.split_weights)} if target.int8.split_weights else {})}
         if target.int8.source == "ort-qdq":  # as to_openvino resolved it (NNCF has no such knob)
             engine["int8"]["reduce_range"] = resolve_reduce_range(target.int8.reduce_range, "openvino")
     return out, engine
@@ -54,6 +55,10 @@ def to_openvino(onnx_path: Path, out_xml: Path, precision: str, calib: np.ndarra
     opts = int8 or Int8Options()
     if precision == "int8" and calib is None:
         raise ValueError("INT8 needs calibration images")
+    if precision == "int8" and opts.source == "nncf" and opts.split_weights:
+        from edgecxr.export.targets import TargetError
+
+        raise TargetError("[int8] split_weights needs source = \"ort-qdq\" (NNCF quantizes on a grid of its own)")
     if precision == "int8" and opts.source == "ort-qdq":
         # ONNX Runtime's static quantization (Q/DQ, its calibration methods) read by OpenVINO, which runs the
         # Q/DQ pairs as int8 kernels; the guard-only nodes stay float as in every INT8 form
@@ -61,7 +66,8 @@ def to_openvino(onnx_path: Path, out_xml: Path, precision: str, calib: np.ndarra
 
         qdq = Path(out_xml).with_suffix(".qdq.onnx")
         quantize_onnx(onnx_path, qdq, calib, fmt="qdq", method=opts.calibration, per_channel=opts.per_channel,
-                      reduce_range=resolve_reduce_range(opts.reduce_range, "openvino"), exclude=list(opts.exclude))
+                      reduce_range=resolve_reduce_range(opts.reduce_range, "openvino"), exclude=list(opts.exclude),
+                      split_weights=list(opts.split_weights))
         model = ov.convert_model(str(qdq))
         qdq.unlink()
     else:

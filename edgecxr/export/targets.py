@@ -59,6 +59,7 @@ class Int8Options:
     bn_to_conv: bool = False
     shared_concat_scales: bool = False  # qoperator: one scale per group of concatenated tensors (faster; see onnx_int8.py)
     exclude: list = field(default_factory=list)  # ONNX node names kept in float
+    split_weights: list = field(default_factory=list)  # Conv names run as two int8 convs (weights' int8 grid + rest; onnx_int8.py)
     preset: str = "performance"  # NNCF: performance | mixed
     source: str = "nncf"  # OpenVINO INT8 from NNCF (nncf) or from ONNX Runtime's Q/DQ quantization (ort-qdq)
     subset_size: int = 300
@@ -80,6 +81,11 @@ class Int8Options:
             raise ValueError(f"source {self.source!r} must be nncf or ort-qdq")
         if not all(isinstance(n, str) for n in self.exclude):
             raise ValueError("exclude must be a list of node names")
+        if not all(isinstance(n, str) for n in self.split_weights):
+            raise ValueError("split_weights must be a list of Conv node names")
+        if set(self.split_weights) & set(self.exclude):
+            raise ValueError(f"split_weights and exclude both name {sorted(set(self.split_weights) & set(self.exclude))}: "
+                             "a conv is either kept float or split, not both")
         if self.subset_size < 1:
             raise ValueError("subset_size must be >= 1")
 
@@ -148,6 +154,7 @@ class Target:
     heatmaps: bool = False  # also output the classifier's spatial maps (for --heatmaps); costs latency in some engines
     gray_stem: bool = False  # fold the gray->3-channel replication into the stem conv (edgecxr/export/gray_stem.py)
     pool_first: bool = False  # average-pool before the transitions' 1x1 convs (edgecxr/export/pool_first.py)
+    stem_s2d: bool = False  # with gray_stem: the stem conv as a conv of 2x2 pixel blocks (edgecxr/export/gray_stem.py)
     int8: Int8Options = field(default_factory=Int8Options)
     openvino: OpenVINOOptions = field(default_factory=OpenVINOOptions)
     tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
@@ -191,12 +198,14 @@ def target_from_dict(data: dict, where: str) -> Target:
     data["tensorrt"] = _typed(TensorRTOptions, data.pop("tensorrt", {}), f"{where} [tensorrt]")
     data["tolerance"] = _typed(Tolerance, {"min_agreement": agree, "max_accuracy_drop": drop,
                                            **data.pop("tolerance", {})}, f"{where} [tolerance]")
-    for key, typ in (("heatmaps", bool), ("gray_stem", bool), ("pool_first", bool),
+    for key, typ in (("heatmaps", bool), ("gray_stem", bool), ("pool_first", bool), ("stem_s2d", bool),
                      ("dynamic_batch", bool), ("min_batch", int), ("opt_batch", int), ("max_batch", int),
                      ("opset", int), ("name", str), ("description", str)):
         if key in data and (not isinstance(data[key], typ) or (typ is int and isinstance(data[key], bool))):
             raise TargetError(f"{where}.{key}: expected {typ.__name__}, got {data[key]!r}")
     tgt = Target(**data)
+    if tgt.stem_s2d and not tgt.gray_stem:
+        raise TargetError(f"{where}: stem_s2d rewrites the gray stem; set gray_stem = true as well")
     if not 1 <= tgt.min_batch <= tgt.opt_batch <= tgt.max_batch:
         raise TargetError(f"{where}: need 1 <= min_batch <= opt_batch <= max_batch, got "
                           f"{tgt.min_batch}, {tgt.opt_batch}, {tgt.max_batch}")
