@@ -5,7 +5,8 @@ Run: python benchmarks/ensemble.py A/eval.json B/eval.json [C/eval.json ...]
 
 Prints, for each member and for the ensemble (argmax of the mean probability): accuracy with its 95% Wilson interval,
 each class's sensitivity, COVID-19 sensitivity per source; then the exact McNemar test of the ensemble against each
-member. A research question for issue 14 (one model per seed costs as many forward passes as members): nothing here
+member; then, per class and source, how many images (and patients) k of the members get right: errors every member
+shares are data (atypical images, label noise), not seeds. A research question for issue 14 (one model per seed costs as many forward passes as members): nothing here
 changes what the package ships.
 """
 import json
@@ -68,6 +69,39 @@ def main(paths: list[str]) -> None:
         t = mcnemar_exact(ens, ok)
         print(f"ensemble vs {Path(p).parent.name}: exact McNemar p = {t['p_value']:.3f} "
               f"(ensemble alone right on {t['a_only']}, the member alone on {t['b_only']})")
+    shared_errors(files, y, sources, np.array(oks), classes, patients(files))
+
+
+def patients(files: list[str]) -> dict[str, str]:
+    """file -> patient id from the MANIFEST.csv beside the images' split folders, when there is one."""
+    import csv
+
+    out = {}
+    for f in files:
+        root = Path(f).parents[2]  # <dev>/<split>/<class>/<file>
+        man = root / "MANIFEST.csv"
+        if man.is_file() and str(root) not in out:
+            out[str(root)] = "read"
+            for row in csv.DictReader(man.open()):
+                out[str(root / row["file"])] = row.get("patient_id", "")
+    return out
+
+
+def shared_errors(files: list[str], y: np.ndarray, sources: np.ndarray, oks: np.ndarray, classes: list[str],
+                  pid: dict[str, str]) -> None:
+    right = oks.sum(0)
+    n = len(oks)
+    print(f"\n| class / source | images (patients) | right in 0 of {n} members | right in 1 .. {n - 1} | right in all {n} | "
+          "images every member misses (patients) |")
+    print("|---|---|---|---|---|---|")
+    for k, c in enumerate(classes):
+        for src in sorted(set(sources[y == k])):
+            m = (y == k) & (sources == src)
+            pts = {pid.get(f, f) for f, mm in zip(files, m) if mm}
+            hist = np.bincount(right[m], minlength=n + 1)
+            missed = [f for f, mm, r in zip(files, m, right) if mm and r == 0]
+            print(f"| {c} / {src} | {int(m.sum())} ({len(pts)}) | {hist[0]} | {' '.join(map(str, hist[1:n]))} | {hist[n]} | "
+                  f"{len(missed)} ({len({pid.get(f, f) for f in missed})}) |")
 
 
 if __name__ == "__main__":
