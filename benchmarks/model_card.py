@@ -216,7 +216,10 @@ benchmarks/results/seeds-research-e60-test.png`:
 
 **Neither architecture is shown better** (equal dev test means, no seed pair at p < 0.05 on test or val; val point
 estimates favour DenseNet121 in two of three seeds). Both miss issue 14's research goal (85%): Cohen-collection COVID-19
-and Pneumonia hold them back. The recipe's evidence and this verdict: `benchmarks/ablation.md`, "Summary".
+and Pneumonia hold them back, and most of those errors are shared by all six models (8 of the 44 NIH Pneumonia and 3 of
+the 14 Cohen-collection COVID-19 test images are missed by every one; averaging all six gives 79.7%); those 14 Cohen
+images come from only 8 patients (`benchmarks/results/ensemble-research-e60.md`). The recipe's evidence and this
+verdict: `benchmarks/ablation.md`, "Summary".
 
 ## At the operating point, and what is not done
 
