@@ -375,7 +375,45 @@ def read_dicom(path: Path, info: dict | None = None) -> np.ndarray:
         out[pad] = 0.0  # shown black, as viewers show padding
         if info is not None:
             info["pixel_padding"] = f"{int(pad.sum())} padding pixels (PixelPaddingValue) shown black, left out of the range"
-    return out
+    return square_pixels(ds, out, name, info)
+
+
+MAX_PIXEL_ANISOTROPY = 4.0  # beyond this row/column spacing ratio the header is taken to be wrong, not the detector
+
+
+def pixel_aspect(ds) -> float | None:
+    """Row spacing / column spacing (a pixel's height / width) from PixelSpacing, ImagerPixelSpacing or
+    PixelAspectRatio, in that order; None when the header says nothing usable."""
+    for tag in ("PixelSpacing", "ImagerPixelSpacing", "PixelAspectRatio"):
+        v = ds.get(tag)
+        try:
+            a, b = float(v[0]), float(v[1])
+        except (TypeError, ValueError, IndexError, KeyError):
+            continue
+        if np.isfinite(a) and np.isfinite(b) and a > 0 and b > 0:
+            return a / b
+    return None
+
+
+def square_pixels(ds, img: np.ndarray, name: str, info: dict | None = None) -> np.ndarray:
+    """Resample an image whose header gives non-square pixels (old film digitisers, some CR readers) to square ones
+    of the same area, as viewers display it: the model and the image rules see the anatomy's true proportions."""
+    ratio = pixel_aspect(ds)
+    if ratio is None or abs(ratio - 1.0) <= 0.01:
+        return img
+    if not 1 / MAX_PIXEL_ANISOTROPY <= ratio <= MAX_PIXEL_ANISOTROPY:
+        if info is not None:
+            info["pixel_aspect"] = f"header pixel aspect {ratio:.3g} (height/width) ignored: implausible"
+        return img
+    from PIL import Image
+
+    h, w = img.shape
+    nh, nw = max(1, round(h * np.sqrt(ratio))), max(1, round(w / np.sqrt(ratio)))
+    _check_shape(nh, nw, name)
+    out = np.asarray(Image.fromarray(img, mode="F").resize((nw, nh), Image.BILINEAR), dtype=np.float32)
+    if info is not None:
+        info["pixel_aspect"] = f"non-square pixels (height/width {ratio:.3g}): resampled {w}x{h} -> {nw}x{nh}"
+    return np.clip(out, 0.0, 1.0)
 
 
 def _inverted(ds, photometric: str) -> bool:

@@ -305,3 +305,25 @@ def test_folders_find_dicom_without_a_suffix(tmp_path):
     assert sorted(f.name for f in found) == ["1.2.840.113619.2.55", "IM0001", "b.png"]
     assert sorted(f.name for f in skipped) == ["DICOMDIR", "notes.txt"]
     assert read_image(d / "IM0001").shape == RAMP.shape
+
+
+def test_dicom_with_non_square_pixels_is_resampled_to_its_true_proportions(tmp_path):
+    """A digitiser that samples rows twice as far apart as columns (PixelSpacing 0.2 \\ 0.1 mm) stores a chest half as
+    tall as it is: read, it has the proportions of the same chest sampled square, the note says so; square pixels,
+    a missing or implausible spacing leave the image as stored."""
+    yy, xx = np.mgrid[0:128, 0:96]
+    full = (1000 + 800 * np.sin(xx / 9.0) * np.cos(yy / 13.0)).astype(np.uint16)  # 96 wide x 128 tall, square pixels
+    half = full[::2]  # every second row: 96 x 64 stored, rows 0.2 mm apart
+    info: dict = {}
+    g = load_gray(_dicom(tmp_path / "aniso.dcm", half, extra={"PixelSpacing": [0.2, 0.1]}), info=info)
+    h, w = g.shape
+    assert abs(h / w - 128 / 96) < 0.03 and "pixel_aspect" in info and "resampled" in info["pixel_aspect"]
+    ref = read_image(_dicom(tmp_path / "square.dcm", full))
+    a = np.asarray(Image.fromarray(g, mode="F").resize((96, 128), Image.BILINEAR))
+    assert np.corrcoef(a.ravel(), ref.ravel())[0, 1] > 0.98
+    for extra in ({"PixelSpacing": [0.1, 0.1]}, {}, {"ImagerPixelSpacing": [1.0, 9.0]}, {"PixelSpacing": [0, 0.1]}):
+        note: dict = {}
+        assert load_gray(_dicom(tmp_path / "sq.dcm", half, extra=extra), info=note).shape == half.shape
+        assert ("pixel_aspect" in note) == ("ImagerPixelSpacing" in extra)  # implausible 9:1 is noted, not applied
+    g2 = load_gray(_dicom(tmp_path / "par.dcm", half, extra={"PixelAspectRatio": [2, 1]}))
+    assert g2.shape == g.shape
