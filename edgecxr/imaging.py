@@ -42,7 +42,8 @@ def _check_shape(h: int, w: int, name: str) -> None:
 
 
 def from_array(arr: np.ndarray, name: str = "<array>") -> np.ndarray:
-    """uint8 / uint16 / float array (H, W), (H, W, 3|4) or (1, H, W) -> float32 (H, W) in [0, 1].
+    """uint8 / uint16 / float array (H, W), (H, W, 3|4) or (1, H, W) -> float32 (H, W) in [0, 1] (uint16: see
+    :func:`_white`).
 
     Float arrays already in [0, 1] are kept; other float ranges are min-max scaled.
     """
@@ -50,7 +51,7 @@ def from_array(arr: np.ndarray, name: str = "<array>") -> np.ndarray:
     if arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(arr.dtype, 1.0)
+        scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): _white(arr[..., :3])}.get(arr.dtype, 1.0)
         arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / scale
     if arr.ndim != 2:
         raise ImageError(f"{name}: expected a 2-D grayscale or (H, W, 3) RGB array, got shape {arr.shape}.")
@@ -58,7 +59,7 @@ def from_array(arr: np.ndarray, name: str = "<array>") -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0
     if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / 65535.0
+        return (arr / _white(arr)).astype(np.float32)
     if arr.dtype == np.bool_ or arr.dtype.kind not in "iuf":
         raise ImageError(f"{name}: unsupported array dtype {arr.dtype}; pass uint8, uint16 or float.")
     out = arr.astype(np.float64)  # float64: (hi - lo) of a wide float32 range (e.g. +-3e38) does not overflow
@@ -72,21 +73,31 @@ def from_array(arr: np.ndarray, name: str = "<array>") -> np.ndarray:
     return ((out - lo) / (hi - lo)).astype(np.float32)
 
 
+def _white(a: np.ndarray) -> float:
+    """White for 16-bit integer pixels. An 8-bit image widened exactly (every value a multiple of 257) is 16-bit;
+    otherwise 2^bits - 1 for the fewest bits (8 at least, 16 at most) that hold the largest value: a 16-bit PNG or
+    TIFF often carries 10-, 12- or 14-bit detector data (DICOM says so in BitsStored, PNG cannot), which scaled by
+    65535 would read as a nearly black image."""
+    vmax = int(a.max()) if a.size else 0
+    if vmax > 255 and not (a % 257).any():
+        return 65535.0
+    return float((1 << min(16, max(8, vmax.bit_length()))) - 1)
+
+
 def from_pil(img: Any, name: str = "<PIL image>") -> np.ndarray:
     from PIL import Image
 
     w, h = img.size
     _check_shape(h, w, name)
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return np.asarray(img, dtype=np.uint16).astype(np.float32) / 65535.0
-    if mode == "I":
-        a = np.asarray(img, dtype=np.int64)
-        top = 65535.0 if a.max() > 255 else 255.0
-        return (np.clip(a, 0, top) / top).astype(np.float32)
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+        return (a / _white(a)).astype(np.float32)
     if mode == "F":
         return from_array(np.asarray(img, dtype=np.float32), name)
-    if mode != "L":
+    if mode == "LAB":  # lightness is the gray image
+        img = img.getchannel("L")
+    if mode != "L" and img.mode != "L":
         if mode in ("RGBA", "LA", "P", "PA"):
             img = img.convert("RGBA")
             bg = Image.new("RGBA", img.size, (0, 0, 0, 255))
@@ -470,13 +481,30 @@ def read_image(path: str | Path, info: dict | None = None) -> np.ndarray:
             w, h = img.size
             _check_shape(h, w, name)
             img.load()
-            return from_pil(img, name)
+            return from_pil(_upright(img, info), name)
     except ImageError:
         raise
     except UnidentifiedImageError as exc:
         raise ImageError(f"{name}: not an image Pillow or pydicom can read (PNG, JPEG, DICOM ...).") from exc
     except Exception as exc:  # Pillow plugins raise many types on hostile bytes
         raise ImageError(f"{name}: corrupt or truncated image ({type(exc).__name__}: {exc}).") from exc
+
+
+def _upright(img, info: dict | None):
+    """The image as viewers show it: turned as its EXIF Orientation tag says (cameras and some exporters write the
+    pixels as sensed and the turn in the tag)."""
+    from PIL import ImageOps
+
+    try:
+        orientation = int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels as stored
+        return img
+    if orientation == 1:
+        return img
+    turned = ImageOps.exif_transpose(img)
+    if info is not None:
+        info["exif_orientation"] = f"EXIF Orientation {orientation}: turned as viewers show it"
+    return turned
 
 
 def input_name(item: Any) -> str:

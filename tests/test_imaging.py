@@ -327,3 +327,51 @@ def test_dicom_with_non_square_pixels_is_resampled_to_its_true_proportions(tmp_p
         assert ("pixel_aspect" in note) == ("ImagerPixelSpacing" in extra)  # implausible 9:1 is noted, not applied
     g2 = load_gray(_dicom(tmp_path / "par.dcm", half, extra={"PixelAspectRatio": [2, 1]}))
     assert g2.shape == g.shape
+
+
+def test_16_bit_files_holding_fewer_bits_read_at_their_own_depth(tmp_path):
+    """Detector data of 10-14 bits in a 16-bit PNG/TIFF or uint16 array reads as bright as the 8-bit image it
+    encodes (not ~16x darker, nor refused as blank); an 8-bit image widened exactly (x257) still reads as 16-bit."""
+    rng = np.random.default_rng(3)
+    img8 = (rng.random((64, 72)) * 200 + 40).astype(np.uint8)
+    ref = img8 / 255.0
+    for bits in (10, 12, 14):
+        top = (1 << bits) - 1
+        deep = np.round(img8.astype(np.float64) * top / 255).astype(np.uint16)
+        for suffix in (".png", ".tif"):
+            Image.fromarray(deep).save(tmp_path / f"d{bits}{suffix}")
+            np.testing.assert_allclose(read_image(tmp_path / f"d{bits}{suffix}"), ref, atol=1 / 255)
+        np.testing.assert_allclose(from_array(deep), ref, atol=1 / 255)
+    wide = img8.astype(np.uint16) * 257
+    Image.fromarray(wide).save(tmp_path / "w.png")
+    np.testing.assert_allclose(read_image(tmp_path / "w.png"), ref, atol=1e-6)
+    full = (rng.random((64, 72)) * 65535).astype(np.uint16)
+    np.testing.assert_allclose(from_array(full), full / 65535.0, atol=1e-6)
+    dark_raw = img8.astype(np.uint16)  # 8-bit values in a 16-bit container (no widening)
+    np.testing.assert_allclose(from_array(dark_raw), ref, atol=1e-6)
+
+
+def test_exif_orientation_is_applied_and_noted(tmp_path):
+    """A JPEG whose pixels are stored sideways with EXIF Orientation 6 ("rotate 90 CW to view") reads upright."""
+    rng = np.random.default_rng(4)
+    upright = (rng.random((80, 60)) * 255).astype(np.uint8)
+    upright[:20] = 255  # a bright top band, to see where it goes
+    stored = np.rot90(upright, 1)  # what a camera writes when the view needs a 90 degree clockwise turn
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "o6.jpg", quality=100, exif=exif.tobytes())
+    info: dict = {}
+    g = load_gray(tmp_path / "o6.jpg", info=info)
+    assert g.shape == upright.shape and "exif_orientation" in info
+    assert g[:20].mean() > 0.95 and g[20:].mean() < 0.7
+    Image.fromarray(stored).save(tmp_path / "o1.jpg", quality=100)
+    note: dict = {}
+    assert load_gray(tmp_path / "o1.jpg", info=note).shape == stored.shape and not note
+
+
+def test_lab_images_read_their_lightness():
+    from edgecxr.imaging import from_pil
+
+    rgb = Image.fromarray((np.random.default_rng(5).random((40, 50)) * 255).astype(np.uint8)).convert("RGB")
+    lab = rgb.convert("LAB")
+    np.testing.assert_allclose(from_pil(lab), np.asarray(lab.getchannel("L"), np.float32) / 255.0)
