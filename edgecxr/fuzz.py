@@ -29,6 +29,14 @@ def _img(rng: np.random.Generator, h: int = 48, w: int = 40) -> np.ndarray:
     return ((np.sin(x / 5.0) + np.cos(y / 7.0) + rng.random((h, w)) * 0.3 + 2) * 60).astype(np.uint8)
 
 
+def _exif(orientation: int) -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
 def image_seeds(seed: int = 0) -> list[tuple[str, bytes]]:
     from PIL import Image
 
@@ -45,6 +53,8 @@ def image_seeds(seed: int = 0) -> list[tuple[str, bytes]]:
         ("f32.tif", Image.fromarray(g.astype(np.float32) * 1e30), "TIFF", {}),
         ("g.tif", Image.fromarray(g), "TIFF", {"compression": "tiff_deflate"}),
         ("g.bmp", Image.fromarray(g), "BMP", {}),
+        ("exif6.jpg", Image.fromarray(g), "JPEG", {"exif": _exif(6)}),
+        ("g12.png", Image.fromarray(g.astype(np.uint16) * 16), "PNG", {}),
     ]:
         buf = io.BytesIO()
         im.save(buf, format=fmt, **kw)
