@@ -305,7 +305,7 @@ def drop_output_qdq(path: Path, tensors: list[str]) -> int:
     return len(dqs)
 
 
-def split_conv_weights(src: Path, dst: Path, names: list[str], qmax: int) -> int:
+def split_conv_weights(src: Path, dst: Path, names: list[str], qmax: int) -> list[str]:
     """Run each named Conv as two convolutions of the same input whose weights add up to the original: W_hi, the
     weights on the quantizer's own per-channel int8 grid (scale max|W|/qmax, so quantizing them is exact), and
     W_lo = W - W_hi, the rounding rest (at most half a step), quantized on a grid of its own. In FP32 the sum is the
@@ -349,28 +349,3 @@ def split_conv_weights(src: Path, dst: Path, names: list[str], qmax: int) -> int
     onnx.checker.check_model(m)
     onnx.save(m, str(dst))
     return halves
-
-
-def drop_output_qdq(path: Path, tensors: list[str]) -> int:
-    """Remove the QuantizeLinear -> DequantizeLinear pair on each of ``tensors`` (Q/DQ form): their consumers read the
-    float values. For split convs (:func:`split_conv_weights`): quantizing each half's output would add back the
-    error the split removed; the engine runs the convs int8 with float outputs and adds them. Return pairs removed."""
-    import onnx
-
-    m = onnx.load(str(path))
-    g, want = m.graph, set(tensors)
-    qs = {n.output[0]: n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] in want}
-    dqs = [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in qs]
-    rename = {dq.output[0]: qs[dq.input[0]].input[0] for dq in dqs}
-    if len(rename) != len(qs) or any(o in rename for o in (x.name for x in g.output)):
-        return 0  # a quantized half with other consumers (or a graph output): leave the graph as it is
-    gone = {id(n) for n in list(qs.values()) + dqs}
-    keep = [n for n in g.node if id(n) not in gone]
-    for n in keep:
-        for i, x in enumerate(n.input):
-            if x in rename:
-                n.input[i] = rename[x]
-    del g.node[:]
-    g.node.extend(keep)
-    onnx.save(m, str(path))
-    return len(dqs)
