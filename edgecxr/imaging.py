@@ -497,11 +497,11 @@ def _upright(img, info: dict | None):
 
     try:
         orientation = int(img.getexif().get(0x0112, 1) or 1)
+        if not 2 <= orientation <= 8:  # 1: upright; anything else is not a defined turn
+            return img
+        turned = ImageOps.exif_transpose(img)
     except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels as stored
         return img
-    if orientation == 1:
-        return img
-    turned = ImageOps.exif_transpose(img)
     if info is not None:
         info["exif_orientation"] = f"EXIF Orientation {orientation}: turned as viewers show it"
     return turned
