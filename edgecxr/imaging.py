@@ -386,7 +386,7 @@ def read_dicom(path: Path, info: dict | None = None) -> np.ndarray:
         out[pad] = 0.0  # shown black, as viewers show padding
         if info is not None:
             info["pixel_padding"] = f"{int(pad.sum())} padding pixels (PixelPaddingValue) shown black, left out of the range"
-    return square_pixels(ds, out, name, info)
+    return standard_orientation(ds, square_pixels(ds, out, name, info), info)
 
 
 MAX_PIXEL_ANISOTROPY = 4.0  # beyond this row/column spacing ratio the header is taken to be wrong, not the detector
@@ -425,6 +425,33 @@ def square_pixels(ds, img: np.ndarray, name: str, info: dict | None = None) -> n
     if info is not None:
         info["pixel_aspect"] = f"non-square pixels (height/width {ratio:.3g}): resampled {w}x{h} -> {nw}x{nh}"
     return np.clip(out, 0.0, 1.0)
+
+
+def standard_orientation(ds, img: np.ndarray, info: dict | None = None) -> np.ndarray:
+    """A frontal image stored turned or mirrored, as its Patient Orientation (0020,0020) says, brought to the
+    radiographic convention (rows run toward the patient's left, columns toward the feet: ``L\\F``), in which chest
+    radiographs are read and the model was trained. Lateral or oblique orientations, and absent or malformed ones,
+    leave the image as stored."""
+    try:
+        row, col = (str(v).strip().upper() for v in ds.get("PatientOrientation", []))
+    except (TypeError, ValueError):
+        return img
+    if {row, col} not in ({"L", "F"}, {"L", "H"}, {"R", "F"}, {"R", "H"}):
+        return img
+    out, steps = img, []
+    if row in ("F", "H"):  # rows run head-feet: the image is on its side
+        out, (row, col) = out.T, (col, row)
+        steps.append("transposed")
+    if row == "R":
+        out = out[:, ::-1]
+        steps.append("mirrored left-right")
+    if col == "H":
+        out = out[::-1, :]
+        steps.append("flipped top-bottom")
+    if steps and info is not None:
+        stored = "\\".join(str(v) for v in ds.PatientOrientation)
+        info["patient_orientation"] = f"stored as {stored}: {', '.join(steps)} to L\\F"
+    return np.ascontiguousarray(out)
 
 
 def _inverted(ds, photometric: str) -> bool:

@@ -375,3 +375,30 @@ def test_lab_images_read_their_lightness():
     rgb = Image.fromarray((np.random.default_rng(5).random((40, 50)) * 255).astype(np.uint8)).convert("RGB")
     lab = rgb.convert("LAB")
     np.testing.assert_allclose(from_pil(lab), np.asarray(lab.getchannel("L"), np.float32) / 255.0)
+
+
+@pytest.mark.parametrize("orientation,store", [
+    (["R", "F"], lambda a: a[:, ::-1]),
+    (["L", "H"], lambda a: a[::-1, :]),
+    (["R", "H"], lambda a: a[::-1, ::-1]),
+    (["F", "L"], lambda a: a.T),
+    (["H", "R"], lambda a: a[::-1, ::-1].T),
+])
+def test_dicom_stored_turned_or_mirrored_reads_in_the_standard_orientation(tmp_path, orientation, store):
+    """Patient Orientation says how the rows and columns run; a frontal image stored otherwise than L\\F reads as the
+    L\\F image (noted); L\\F, lateral (A/P) and absent orientations read as stored."""
+    rng = np.random.default_rng(6)
+    std = (rng.random((48, 64)) * 3000 + 500).astype(np.uint16)
+    std[:6, :10] = 4000  # a bright corner at the patient's right shoulder, top left as read
+    ref = read_image(_dicom(tmp_path / "std.dcm", std, extra={"PatientOrientation": ["L", "F"]}))
+    info: dict = {}
+    g = load_gray(_dicom(tmp_path / "o.dcm", np.ascontiguousarray(store(std)), extra={"PatientOrientation": orientation}),
+                  info=info)
+    np.testing.assert_allclose(g, ref, atol=1e-6)
+    assert "patient_orientation" in info
+    for keep in (["A", "F"], None):
+        note: dict = {}
+        stored = np.ascontiguousarray(store(std))
+        extra = {"PatientOrientation": keep} if keep else {}
+        assert load_gray(_dicom(tmp_path / "k.dcm", stored, extra=extra), info=note).shape == stored.shape
+        assert "patient_orientation" not in note
