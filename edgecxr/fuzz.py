@@ -83,6 +83,7 @@ def dicom_seeds(seed: int = 0) -> list[tuple[str, bytes]]:
         ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = "MONOCHROME1", 16, 12, 11
         ds.PixelRepresentation, ds.WindowCenter, ds.WindowWidth = 0, 2000, 3000
         ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        ds.PatientOrientation, ds.PixelSpacing = ["R", "F"], [0.2, 0.1]  # mirrored, non-square: both read paths fuzzed
         ds.PixelData = arr.tobytes()
         try:
             if ts == DeflatedExplicitVRLittleEndian:
