@@ -240,6 +240,20 @@ def qdq_zero_points(path: Path) -> list[int]:
     return zps
 
 
+def _save_with_nodes(m, nodes: list, dst: Path) -> None:
+    """Give ``m`` these nodes, drop the initializers nothing reads any more, check and save it."""
+    import onnx
+
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    used = {i for n in m.graph.node for i in n.input}
+    keep = [i for i in m.graph.initializer if i.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(dst))
+
+
 def batchnorm_to_depthwise(src: Path, dst: Path) -> int:
     """Rewrite every BatchNormalization as an equivalent 1x1 depthwise Conv; return how many.
 
@@ -269,14 +283,7 @@ def batchnorm_to_depthwise(src: Path, dst: Path) -> int:
         new_nodes.append(helper.make_node("Conv", [n.input[0], w_name, b_name], [n.output[0]],
                                           name=f"{n.name}_as_dwconv", group=c, kernel_shape=[1, 1]))
         count += 1
-    del m.graph.node[:]
-    m.graph.node.extend(new_nodes)
-    used = {i for n in m.graph.node for i in n.input}
-    keep = [i for i in m.graph.initializer if i.name in used]
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(keep)
-    onnx.checker.check_model(m)
-    onnx.save(m, str(dst))
+    _save_with_nodes(m, new_nodes, dst)
     return count
 
 
@@ -340,12 +347,5 @@ def split_conv_weights(src: Path, dst: Path, names: list[str], qmax: int) -> lis
 
         found = {n.name for n in m.graph.node if n.op_type == "Conv"}
         raise TargetError(f"[int8] split_weights: no Conv named {sorted(wanted - found)} in the graph; fix the target file")
-    del m.graph.node[:]
-    m.graph.node.extend(new_nodes)
-    used = {i for n in m.graph.node for i in n.input}
-    keep = [i for i in m.graph.initializer if i.name in used]
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(keep)
-    onnx.checker.check_model(m)
-    onnx.save(m, str(dst))
+    _save_with_nodes(m, new_nodes, dst)
     return halves
