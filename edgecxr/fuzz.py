@@ -176,9 +176,12 @@ def run(n: int, seed: int = 0, chunk: int = 500, workers: int = 2, out: Path | N
     """Fuzz ``n`` inputs in worker processes. A chunk whose worker dies is re-run alone and bisected, so
     each process death is pinned to one input (a dying worker breaks its whole pool, so the first
     round's other failures are only suspects)."""
+    import multiprocessing as mp
     import tempfile
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context("spawn")  # fresh workers: nothing of the caller (torch threads, engines) is forked
 
     report = {"inputs": n, "seed": seed, "findings": [], "process_deaths": []}
 
@@ -187,7 +190,7 @@ def run(n: int, seed: int = 0, chunk: int = 500, workers: int = 2, out: Path | N
 
     with tempfile.TemporaryDirectory() as tmp:
         suspects = []
-        with ProcessPoolExecutor(max_workers=workers) as ex:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
             futs = {ex.submit(_worker, (seed, s, min(chunk, n - s), tmp)): s for s in range(0, n, chunk)}
             for fut, start in futs.items():
                 try:
@@ -196,7 +199,7 @@ def run(n: int, seed: int = 0, chunk: int = 500, workers: int = 2, out: Path | N
                     suspects.append((start, min(chunk, n - start)))
         while suspects:
             start, cnt = suspects.pop()
-            with ProcessPoolExecutor(max_workers=1) as ex:
+            with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
                 try:
                     collect(ex.submit(_worker, (seed, start, cnt, tmp)).result())
                     continue

@@ -103,6 +103,47 @@ def test_native_crash_is_isolated(tmp_path):
     dec.close()
 
 
+def _capped_child(q):
+    from edgecxr.runtime.isolation import limit_memory
+
+    limit_memory(256 << 20)
+    try:
+        import re
+
+        re.compile("(" * 60 + "x" + ")" * 60)  # new stack pages and heap, as Pillow's EXIF parsing needs
+        ok = len(np.zeros(1 << 16)) == 1 << 16
+        try:
+            np.ones(1 << 30)  # 8 GiB: over the 256 MiB allowance
+            bomb = "not refused"
+        except MemoryError:
+            bomb = "MemoryError"
+        q.put((ok, bomb))
+    except BaseException as exc:  # noqa: BLE001
+        q.put((False, repr(exc)))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc and fork")
+def test_memory_cap_counts_from_a_large_parent():
+    """A decoding worker forked from a process that already maps more than the cap (torch, engines) must
+    still run ordinary code and turn a bomb into MemoryError (capped absolutely, it segfaulted in Pillow)."""
+    import multiprocessing as mp
+
+    reserved = np.empty(6 << 30, np.uint8)  # 6 GiB of address space, never touched: no real memory
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_capped_child, args=(q,), daemon=True)
+    proc.start()
+    del reserved
+    proc.join(60)
+    if proc.exitcode is None:
+        proc.kill()
+        proc.join()
+        q.cancel_join_thread()
+        pytest.fail("the capped child hung (could not allocate what ordinary code needs)")
+    assert proc.exitcode == 0, f"the capped child died (exit code {proc.exitcode})"
+    assert q.get(timeout=5) == (True, "MemoryError")
+
+
 def test_non_finite_outputs_are_errors(onnx_artifact):
     from edgecxr.runtime import load
 

@@ -22,13 +22,27 @@ TIMEOUT_S = 60.0
 WORKER_MEMORY_BYTES = 4 << 30  # address-space limit of the decoding worker: a bomb becomes a MemoryError
 
 
+def _address_space_in_use() -> int:
+    """Bytes of address space this process already maps (0 where /proc is absent)."""
+    try:
+        import os
+
+        return int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0
+
+
 def limit_memory(nbytes: int = WORKER_MEMORY_BYTES) -> None:
-    """Cap this process's address space (Linux/macOS); a no-op where resource limits do not exist."""
+    """Let this process map at most ``nbytes`` more address space (Linux/macOS); a no-op where resource
+    limits do not exist. The cap counts from what is already mapped: a worker forked from a large process
+    (torch and engines loaded) capped below its inherited size could not even grow its stack, and would
+    crash in ordinary Python code instead of raising MemoryError on a bomb."""
     try:
         import resource
 
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        cap = nbytes if hard == resource.RLIM_INFINITY else min(nbytes, hard)
+        want = _address_space_in_use() + nbytes
+        cap = want if hard == resource.RLIM_INFINITY else min(want, hard)
         resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     except (ImportError, ValueError, OSError):
         pass
