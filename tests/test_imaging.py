@@ -300,10 +300,14 @@ def test_folders_find_dicom_without_a_suffix(tmp_path):
     shutil.copy(tmp_path / "a.dcm", tmp_path / "study" / "DICOMDIR")
     (d / "notes.txt").write_text("not an image")
     Image.fromarray((RAMP // 16).astype(np.uint8)).save(d / "b.png")
+    (d / "moved.png").symlink_to(tmp_path / "gone.png")  # a broken link: reported by its input, not dropped
+    (d / "IM0002").symlink_to(tmp_path / "gone")
     skipped: list = []
     found = iter_images([tmp_path / "study"], skipped)
-    assert sorted(f.name for f in found) == ["1.2.840.113619.2.55", "IM0001", "b.png"]
-    assert sorted(f.name for f in skipped) == ["DICOMDIR", "notes.txt"]
+    assert sorted(f.name for f in found) == ["1.2.840.113619.2.55", "IM0001", "b.png", "moved.png"]
+    assert sorted(f.name for f in skipped) == ["DICOMDIR", "IM0002", "notes.txt"]
+    with pytest.raises(ImageError, match="no such file"):
+        read_image(d / "moved.png")
     assert read_image(d / "IM0001").shape == RAMP.shape
 
 

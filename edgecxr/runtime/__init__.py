@@ -328,14 +328,15 @@ def iter_images(paths: Iterable[str | Path], skipped: list[Path] | None = None) 
     """Expand folders into the image files under them (sorted); files are kept as given.
 
     In a folder, a file is an image by its suffix or, whatever its name (PACS exports and DICOM media use names like
-    ``IM0001``), by the DICOM preamble; DICOMDIR index files are not images. Other files go to ``skipped``."""
+    ``IM0001``), by the DICOM preamble; DICOMDIR index files are not images. Other files go to ``skipped``. A broken
+    link with an image suffix is kept, so that its input reports the missing file instead of vanishing."""
     from edgecxr.imaging import IMAGE_SUFFIXES, is_dicom
 
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            for f in sorted(f for f in p.rglob("*") if f.is_file()):
-                if f.suffix.lower() in IMAGE_SUFFIXES or (f.name.upper() != "DICOMDIR" and is_dicom(f)):
+            for f in sorted(f for f in p.rglob("*") if f.is_file() or (f.is_symlink() and not f.exists())):
+                if f.suffix.lower() in IMAGE_SUFFIXES or (f.exists() and f.name.upper() != "DICOMDIR" and is_dicom(f)):
                     out.append(f)
                 elif skipped is not None:
                     skipped.append(f)
