@@ -28,10 +28,16 @@ def test_train_checkpoint_resume_and_eval(tmp_path, tiny_sets):
     out = tmp_path / "run"
     s1 = train(cfg, tr, va, out, progress=False)
     assert s1["epochs"] == 2
-    for f in ("last.pt", "best.safetensors", "best.json", "metrics.json", "metrics.csv"):
+    for f in ("last.pt", "best.safetensors", "best.json", "metrics.json", "metrics.csv", "curves.png"):
         assert (out / f).is_file(), f
     hist = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2]
+    from edgecxr.train.curves import main as curves_main, read_history
+
+    assert [h["epoch"] for h in read_history(out / "metrics.csv")] == [1.0, 2.0]
+    assert curves_main([str(out / "metrics.csv"), "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert curves_main([str(tmp_path / "missing.csv")]) == 2
     # resume: asking for 3 epochs continues from epoch 3 without redoing 1-2
     cfg3 = TrainConfig(**{**cfg.__dict__, "epochs": 3})
     s3 = train(cfg3, tr, va, out, progress=False)

@@ -13,6 +13,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -273,7 +274,7 @@ def validate(run: Run) -> tuple[dict, float, dict]:
 
 
 def save_epoch(run: Run, epoch: int, vm: dict, score: float, meta_base: dict) -> None:
-    """best.safetensors when the score improved; last.pt, metrics.json and metrics.csv every epoch (rank 0)."""
+    """best.safetensors when the score improved; last.pt, metrics.json, metrics.csv and curves.png every epoch (rank 0)."""
     if score > run.best:
         run.best = score
         save_checkpoint(run.eval_model.state_dict(), dict(meta_base, epoch=epoch + 1, val=vm, val_score=score),
@@ -290,6 +291,12 @@ def save_epoch(run: Run, epoch: int, vm: dict, score: float, meta_base: dict) ->
         w = csv.DictWriter(fh, fieldnames=keys, restval="")
         w.writeheader()
         w.writerows(run.history)
+    try:  # a picture of the same numbers; never worth stopping a run for
+        from edgecxr.train.curves import plot_curves
+
+        plot_curves(run.history, run.out / "curves.png", f"{run.out.name} ({meta_base.get('arch', '')})")
+    except Exception as exc:  # noqa: BLE001
+        warnings.warn(f"curves.png not written: {exc}", stacklevel=1)
 
 
 def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sample], out: Path,
