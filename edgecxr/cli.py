@@ -435,6 +435,8 @@ def predict(
     no_guard: bool = typer.Option(False, "--no-guard", help="Turn the input guard off (not for patients)."),
     isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="Decode DICOM in a worker process, so a "
                                  "crashing decoder costs one file, not the run."),
+    isolate_all: bool = typer.Option(False, "--isolate-all", help="Decode every file (PNG/JPEG/TIFF/BMP too) in the "
+                                     "worker process: for untrusted sources; costs a copy of each decoded image."),
     audit: Optional[Path] = typer.Option(None, "--audit", help="Append one JSON line per input to this file."),
     sr: Optional[Path] = typer.Option(None, "--sr", help="Write a DICOM Structured Report per DICOM input into this folder."),
     heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Write an overlay PNG and the raw map (.npy) "
@@ -451,7 +453,7 @@ def predict(
                   "even a hand X-ray or a photo. Not for patients.")
     try:
         m = load(model, allow_unverified=allow_unverified, threads=threads, guard=not no_guard,
-                 isolate_decoding=isolate, audit=audit, trusted_keys=trusted_key or None)
+                 isolate_decoding="all" if isolate_all else isolate, audit=audit, trusted_keys=trusted_key or None)
     except EdgeCXRError as exc:
         _fail(str(exc), _code_for(exc))
     skipped: list[Path] = []

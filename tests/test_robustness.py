@@ -103,6 +103,47 @@ def test_native_crash_is_isolated(tmp_path):
     dec.close()
 
 
+def test_isolate_all_formats(tmp_path):
+    """formats="all" sends PNG through the worker too (a crash there costs one file); the default keeps it in-process."""
+    from edgecxr.runtime.isolation import IsolatedDecoder
+
+    p = tmp_path / "a.png"
+    Image.fromarray((np.add.outer(np.arange(64), np.arange(64)) % 256).astype(np.uint8)).save(p)
+    crash_all, crash_dicom = IsolatedDecoder(decode=_abort, formats="all"), IsolatedDecoder(decode=_abort)
+    with pytest.raises(ImageError, match="crashed"):
+        crash_all.load_gray(p)
+    assert crash_dicom.load_gray(p).shape == (64, 64)  # not routed: the crashing decoder never ran
+    ok, notes = IsolatedDecoder(formats="all"), {}
+    assert np.array_equal(ok.load_gray(p, notes), load_gray(p))
+    with pytest.raises(ImageError, match="no such file"):
+        ok.load_gray(tmp_path / "missing.png")
+    with pytest.raises(ValueError, match="formats"):
+        IsolatedDecoder(formats="png")
+    for d in (crash_all, crash_dicom, ok):
+        d.close()
+
+
+def test_large_images_come_back_through_shared_memory(tmp_path):
+    """Images over 1 MiB return through the worker's shared-memory block: the same pixels as in-process, the block
+    replaced when outgrown and freed on close."""
+    from edgecxr.runtime.isolation import IsolatedDecoder
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate([(700, 600), (1400, 1100), (900, 800)]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray((rng.random((h, w)) * 200 + 20).astype(np.uint8)).save(paths[-1])
+    dec = IsolatedDecoder(formats="all")
+    names = []
+    for p in paths:
+        assert np.array_equal(dec.load_gray(p), load_gray(p))
+        names.append(dec._state["block"].name)
+    assert names[0] != names[1] == names[2]  # outgrown once, then reused
+    dec.close()
+    if os.path.isdir("/dev/shm"):
+        assert not any(os.path.exists(f"/dev/shm/{n}") for n in names)
+
+
 def _capped_child(q):
     from edgecxr.runtime.isolation import limit_memory
 

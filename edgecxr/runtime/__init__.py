@@ -93,7 +93,7 @@ def check_replicated_gray(x: np.ndarray, cfg: PreprocessConfig, tol: float = 1e-
 class Model:
     """A verified artifact with its runner. Use :func:`load` to make one."""
 
-    def __init__(self, path: Path, sidecar: Sidecar, runner, guard: bool = True, isolate_decoding: bool = False,
+    def __init__(self, path: Path, sidecar: Sidecar, runner, guard: bool = True, isolate_decoding: bool | str = False,
                  audit: str | Path | None = None) -> None:
         self.path, self.sidecar, self.runner = path, sidecar, runner
         self.classes: list[str] = sidecar.classes
@@ -109,7 +109,7 @@ class Model:
         if isolate_decoding:
             from edgecxr.runtime.isolation import IsolatedDecoder
 
-            self._decoder = IsolatedDecoder()
+            self._decoder = IsolatedDecoder(formats="all" if isolate_decoding == "all" else "dicom")
         self._audit = None
         if audit:
             from edgecxr.runtime.audit import AuditLog
@@ -279,12 +279,12 @@ def check_embedded(path: Path, side: Sidecar, embedded: dict | None) -> None:
                                 "right (was the sidecar edited?). Re-export the model.")
 
 
-def load(path: str | Path, *, allow_unverified: bool = False, guard: bool = True, isolate_decoding: bool = False,
+def load(path: str | Path, *, allow_unverified: bool = False, guard: bool = True, isolate_decoding: bool | str = False,
          trusted_keys: list | None = None, audit: str | Path | None = None, **runner_options) -> Model:
     """Verify an artifact against its sidecar and return a ready :class:`Model`.
 
-    ``guard=False`` turns the input guard off (not for patients). ``isolate_decoding`` decodes files
-    in a worker process, so a crashing native decoder costs one input, not the process.
+    ``guard=False`` turns the input guard off (not for patients). ``isolate_decoding=True`` decodes DICOM files
+    in a worker process, so a crashing native decoder costs one input, not the process; ``"all"`` every file.
     ``trusted_keys`` (Ed25519 public keys, PEM bytes or paths; default from ``EDGECXR_TRUSTED_KEYS``)
     makes the artifact's signature mandatory. ``audit`` appends one JSON line per input to that file.
     ``runner_options`` go to the engine's runner (e.g. ``threads=2``; for OpenVINO ``inference_precision="f32"``).
