@@ -144,6 +144,18 @@ def test_large_images_come_back_through_shared_memory(tmp_path):
         assert not any(os.path.exists(f"/dev/shm/{n}") for n in names)
 
 
+def test_full_shared_memory_falls_back_to_the_pipe(tmp_path, monkeypatch):
+    """No room in /dev/shm (containers give it 64 MB): the image goes back through the pipe, never a SIGBUS."""
+    from edgecxr.runtime import isolation
+
+    assert isolation._shm_has_room(1 << 20, str(tmp_path)) and not isolation._shm_has_room(1 << 60, str(tmp_path))
+    g = np.ones((1024, 1024), np.float32)
+    monkeypatch.setattr(isolation, "_shm_has_room", lambda n: False)
+    monkeypatch.setattr(isolation, "_BLOCK", None)
+    out, _ = isolation._decode_shared(lambda p: (g, {}), "x")
+    assert isinstance(out, np.ndarray) and isolation._BLOCK is None
+
+
 def _capped_child(q):
     from edgecxr.runtime.isolation import limit_memory
 

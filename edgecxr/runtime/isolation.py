@@ -11,6 +11,8 @@ raise on bad data); ``formats="all"`` sends every file, at the cost of copying e
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import sys
 import threading
 import weakref
 from concurrent.futures import ProcessPoolExecutor
@@ -75,9 +77,22 @@ def _decode_shared(decode, path: str):
         if _BLOCK is not None:
             _BLOCK.close()
             _BLOCK.unlink()
-        _BLOCK = shared_memory.SharedMemory(create=True, size=-(-g.nbytes // (1 << 20)) << 20)
+            _BLOCK = None
+        size = -(-g.nbytes // (1 << 20)) << 20
+        if not _shm_has_room(size):  # a full /dev/shm would kill the worker with SIGBUS on the first write
+            return g, info
+        _BLOCK = shared_memory.SharedMemory(create=True, size=size)
     np.ndarray(g.shape, g.dtype, buffer=_BLOCK.buf)[...] = g
     return _Shared(_BLOCK.name, g.shape, g.dtype.str), info
+
+
+def _shm_has_room(nbytes: int, folder: str = "/dev/shm") -> bool:
+    """Whether the shared-memory filesystem can hold ``nbytes`` more (containers often give it 64 MB)."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return not sys.platform.startswith("linux")  # macOS/BSD shared memory is not a size-limited folder
+    return st.f_bavail * st.f_frsize >= nbytes + (8 << 20)
 
 
 class _Shared:
