@@ -146,21 +146,22 @@ class IsolatedDecoder:
         p = Path(path)
         if not p.is_file() or (self.formats == "dicom" and not is_dicom(p)):
             return load_gray(path, notes)  # a missing file gets its own error; non-DICOM decodes here unless "all"
-        try:
-            with self._lock:
+        with self._lock:  # a crash or timeout resets the worker before another thread may submit to it
+            try:
                 g, info = self._executor().submit(_decode_shared, self.decode, str(p)).result(timeout=self.timeout)
                 if isinstance(g, _Shared):
                     g = self._take(g)
-        except ImageError:
-            raise
-        except BrokenProcessPool:
-            self._reset()
-            raise ImageError(f"{p}: the decoder crashed on this file (isolated; other inputs are unaffected).") from None
-        except TimeoutError:
-            self._reset(kill=True)
-            raise ImageError(f"{p}: decoding took longer than {self.timeout:.0f} s; refused.") from None
-        except Exception as exc:
-            raise ImageError(f"{p}: cannot read ({type(exc).__name__}: {exc}).") from exc
+            except ImageError:
+                raise
+            except BrokenProcessPool:
+                self._reset()
+                raise ImageError(f"{p}: the decoder crashed on this file (isolated; other inputs are unaffected).") \
+                    from None
+            except TimeoutError:
+                self._reset(kill=True)
+                raise ImageError(f"{p}: decoding took longer than {self.timeout:.0f} s; refused.") from None
+            except Exception as exc:
+                raise ImageError(f"{p}: cannot read ({type(exc).__name__}: {exc}).") from exc
         if notes is not None:
             notes.update(info)
         return g
