@@ -103,6 +103,22 @@ def test_native_crash_is_isolated(tmp_path):
     dec.close()
 
 
+def _hang(path):  # a decoder stuck in a loop
+    import time
+
+    time.sleep(60)
+
+
+def test_hung_decoder_is_killed(tmp_path):
+    from edgecxr.runtime.isolation import IsolatedDecoder
+
+    dec = IsolatedDecoder(timeout=3, decode=_hang)
+    with pytest.raises(ImageError, match="took longer"):
+        dec.load_gray(_dx(tmp_path / "h.dcm"))
+    assert dec._state["pool"] is None  # the worker was killed; the next input starts a fresh one
+    dec.close()
+
+
 def test_isolate_all_formats(tmp_path):
     """formats="all" sends PNG through the worker too (a crash there costs one file); the default keeps it in-process."""
     from edgecxr.runtime.isolation import IsolatedDecoder
