@@ -37,6 +37,13 @@ DEFAULT_RUNS = [
     ("research, 50% of the training patients (seed 0; never shipped)", TRAINING / "research-covid-densenet-f50-s0-eval-test/eval.json"),
     ("research, 25% of the training patients (seed 0; never shipped)", TRAINING / "research-covid-densenet-f25-s0-eval-test/eval.json"),
     ("research, unbalanced sampling (seed 0; never shipped)", TRAINING / "research-covid-densenet-unbal-s0-eval-test/eval.json"),
+    ("research, 60 epochs, seed 0 (never shipped)", TRAINING / "research-covid-densenet-e60-s0-eval-test/eval.json"),
+    ("research, 60 epochs, 50% of the training patients (seed 0; never shipped)",
+     TRAINING / "research-covid-densenet-e60-f50-s0-eval-test/eval.json"),
+    ("research, 60 epochs, 25% of the training patients (seed 0; never shipped)",
+     TRAINING / "research-covid-densenet-e60-f25-s0-eval-test/eval.json"),
+    ("research, 60 epochs, unbalanced sampling (seed 0; never shipped)",
+     TRAINING / "research-covid-densenet-e60-unbal-s0-eval-test/eval.json"),
 ]
 OUT = ROOT / "edgecxr" / "weights" / "MODEL_CARD.md"
 MANIFEST = ROOT.parent / "shared" / "cxr" / "dev" / "MANIFEST.csv"
@@ -137,16 +144,17 @@ def main() -> None:
     seed60_lines = (seeds_summary(TRAINING, "research", "test", "-e60") if any(seeds60.values())
                     else ["(no 60-epoch research runs recorded)"])
     todo += [f"{a}, 60-epoch recipe: {len(v)} research seed(s) of 3" for a, v in seeds60.items() if len(v) < 3]
-    todo += [f"`{n}`" for n, path in (("FRACTION=0.25", DEFAULT_RUNS[4][1]), ("FRACTION=0.5", DEFAULT_RUNS[3][1]),
-                                       ("BALANCED=0", DEFAULT_RUNS[5][1])) if not path.is_file()]
+    protocol_runs = (("FRACTION=0.25", "f25"), ("FRACTION=0.5", "f50"), ("BALANCED=0", "unbal"))
+    todo += [f"`EPOCHS=60 {n}`" for n, tag in protocol_runs
+             if not (TRAINING / f"research-covid-densenet-e60-{tag}-s0-eval-test/eval.json").is_file()]
     present = {label for label in runs}
     notes = []
     if any("training patients" in x for x in present):
         notes.append("rows with a share of the training patients are the paper's training-set-size protocol")
     if any("unbalanced" in x for x in present):
         notes.append("the unbalanced row its balanced-vs-unbalanced protocol (every other row uses class-balanced sampling)")
-    protocol_note = (f"{'; '.join(notes).capitalize()}; one seed each, research configuration: compare them with the "
-                     "research seed-0 row. " if notes else "")
+    protocol_note = (f"{'; '.join(notes).capitalize()}; one seed each, research configuration: compare each with the "
+                     "research seed-0 row of its schedule (30 or 60 epochs). " if notes else "")
     op = train.get("operating_point") or {}
     guard = train.get("guard") or {}
     text = f"""# Model card: Covid-DenseNet (edgecxr default model, `covid-densenet-cxr3`)
