@@ -135,6 +135,10 @@ def test_isolate_all_formats(tmp_path):
         ok.load_gray(tmp_path / "missing.png")
     with pytest.raises(ValueError, match="formats"):
         IsolatedDecoder(formats="png")
+    from edgecxr.runtime import load
+
+    with pytest.raises(ValueError, match="isolate_decoding"):
+        load(tmp_path / "any.onnx", isolate_decoding="al")  # a typo is refused, not read as "DICOM only"
     for d in (crash_all, crash_dicom, ok):
         d.close()
 

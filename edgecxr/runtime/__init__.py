@@ -109,7 +109,7 @@ class Model:
         if isolate_decoding:
             from edgecxr.runtime.isolation import IsolatedDecoder
 
-            self._decoder = IsolatedDecoder(formats="all" if isolate_decoding == "all" else "dicom")
+            self._decoder = IsolatedDecoder(formats=isolate_decoding if isinstance(isolate_decoding, str) else "dicom")
         self._audit = None
         if audit:
             from edgecxr.runtime.audit import AuditLog
@@ -290,8 +290,11 @@ def load(path: str | Path, *, allow_unverified: bool = False, guard: bool = True
     ``runner_options`` go to the engine's runner (e.g. ``threads=2``; for OpenVINO ``inference_precision="f32"``).
     """
     from edgecxr.runtime.runners import make_runner
+
     from edgecxr.signing import check_signature, trusted_keys_from_env
 
+    if isinstance(isolate_decoding, str) and isolate_decoding not in ("dicom", "all"):
+        raise ValueError(f"isolate_decoding must be True/False, 'dicom' or 'all', not {isolate_decoding!r}")
     path = resolve_artifact(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such artifact. Export one with `edgecxr export CHECKPOINT --target onnx`.")
