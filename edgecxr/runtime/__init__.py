@@ -290,7 +290,6 @@ def load(path: str | Path, *, allow_unverified: bool = False, guard: bool = True
     ``runner_options`` go to the engine's runner (e.g. ``threads=2``; for OpenVINO ``inference_precision="f32"``).
     """
     from edgecxr.runtime.runners import make_runner
-
     from edgecxr.signing import check_signature, trusted_keys_from_env
 
     if isinstance(isolate_decoding, str) and isolate_decoding not in ("dicom", "all"):

@@ -1,6 +1,6 @@
 """Learning curves of a training run: loss, val accuracy / macro-F1 (the selection score's best epoch marked) and
-the per-source val sensitivities, one figure. ``edgecxr train`` writes ``curves.png`` beside ``metrics.csv`` every
-epoch; for a finished run::
+the per-source val sensitivities, one figure. ``edgecxr train`` writes ``curves.png`` beside ``metrics.csv`` every 5
+epochs and at the end; for a finished run::
 
     python -m edgecxr.train.curves runs/x/metrics.csv [--out curves.png]
 """
