@@ -151,7 +151,7 @@ def train(
     val_permissive_only: bool = typer.Option(False, help="Also drop non-commercial images from validation."),
     fraction: float = typer.Option(1.0, help="Train on this share of the training patients (per class and source; "
                                    "for training-set-size sweeps)."),
-    augment: str = typer.Option("light", help="Augmentation: light | strong | none."),
+    augment: str = typer.Option("light", help="Augmentation: light | strong | robust (strong + border and patch erasing, zoom to 1.4) | none."),
     label_smoothing: float = typer.Option(0.0, help="Label smoothing of the cross-entropy loss."),
     ema: float = typer.Option(0.0, help="EMA decay of the weights (e.g. 0.99); 0 turns it off."),
     select: str = typer.Option("macro_f1", help="Best-checkpoint rule on val: macro_f1 | worst_source."),

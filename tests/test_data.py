@@ -92,3 +92,26 @@ def test_split_cli(tmp_path):
     r = CliRunner().invoke(app, ["split", str(calibration_dir()), "--out", str(tmp_path / "s.csv")])
     assert r.exit_code == 0, r.output
     assert {s.split for s in load_samples(tmp_path / "s.csv")} == {"train", "val", "test"}
+
+
+def test_border_erase_blanks_only_edge_bands_and_robust_augmentation_stays_in_range():
+    import torch
+
+    from edgecxr.data.torchdata import AUGMENTATIONS, RandomBorderErase, cxr_augmentation
+
+    torch.manual_seed(0)
+    img = torch.full((1, 100, 80), 0.5)
+    img[..., 20:80, 20:60] = 0.9  # the "lungs": never inside a 15% band
+    changed_edges = 0
+    for _ in range(50):
+        out = RandomBorderErase(p=0.5, max_band=0.15)(img)
+        assert torch.equal(out[..., 20:80, 20:60], img[..., 20:80, 20:60])
+        changed_edges += int(not torch.equal(out, img))
+    assert 30 <= changed_edges <= 50  # 1 - 0.5**4 of the draws touch at least one edge
+    assert torch.equal(RandomBorderErase(p=0.0)(img), img)
+    assert "robust" in AUGMENTATIONS
+    aug = cxr_augmentation("robust")
+    out = aug(torch.rand(1, 64, 64)).clamp(0, 1)
+    assert out.shape == (1, 64, 64) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        cxr_augmentation("heavy")

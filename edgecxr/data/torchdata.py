@@ -26,7 +26,34 @@ class RandomGamma:
         return t.clamp(0, 1) ** g
 
 
-AUGMENTATIONS = ("light", "strong", "none")
+class RandomBorderErase:
+    """Blank a band of random width (up to ``max_band`` of the side) along each edge with probability ``p``, with a
+    random grey: film edges, collimation, text and laterality markers sit there and differ by hospital, so a model
+    should not need them (``benchmarks/shortcut_probe.py`` measures whether it does)."""
+
+    def __init__(self, p: float = 0.5, max_band: float = 0.15) -> None:
+        self.p, self.max_band = p, max_band
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        h, w = t.shape[-2:]
+        t = t.clone()
+        for side in range(4):
+            if float(torch.rand(())) >= self.p:
+                continue
+            frac = float(torch.empty(()).uniform_(0.02, self.max_band))
+            fill = float(torch.rand(()))
+            if side == 0:
+                t[..., : max(1, int(frac * h)), :] = fill
+            elif side == 1:
+                t[..., h - max(1, int(frac * h)) :, :] = fill
+            elif side == 2:
+                t[..., :, : max(1, int(frac * w))] = fill
+            else:
+                t[..., :, w - max(1, int(frac * w)) :] = fill
+        return t
+
+
+AUGMENTATIONS = ("light", "strong", "robust", "none")
 
 
 def cxr_augmentation(strength: str = "light"):
@@ -36,6 +63,8 @@ def cxr_augmentation(strength: str = "light"):
     ``strong``: rotation 10 deg, zoom 0.9-1.25 (a crop of 64-100% of the area), translation 6%,
     brightness/contrast 0.2, gamma 0.7-1.4, occasional blur and noise: aimed at the acquisition
     differences between hospitals rather than at the anatomy.
+    ``robust``: ``strong`` with zoom up to 1.4, each edge's band blanked (up to 15%) with probability 0.5 and one
+    random rectangle erased with probability 0.5: against borders, text and markers as shortcuts.
     """
     from torchvision.transforms import v2
 
@@ -53,6 +82,16 @@ def cxr_augmentation(strength: str = "light"):
             RandomGamma(0.7, 1.4),
             v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.2))], p=0.2),
             v2.RandomApply([v2.GaussianNoise(sigma=0.02, clip=True)], p=0.2),
+        ])
+    if strength == "robust":
+        return v2.Compose([
+            v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.4)),
+            RandomBorderErase(p=0.5, max_band=0.15),
+            v2.ColorJitter(brightness=0.2, contrast=0.2),
+            RandomGamma(0.7, 1.4),
+            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.2))], p=0.2),
+            v2.RandomApply([v2.GaussianNoise(sigma=0.02, clip=True)], p=0.2),
+            v2.RandomErasing(p=0.5, scale=(0.01, 0.06), value="random"),
         ])
     raise ValueError(f"unknown augmentation {strength!r}; choose one of {AUGMENTATIONS}")
 

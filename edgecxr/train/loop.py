@@ -52,7 +52,7 @@ class TrainConfig:
     weights: str | None = None
     amp: bool = True
     max_steps: int | None = None  # stop after this many optimiser steps (smoke tests)
-    augment: str = "light"  # light | strong | none (edgecxr.data.torchdata.cxr_augmentation)
+    augment: str = "light"  # light | strong | robust | none (edgecxr.data.torchdata.cxr_augmentation)
     label_smoothing: float = 0.0
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); val and best use the average
     select: str = "macro_f1"  # best-checkpoint rule: macro_f1 | worst_source (mean of macro F1 and worst-source COVID-19 sensitivity)
