@@ -45,8 +45,34 @@ DEFAULT_RUNS = [
     ("research, 60 epochs, unbalanced sampling (seed 0; never shipped)",
      TRAINING / "research-covid-densenet-e60-unbal-s0-eval-test/eval.json"),
 ]
+PROBE = ROOT / "benchmarks" / "results" / "shortcut-probe"
+PROBE_RUNS = [("shipped (76fa283b)", "covid-densenet-cxr3"),
+              ("the shipped recipe with `AUG=robust` (seed 1; never shipped)", "shipped-covid-densenet-e60-robust-s1")]
 OUT = ROOT / "edgecxr" / "weights" / "MODEL_CARD.md"
 MANIFEST = ROOT.parent / "shared" / "cxr" / "dev" / "MANIFEST.csv"
+
+
+def shortcut_section(split: str = "test") -> str:
+    """The shortcut probe's table (benchmarks/shortcut_probe.py) for the shipped model and its comparisons."""
+    found = [(label, json.loads(f.read_text())) for label, name in PROBE_RUNS
+             if (f := PROBE / f"{name}-{split}.json").is_file()]
+    if not found:
+        return "(not recorded: `python benchmarks/shortcut_probe.py edgecxr/weights/covid-densenet-cxr3.safetensors`)"
+    groups = list(found[0][1]["groups"])
+    lines = ["| model | input | all % | " + " | ".join(g.replace("/", " ") for g in groups) + " |",
+             "|---|---|---|" + "---|" * len(groups)]
+    for label, d in found:
+        for m, r in d["masks"].items():
+            lines.append(f"| {label} | {m} | {100 * r['accuracy']:.1f} | "
+                         + " | ".join(f"{r['right'][g]}/{d['groups'][g]}" for g in groups) + " |")
+    band = found[0][1]["band"]
+    return "\n".join(lines) + f"""
+
+Dev {split} ({len(found[0][1]["predictions"])} images), k/n right per source and class. Inputs: *whole* as the runtime sees
+it; *zoom* the central {100 - 200 * band:.0f}% square resized to the whole input (a 1.25x zoom, inside what training's
+augmentation draws); *no-border* the outer {100 * band:.0f}% band blanked to the image's mean grey; *lungs-out* only
+that band kept; *blank* all mean grey. `python benchmarks/shortcut_probe.py CHECKPOINT --split {split}`; every model
+measured so far, plots and val: `benchmarks/results/shortcut-probe/`, discussion in `benchmarks/ablation.md`."""
 
 
 def margin_note(op: dict) -> str:
@@ -228,6 +254,10 @@ and Pneumonia hold them back, and most of those errors are shared by all six mod
 the 14 Cohen-collection COVID-19 test images are missed by every one; averaging all six gives 79.7%); those 14 Cohen
 images come from only 8 patients (`benchmarks/results/ensemble-research-e60.md`). The recipe's evidence and this
 verdict: `benchmarks/ablation.md`, "Summary".
+
+## What the model looks at: the shortcut probe
+
+{shortcut_section()}
 
 ## At the operating point, and what is not done
 

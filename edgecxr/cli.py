@@ -209,15 +209,28 @@ def eval_cmd(
     allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Evaluate an artifact that failed its gate."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for eval.json, eval.md and confusion.png."),
     n_boot: int = typer.Option(1000, help="Bootstrap resamples for the 95% intervals."),
+    shortcut_probe: bool = typer.Option(False, "--shortcut-probe", help="Checkpoints: also classify every image "
+                                        "zoomed, with its border blanked, with only its border, and blank, per source "
+                                        "(does the model read the lungs or the film?). Five forward passes per image."),
+    band: float = typer.Option(0.1, "--band", min=0.02, max=0.4, help="Border width for --shortcut-probe, share of the side."),
 ) -> None:
     """Accuracy, per-class and per-source sensitivity/specificity, macro AUC, confusion matrix, 95% intervals,
     share of inputs the guard rejected; for a checkpoint or any exported artifact."""
     from edgecxr.data import load_samples
     from edgecxr.train.evaluate import evaluate_model, markdown_report, select_split, write_report
 
+    from edgecxr.train.evaluate import is_checkpoint
+
+    if shortcut_probe and not is_checkpoint(model):
+        _fail("--shortcut-probe needs a checkpoint (.safetensors): it alters the model's input tensor, which an "
+              "exported artifact's runtime does not expose. Run it on the checkpoint you exported.", EXIT_USAGE)
     try:
         samples = select_split(load_samples(data, layout, permissive_only=permissive_only), split_name, data)
         result = evaluate_model(model, samples, n_boot=n_boot, reference=reference, allow_unverified=allow_unverified)
+        if shortcut_probe:
+            from edgecxr.train.shortcuts import shortcut_probe as probe
+
+            result["shortcut_probe"] = probe(model, samples, band)
     except EdgeCXRError as exc:
         _fail(str(exc), _code_for(exc))
     if out:

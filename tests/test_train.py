@@ -146,3 +146,70 @@ def test_finding_flips_catch_a_threshold_crossing_that_argmax_misses():
     assert abs(r["finding_agreement"] - 2 / 3) < 1e-12 and r["flip_rate_ci95"][0] > 0
     # the temperature is applied before the threshold: sharpened (T = 0.5), 0.06 falls below 0.05 too, no flip left
     assert finding_flips(ref, new, classes, dict(op, temperature=0.5), list("abc"))["flips"] == 0
+
+
+def test_shortcut_masks_keep_and_remove_the_right_pixels():
+    from edgecxr.train.shortcuts import masked
+
+    g = np.random.default_rng(0).random((50, 50)).astype(np.float32)
+    b = 5
+    nb, lo, bl, zo = (masked(g, m, 0.1) for m in ("no-border", "lungs-out", "blank", "zoom"))
+    assert np.array_equal(nb[b:-b, b:-b], g[b:-b, b:-b]) and np.allclose(nb[:b], g.mean())
+    assert np.array_equal(lo[:b], g[:b]) and np.allclose(lo[b:-b, b:-b], g.mean())
+    assert np.allclose(bl, g.mean()) and zo.shape == g.shape
+    assert np.array_equal(masked(g, "whole"), g)
+    with pytest.raises(ValueError, match="unknown mask"):
+        masked(g, "lungs-only")
+
+
+class _RegionReader(torch.nn.Module):
+    """Logits from the mean of one region of the input only: the lungs (centre) or the film's edge (band)."""
+
+    def __init__(self, region: str, b: int) -> None:
+        super().__init__()
+        self.region, self.b = region, b
+
+    def forward(self, x):
+        c = x[:, 0]
+        inner = torch.zeros_like(c, dtype=torch.bool)
+        inner[:, self.b : -self.b, self.b : -self.b] = True
+        keep = inner if self.region == "centre" else ~inner
+        m = (c * keep).sum((1, 2)) / keep.sum((1, 2))
+        return torch.stack([torch.sin(9 * m), torch.cos(9 * m), torch.sin(5 * m + 1)], 1)
+
+
+@pytest.mark.parametrize("region", ["centre", "band"])
+def test_shortcut_probe_tells_a_lung_reader_from_a_border_reader(monkeypatch, region):
+    import edgecxr.checkpoint
+    from edgecxr.preprocess import PreprocessConfig
+    from edgecxr.train.shortcuts import shortcut_probe
+
+    meta = {"arch": "test", "classes": ["COVID-19", "Normal", "Pneumonia"], "preprocess": PreprocessConfig(size=40).to_dict()}
+    monkeypatch.setattr(edgecxr.checkpoint, "load_model", lambda path: (_RegionReader(region, 4), dict(meta)))
+    samples = load_samples(eval_dir())[::6]
+    res = shortcut_probe(Path("unused.safetensors"), samples, band=0.1)
+    pred = {m: [p[m] for p in res["predictions"]] for m in res["masks"]}
+    assert set(res["masks"]) == {"whole", "zoom", "no-border", "lungs-out", "blank"}
+    assert len(set(pred["whole"])) > 1  # the reader is not constant, so the equalities below say something
+    if region == "centre":  # a model that reads the lungs ignores what is done to the border
+        assert pred["no-border"] == pred["whole"] and pred["lungs-out"] == pred["blank"]
+    else:
+        assert pred["lungs-out"] == pred["whole"] and pred["no-border"] == pred["blank"]
+    assert res["masks"]["whole"]["accuracy"] == pytest.approx(
+        np.mean([p["whole"] == p["label"] for p in res["predictions"]]))
+
+
+def test_eval_shortcut_probe_cli(tmp_path, tiny_checkpoint, onnx_artifact):
+    from typer.testing import CliRunner
+
+    from edgecxr.cli import app
+
+    r = CliRunner().invoke(app, ["eval", str(tiny_checkpoint), str(eval_dir()), "--split", "all", "--shortcut-probe",
+                                 "--n-boot", "20", "--out", str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "e" / "eval.json").read_text())
+    whole = [p["whole"] for p in res["shortcut_probe"]["predictions"]]
+    assert whole == [res["classes"][int(np.argmax(p["prob"]))] for p in res["predictions"]]  # same input as eval's
+    assert "shortcut probe" in (tmp_path / "e" / "eval.md").read_text()
+    r = CliRunner().invoke(app, ["eval", str(onnx_artifact), str(eval_dir()), "--shortcut-probe"])
+    assert r.exit_code != 0 and "needs a checkpoint" in r.output

@@ -201,6 +201,10 @@ def markdown_report(res: dict) -> str:
         lines += [f"**input guard**: {g['rejected']} of {res['n_images']} images rejected "
                   f"({100 * g['rejected_share']:.1f}%; threshold {g['threshold']:.2f}; "
                   f"{g.get('rejected_by_image_rules', 0)} by the image rules)", ""]
+    if res.get("shortcut_probe"):
+        from edgecxr.train.shortcuts import markdown
+
+        lines += markdown(res["shortcut_probe"], res["n_images"])
     if res.get("reference"):
         r = res["reference"]
         lines += [f"**vs reference** {r['checkpoint']}: agreement {100 * r['agreement']:.2f}% ({r['flips']} flips, "
