@@ -217,9 +217,7 @@ def eval_cmd(
     """Accuracy, per-class and per-source sensitivity/specificity, macro AUC, confusion matrix, 95% intervals,
     share of inputs the guard rejected; for a checkpoint or any exported artifact."""
     from edgecxr.data import load_samples
-    from edgecxr.train.evaluate import evaluate_model, markdown_report, select_split, write_report
-
-    from edgecxr.train.evaluate import is_checkpoint
+    from edgecxr.train.evaluate import evaluate_model, is_checkpoint, markdown_report, select_split, write_report
 
     if shortcut_probe and not is_checkpoint(model):
         _fail("--shortcut-probe needs a checkpoint (.safetensors): it alters the model's input tensor, which an "
