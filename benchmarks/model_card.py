@@ -29,6 +29,8 @@ DEFAULT_RUNS = [
     ("previous shipped model (30 epochs, fee380fb)", ROOT / "benchmarks/results/shipped-fee380fb-eval-test/eval.json"),
     ("60 epochs, seed 0, AMD EPYC (checkpoint lost, never shipped)", TRAINING / "shipped-covid-densenet-e60-s0-eval-test/eval.json"),
     ("60 epochs, seed 2, AMD EPYC (never shipped: val macro-F1 0.783 < 0.797)", TRAINING / "shipped-covid-densenet-e60-s2-eval-test/eval.json"),
+    ("the shipped recipe with `AUG=robust` (border and patch erasing; seed 1, AMD EPYC; never shipped)",
+     TRAINING / "shipped-covid-densenet-e60-robust-s1-eval-test/eval.json"),
     ("plain DenseNet121, the shipped recipe (60 epochs, seed 0, AMD EPYC; never shipped)",
      TRAINING / "shipped-densenet121-e60-s0-eval-test/eval.json"),
     ("previous shipped model (14 ep, light recipe, no Stony Brook)", ROOT / "benchmarks/results/old-shipped-eval-test-all/eval.json"),
@@ -258,6 +260,14 @@ verdict: `benchmarks/ablation.md`, "Summary".
 ## What the model looks at: the shortcut probe
 
 {shortcut_section()}
+
+What this shows for the shipped model: zoomed 1.25x (as a device that frames tighter would send), Stony Brook
+COVID-19 sensitivity falls from 14/15 to 10/15 and accuracy from 82.0% to 72.7% (McNemar p = 0.004); with only the
+film's border left, NIH Normal images are still called Normal (36/37): the model reads hospital marks (Stony Brook's
+"PORTABLE" text and "L" markers sit in the top corners) as well as lungs. Every research model probed shows the same
+(`benchmarks/ablation.md`). The runtime's guard refuses *lungs-out* and *blank* inputs (accepts 7/128 and 0/128) but
+not zoomed or border-blanked CXRs (126/128, 127/128). A recipe that erases borders in training (`--augment robust`)
+shrank these losses but was worse on the whole images (72.7% vs 82.0%, p = 0.029; one seed) and is not used.
 
 ## At the operating point, and what is not done
 
