@@ -35,21 +35,14 @@ class RandomBorderErase:
         self.p, self.max_band = p, max_band
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
-        h, w = t.shape[-2:]
         t = t.clone()
-        for side in range(4):
-            if float(torch.rand(())) >= self.p:
-                continue
-            frac = float(torch.empty(()).uniform_(0.02, self.max_band))
-            fill = float(torch.rand(()))
-            if side == 0:
-                t[..., : max(1, int(frac * h)), :] = fill
-            elif side == 1:
-                t[..., h - max(1, int(frac * h)) :, :] = fill
-            elif side == 2:
-                t[..., :, : max(1, int(frac * w))] = fill
-            else:
-                t[..., :, w - max(1, int(frac * w)) :] = fill
+        for axis in (-2, -1):  # rows (top, bottom), then columns (left, right)
+            for first in (True, False):
+                if float(torch.rand(())) >= self.p:
+                    continue
+                n = max(1, int(float(torch.empty(()).uniform_(0.02, self.max_band)) * t.shape[axis]))
+                band = slice(0, n) if first else slice(t.shape[axis] - n, None)
+                t[(..., band, slice(None)) if axis == -2 else (..., band)] = float(torch.rand(()))
         return t
 
 
@@ -75,23 +68,16 @@ def cxr_augmentation(strength: str = "light"):
             v2.RandomAffine(degrees=7, translate=(0.05, 0.05), scale=(0.92, 1.08)),
             v2.ColorJitter(brightness=0.15, contrast=0.15),
         ])
-    if strength == "strong":
+    if strength in ("strong", "robust"):
+        robust = strength == "robust"
         return v2.Compose([
-            v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.25)),
+            v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.4 if robust else 1.25)),
+            *([RandomBorderErase(p=0.5, max_band=0.15)] if robust else []),
             v2.ColorJitter(brightness=0.2, contrast=0.2),
             RandomGamma(0.7, 1.4),
             v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.2))], p=0.2),
             v2.RandomApply([v2.GaussianNoise(sigma=0.02, clip=True)], p=0.2),
-        ])
-    if strength == "robust":
-        return v2.Compose([
-            v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.4)),
-            RandomBorderErase(p=0.5, max_band=0.15),
-            v2.ColorJitter(brightness=0.2, contrast=0.2),
-            RandomGamma(0.7, 1.4),
-            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.2))], p=0.2),
-            v2.RandomApply([v2.GaussianNoise(sigma=0.02, clip=True)], p=0.2),
-            v2.RandomErasing(p=0.5, scale=(0.01, 0.06), value="random"),
+            *([v2.RandomErasing(p=0.5, scale=(0.01, 0.06), value="random")] if robust else []),
         ])
     raise ValueError(f"unknown augmentation {strength!r}; choose one of {AUGMENTATIONS}")
 
