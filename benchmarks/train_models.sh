@@ -14,6 +14,7 @@ EPOCHS=${EPOCHS:-30}
 AUG=${AUG:-strong}          # augmentation strength: light | strong | robust (see benchmarks/ablation.md)
 LS=${LS:-0.1}               # label smoothing
 EMA=${EMA:-0.99}            # weight averaging (EMA decay; 0 = off)
+MIXUP=${MIXUP:-0}           # MixUp alpha (0 = off; see benchmarks/ablation.md)
 EQ=""; [ "${EQUALIZE:-0}" = 1 ] && EQ=--equalize   # histogram equalisation in preprocessing
 BAL=--balanced; [ "${BALANCED:-1}" = 0 ] && BAL=--no-balanced   # class-balanced sampling (paper: balanced vs unbalanced)
 FRACTION=${FRACTION:-1.0}   # share of training patients per class and source (size sweep: 0.25 / 0.5 / 1.0)
@@ -28,7 +29,7 @@ esac
 for ARCH in $ARCHS; do
   RUN="runs/$CONFIG-$ARCH$TAG-s$SEED"
   $EDGECXR train "$DATA" $FLAG --arch "$ARCH" --epochs "$EPOCHS" --batch 16 --lr 1e-3 $BAL --fraction "$FRACTION" \
-    --augment "$AUG" --label-smoothing "$LS" --ema "$EMA" --select macro_f1 --seed "$SEED" --threads 2 $EQ --out "$RUN"
+    --augment "$AUG" --label-smoothing "$LS" --mixup "$MIXUP" --ema "$EMA" --select macro_f1 --seed "$SEED" --threads 2 $EQ --out "$RUN"
   $EDGECXR eval "$RUN/best.safetensors" "$DATA" --split test --out "$RUN/eval-test"
   $EDGECXR eval "$RUN/best.safetensors" "$DATA" --split val --out "$RUN/eval-val" --n-boot 200
 done

@@ -153,6 +153,8 @@ def train(
                                    "for training-set-size sweeps)."),
     augment: str = typer.Option("light", help="Augmentation: light | strong | robust (strong + border and patch erasing, zoom to 1.4) | none."),
     label_smoothing: float = typer.Option(0.0, help="Label smoothing of the cross-entropy loss."),
+    mixup: float = typer.Option(0.0, min=0.0, help="MixUp alpha (e.g. 0.2): train on blends of image pairs with blended "
+                                "labels; 0 turns it off."),
     ema: float = typer.Option(0.0, help="EMA decay of the weights (e.g. 0.99); 0 turns it off."),
     select: str = typer.Option("macro_f1", help="Best-checkpoint rule on val: macro_f1 | worst_source."),
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="CPU bf16 autocast (default: when the CPU has AVX-512 BF16/AMX)."),
@@ -185,7 +187,7 @@ def train(
         cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                           warmup_epochs=warmup, balanced=balanced, seed=seed, size=size, resize=resize, equalize=equalize, workers=workers,
                           weights=weights, max_steps=max_steps, classes=classes, augment=augment,
-                          label_smoothing=label_smoothing, ema=ema, select=select, bf16=bf16)
+                          label_smoothing=label_smoothing, mixup=mixup, ema=ema, select=select, bf16=bf16)
         info = {"source": str(data), "layout": layout, "permissive_only": permissive_only,
                 "configuration": "shipped (permissive training images)" if permissive_only
                 else "research (includes non-commercial images: never ship these weights)",

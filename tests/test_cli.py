@@ -34,3 +34,12 @@ def test_info_model_summary():
     assert m["params"] > 6_000_000
     r = runner.invoke(app, ["info", "--model", "nope"])
     assert r.exit_code != 0
+
+
+def test_train_refuses_negative_mixup(tmp_path):
+    import pytest
+
+    pytest.importorskip("torch", reason="torch not installed")
+    r = runner.invoke(app, ["train", str(tmp_path), "--mixup", "-0.1", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "--mixup" in r.output, r.output
+    assert not (tmp_path / "run").exists()

@@ -53,9 +53,10 @@ def test_train_checkpoint_resume_and_eval(tmp_path, tiny_sets):
     assert "95% bootstrap" in (tmp_path / "rep" / "eval.md").read_text()
 
 
-def test_resume_equals_uninterrupted(tmp_path, tiny_sets):
+@pytest.mark.parametrize("mixup", [0.0, 0.4])
+def test_resume_equals_uninterrupted(tmp_path, tiny_sets, mixup):
     tr, va = tiny_sets
-    cfg = TrainConfig(arch="densenet121", epochs=2, batch_size=4, size=32, seed=3)
+    cfg = TrainConfig(arch="densenet121", epochs=2, batch_size=4, size=32, seed=3, mixup=mixup)
     train(cfg, tr, va, tmp_path / "a", progress=False)
     steps_per_epoch = len(tr) // 4
     # "interrupted" after the first epoch, then resumed
@@ -67,6 +68,10 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_sets):
     assert [h["epoch"] for h in b] == [1, 2]
     assert [h["train_loss"] for h in a] == pytest.approx([h["train_loss"] for h in b], rel=1e-4)
     assert [h["val_accuracy"] for h in a] == [h["val_accuracy"] for h in b]
+    if mixup:  # the blend is applied: same seed without MixUp trains on other inputs and targets
+        plain = train(TrainConfig(**{**cfg.__dict__, "mixup": 0.0}), tr, va, tmp_path / "c", progress=False)
+        assert plain["history"][0]["train_loss"] != pytest.approx(a[0]["train_loss"], rel=1e-3)
+        assert json.loads((tmp_path / "a" / "best.json").read_text())["train_config"]["mixup"] == mixup
 
 
 def _split_folder(root: Path) -> Path:

@@ -54,6 +54,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimiser steps (smoke tests)
     augment: str = "light"  # light | strong | robust | none (edgecxr.data.torchdata.cxr_augmentation)
     label_smoothing: float = 0.0
+    mixup: float = 0.0  # MixUp Beta(alpha, alpha) on each training batch (0: off); soft targets, against noisy labels
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); val and best use the average
     select: str = "macro_f1"  # best-checkpoint rule: macro_f1 | worst_source (mean of macro F1 and worst-source COVID-19 sensitivity)
     bf16: bool | None = None  # CPU bf16 autocast + channels_last; None: on when the CPU has AVX-512 BF16 / AMX
@@ -141,6 +142,7 @@ class Run:
     amp_dtype: torch.dtype | None  # None: no autocast
     channels_last: bool
     ema: nn.Module | None = None
+    mix: object | None = None  # torchvision.transforms.v2.MixUp, or None
     start_epoch: int = 0
     best: float = -1.0
     history: list = field(default_factory=list)
@@ -211,10 +213,17 @@ def build_run(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[S
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
     amp_dtype = torch.float16 if use_cuda and cfg.amp else (torch.bfloat16 if cpu_bf16 else None)
+    mix = None
+    if cfg.mixup < 0:
+        raise ValueError(f"mixup alpha must be >= 0 (0 turns it off), not {cfg.mixup}")
+    if cfg.mixup > 0:
+        from torchvision.transforms import v2
+
+        mix = v2.MixUp(alpha=cfg.mixup, num_classes=len(cfg.classes))
     return Run(cfg, device, rank, world, out, model, net, opt, sched,
                torch.amp.GradScaler("cuda", enabled=use_cuda and cfg.amp),
                nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), train_dl, val_dl, sampler, gen,
-               [s.source for s in val_samples], amp_dtype, channels_last, ema)
+               [s.source for s in val_samples], amp_dtype, channels_last, ema, mix)
 
 
 def resume_from(run: Run, last: Path) -> None:
@@ -240,11 +249,13 @@ def train_one_epoch(run: Run, epoch: int, on_step=None) -> dict:
     run.net.train()
     t0, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
     for x, y in run.train_dl:
-        x, y = x.to(run.device, non_blocking=True), y.to(run.device)
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device).long()
+        if run.mix is not None:  # global torch RNG, seeded per epoch above: a resumed run mixes the same pairs
+            x, y = run.mix(x, y)  # y becomes soft targets (one-hot mixtures); the loss takes them as they are
         if run.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
-            loss = run.loss_fn(run.net(x), y.long())
+            loss = run.loss_fn(run.net(x), y)
         run.opt.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.opt)
