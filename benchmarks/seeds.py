@@ -7,6 +7,8 @@ Run: python benchmarks/seeds.py benchmarks/results/training research test
      (a TAG: DIR/CONFIG-ARCH-e60-sN-...; an architecture without runs is left out, and so are the paired tests)
      python benchmarks/seeds.py benchmarks/results/training research test -e60 --plot seeds.png
      (also a figure: each seed's accuracy and per-source sensitivities with 95% Wilson intervals, and issue 14's goals)
+     python benchmarks/seeds.py benchmarks/results/training research test --compare covid-densenet-e60 covid-densenet-e60-mixup
+     (any two run names without the seed, e.g. one recipe change on one architecture: A and B in that order)
 """
 import json
 import re
@@ -40,12 +42,14 @@ def msd(values: list[float]) -> str:
     return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v.mean():.1f}"
 
 
-def summary(root: Path, config: str, split: str, tag: str = "") -> list[str]:
-    """Markdown lines: mean +- sd per metric for each architecture, then McNemar per seed pair."""
-    table = {a: runs(root, config, a + tag, split) for a in ARCHS}
+def summary(root: Path, config: str, split: str, tag: str = "", variants: list[str] | None = None) -> list[str]:
+    """Markdown lines: mean +- sd per metric for each variant (by default each architecture with ``tag``), then
+    McNemar per seed pair of the first two."""
+    variants = variants or [a + tag for a in ARCHS]
+    table = {a: runs(root, config, a, split) for a in variants}
     table = {a: r for a, r in table.items() if r}
     if not table:
-        raise SystemExit(f"no {config}-ARCH{tag}-sN-eval-{split}/eval.json under {root} (ARCH: {', '.join(ARCHS)})")
+        raise SystemExit(f"no {config}-NAME-sN-eval-{split}/eval.json under {root} (NAME: {', '.join(variants)})")
     archs = list(table)
     first = next(iter(table[archs[0]].values()))
     rows = [("accuracy", lambda r: r["image"]["accuracy"]), ("macro F1", lambda r: r["image"]["macro_f1"])]
@@ -54,7 +58,7 @@ def summary(root: Path, config: str, split: str, tag: str = "") -> list[str]:
         for c in v["sensitivity"]:
             rows.append((f"{c} sensitivity, {src}", lambda r, s=src, c=c: r["per_source"][s]["sensitivity"][c]["value"]))
     out = [f"{config} configuration, dev {split} ({first['n_images']} images): mean ± sd over seeds (%), each seed in brackets", "",
-           "| metric | " + " | ".join(f"{a}{tag} (seeds {', '.join(map(str, sorted(table[a])))})" for a in archs) + " |",
+           "| metric | " + " | ".join(f"{a} (seeds {', '.join(map(str, sorted(table[a])))})" for a in archs) + " |",
            "|---|" + "---|" * len(archs)]
     for name, get in rows:
         cells = []
@@ -64,11 +68,12 @@ def summary(root: Path, config: str, split: str, tag: str = "") -> list[str]:
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     if len(archs) < 2:
         return out
-    out += ["", f"Paired per seed (A = {ARCHS[0]}, B = {ARCHS[1]}; same data, recipe and seed):", "",
+    a, b = archs[:2]
+    out += ["", f"Paired per seed (A = {a}, B = {b}; same data and seed):", "",
             "| seed | accuracy A / B | A right only / B right only | exact McNemar p |", "|---|---|---|---|"]
-    for s in sorted(set(table[ARCHS[0]]) & set(table[ARCHS[1]])):
-        fa, ca = correct(table[ARCHS[0]][s])
-        fb, cb = correct(table[ARCHS[1]][s])
+    for s in sorted(set(table[a]) & set(table[b])):
+        fa, ca = correct(table[a][s])
+        fb, cb = correct(table[b][s])
         if fa != fb:
             raise SystemExit(f"seed {s}: the two evaluations hold different images")
         t = mcnemar_exact(ca, cb)
@@ -76,7 +81,7 @@ def summary(root: Path, config: str, split: str, tag: str = "") -> list[str]:
     return out
 
 
-def plot(root: Path, config: str, split: str, tag: str, out: Path) -> None:
+def plot(root: Path, config: str, split: str, tag: str, out: Path, variants: list[str] | None = None) -> None:
     """Each seed as a point with its 95% Wilson interval, per architecture: accuracy, then each class's sensitivity
     per source; dashed lines at issue 14's research goals (85% accuracy and COVID-19 sensitivity, 80% Normal and
     Pneumonia)."""
@@ -87,7 +92,8 @@ def plot(root: Path, config: str, split: str, tag: str, out: Path) -> None:
 
     from edgecxr.metrics import wilson_ci
 
-    table = {a: r for a in ARCHS if (r := runs(root, config, a + tag, split))}
+    variants = variants or [a + tag for a in ARCHS]
+    table = {a: r for a in variants if (r := runs(root, config, a, split))}
     first = next(iter(next(iter(table.values())).values()))
     metrics = [("accuracy", None, None, 0.85)]
     metrics += [(f"{c}\n{src}", src, c, 0.85 if c == "COVID-19" else 0.80)
@@ -101,7 +107,7 @@ def plot(root: Path, config: str, split: str, tag: str, out: Path) -> None:
         return v["k"], v["n"]
 
     fig, ax = plt.subplots(figsize=(1.3 * len(metrics) + 2, 4.2))
-    colours = dict(zip(ARCHS, ("tab:blue", "tab:orange")))
+    colours = dict(zip(table, ("tab:blue", "tab:orange", "tab:green", "tab:red")))
     for j, (name, src, c, goal) in enumerate(metrics):
         ax.hlines(goal, j - 0.45, j + 0.45, colors="grey", linestyles="dashed", linewidth=1)
         for i, (a, res) in enumerate(table.items()):
@@ -112,7 +118,7 @@ def plot(root: Path, config: str, split: str, tag: str, out: Path) -> None:
                 lo, hi = wilson_ci(k, n)
                 x = j + (i - 0.5) * 0.4 + (q - (len(seeds) - 1) / 2) * 0.08
                 ax.errorbar(x, k / n, yerr=[[k / n - lo], [hi - k / n]], fmt="o", ms=4, color=colours[a], alpha=0.8,
-                            capsize=2, label=f"{a}{tag} (seeds {', '.join(map(str, seeds))})" if j == 0 and q == 0 else None)
+                            capsize=2, label=f"{a} (seeds {', '.join(map(str, seeds))})" if j == 0 and q == 0 else None)
                 vals.append(k / n)
             ax.hlines(np.mean(vals), j + (i - 0.5) * 0.4 - 0.15, j + (i - 0.5) * 0.4 + 0.15, colors=colours[a], linewidth=2.5)
     n = first["n_images"]
@@ -133,12 +139,18 @@ def main() -> None:
     if "--plot" in args:  # parsed by hand: the TAG itself starts with "-" (-e60), which argparse takes for an option
         i = args.index("--plot")
         out, args = Path(args[i + 1]), args[:i] + args[i + 2:]
+    variants = None
+    if "--compare" in args:
+        i = args.index("--compare")
+        variants, args = args[i + 1 : i + 3], args[:i] + args[i + 3:]
+        if len(variants) != 2:
+            raise SystemExit(__doc__)
     if len(args) not in (3, 4):
         raise SystemExit(__doc__)
     root, config, split, tag = Path(args[0]), args[1], args[2], (args[3:] or [""])[0]
-    print("\n".join(summary(root, config, split, tag)))
+    print("\n".join(summary(root, config, split, tag, variants)))
     if out:
-        plot(root, config, split, tag, out)
+        plot(root, config, split, tag, out, variants)
 
 
 if __name__ == "__main__":
