@@ -25,23 +25,44 @@ import numpy as np
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
-# The histogram methods (entropy, percentile) keep every calibrated tensor of every image in memory until the last
-# image has run: 16.8 GB peak RSS for the shipped model's onnx-int8 export on its 90 calibration images (README
-# command 1, AMD EPYC, 2026-12-04). Read in strides of at most this many images, each stride's histograms merged into
-# the last (ONNX Runtime's CalibStridedMinMax, which serves every calibrator), the peak falls with the stride.
-# MinMax keeps only each tensor's reduced min and max per image and reads in one pass, as before.
-HISTOGRAM_STRIDE = 8
+
+@contextlib.contextmanager
+def quiet():
+    """Keep ONNX Runtime's quantization tools off the user's terminal: they print calibration chatter to stdout and
+    log a multi-line warning per tensor they leave float (the guard's int64 slices, by design)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+# ONNX Runtime's histogram calibrators (entropy, percentile) keep every calibrated tensor of every image in memory
+# until the last image has run: 16.8 GB for the shipped model's onnx-int8 export on its 90 calibration images, 18.5 GB
+# peak for README command 1 (AMD EPYC, 2026-12-04, run27). Reading in strides (its CalibStridedMinMax) bounds that but
+# merges histograms with other bin edges, which moved the ranges: the shipped model's onnx-int8 then failed its gate
+# (run28). So edgecxr runs the same calibration in two passes over the images, one image in memory at a time: first
+# each tensor's extremes, then its histogram over the range one pass would have seen; the histograms and hence the
+# ranges are identical to ONNX Runtime's one pass (tested), and go to quantize_static through its calibration cache.
 _CACHE: tempfile.TemporaryDirectory | None = None
+_CALIB_OPTION_KEYS = {"CalibTensorRangeSymmetric": "symmetric", "CalibMovingAverage": "moving_average",
+                      "CalibMovingAverageConstant": "averaging_constant", "CalibPercentile": "percentile"}
 
 
-def calibration_stride(n: int, most: int = HISTOGRAM_STRIDE) -> int:
-    """The largest stride <= ``most`` that divides ``n`` images (ONNX Runtime requires a divisor)."""
-    return max(d for d in range(1, max(1, min(most, n)) + 1) if n % d == 0)
+def _cache_supported() -> bool:
+    import inspect
+
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
 
 def calibration_cache(pre: Path, calib: np.ndarray, method: str, form: dict, per_channel: bool,
-                      stride: int | None, cache_dir: Path | None = None) -> Path:
-    """Where ONNX Runtime keeps the calibrated ranges of this graph, these images and these settings
+                      cache_dir: Path | None = None) -> Path:
+    """Where the calibrated ranges of this graph, these images and these settings are kept
     (``quantize_static(calibration_cache_path=...)``): builds that differ only in the layers kept float (the
     mixed-precision search) calibrate once. The name hashes everything calibration reads; ``nodes_to_exclude``
     is not among it (ONNX Runtime calibrates every tensor of the quantized op types and excludes later). Default
@@ -59,47 +80,84 @@ def calibration_cache(pre: Path, calib: np.ndarray, method: str, form: dict, per
     h = hashlib.sha256(Path(pre).read_bytes())
     h.update(np.ascontiguousarray(calib).tobytes())
     h.update(json.dumps({"method": method, "shape": list(calib.shape), "dtype": str(calib.dtype),
-                         "per_channel": per_channel, "stride": stride, "ort": onnxruntime.__version__,
+                         "per_channel": per_channel, "ort": onnxruntime.__version__, "two_pass": 1,
                          "form": {k: (sorted(v) if k == "op_types_to_quantize" else str(v)) for k, v in form.items()}},
                         sort_keys=True).encode())
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
     return Path(cache_dir) / f"{method}-{h.hexdigest()[:32]}.json"
 
 
-@contextlib.contextmanager
-def quiet():
-    """Keep ONNX Runtime's quantization tools off the user's terminal: they print calibration chatter to stdout and
-    log a multi-line warning per tensor they leave float (the guard's int64 slices, by design)."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
+def histogram_calibration(pre: Path, calib: np.ndarray, input_name: str, method: str, op_types: list[str],
+                          extra_options: dict, tmp: Path):
+    """ONNX Runtime's entropy or percentile calibration of ``pre`` on ``calib``, in two passes that hold one
+    image's tensors at a time; returns its ``TensorsData`` (what ``compute_data`` returns after one pass)."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, HistogramCollector, create_calibrator
+
+    cm = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method]
+    options = {v: extra_options[k] for k, v in _CALIB_OPTION_KEYS.items() if k in extra_options}
+    cal = create_calibrator(Path(pre), op_types, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                            calibrate_method=cm, extra_options=options)
+    sess = cal.infer_session
+    names = [o.name for o in sess.get_outputs()]
+    keep = [(i, n) for i, n in enumerate(names) if n in cal.tensors_to_calibrate]
+    on_abs = method == "percentile" and cal.symmetric  # what HistogramCollector.collect histograms
+
+    def tensors():
+        for k in range(len(calib)):
+            outs = sess.run(None, {input_name: calib[k : k + 1]})
+            for i, n in keep:
+                yield n, np.asarray(outs[i]).ravel()
+
+    lo: dict = {}
+    hi: dict = {}
+    alo: dict = {}
+    ahi: dict = {}
+    for n, a in tensors():  # pass 1: extremes, raw and absolute
+        if a.size:
+            lo[n] = min(lo.get(n, np.nanmin(a)), np.nanmin(a))
+            hi[n] = max(hi.get(n, np.nanmax(a)), np.nanmax(a))
+            ab = np.abs(a)
+            alo[n] = min(alo.get(n, ab.min()), ab.min())
+            ahi[n] = max(ahi.get(n, ab.max()), ab.max())
+    hist: dict = {}
+    for n, a in tensors():  # pass 2: histograms over the whole run's range
+        if on_abs:
+            h, edges = np.histogram(np.abs(a), bins=cal.num_bins, range=(alo[n], ahi[n]))
+        else:
+            t = np.array(max(abs(lo[n]), abs(hi[n])), dtype=a.dtype)
+            h, edges = np.histogram(a, cal.num_bins, range=(-t, t))
+        if n in hist:
+            hist[n][0] += h
+        else:
+            hist[n] = [h, edges]
+    collector = HistogramCollector(method=method, symmetric=cal.symmetric, num_bins=cal.num_bins,
+                                   num_quantized_bins=cal.num_quantized_bins, percentile=cal.percentile,
+                                   scenario=cal.scenario)
+    for n, (h, edges) in hist.items():
+        if on_abs:
+            collector.histogram_dict[n] = (h, edges.astype(np.float32), lo[n], hi[n])
+        else:
+            t = np.array(max(abs(lo[n]), abs(hi[n])), dtype=np.float32)
+            collector.histogram_dict[n] = (h, edges, lo[n], hi[n], t)
+    cal.collector = collector
+    with quiet():
+        return cal.compute_data()
 
 
 class _Reader:
-    """onnxruntime CalibrationDataReader over a preprocessed (N, 3, H, W) array, one image per batch; ``set_range``
-    lets ONNX Runtime read it in strides (``CalibStridedMinMax``)."""
+    """onnxruntime CalibrationDataReader over a preprocessed (N, 3, H, W) array, one image per batch."""
 
     def __init__(self, x: np.ndarray, input_name: str) -> None:
-        self._x, self._name, self._i, self._end = x, input_name, 0, len(x)
-
-    def __len__(self) -> int:
-        return len(self._x)
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self._i, self._end = start_index, min(end_index, len(self._x))
+        self._x, self._name, self._i = x, input_name, 0
 
     def get_next(self):
-        if self._i >= self._end:
+        if self._i >= len(self._x):
             return None
         self._i += 1
         return {self._name: self._x[self._i - 1 : self._i]}
 
     def rewind(self) -> None:
-        self._i, self._end = 0, len(self._x)
+        self._i = 0
 
     def __iter__(self):  # qdq_loss_debug iterates readers
         self.rewind()
@@ -174,14 +232,20 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperato
             # collapsed its score to a constant); see QOPERATOR_OPS for what is quantized
             form = dict(quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8,
                         op_types_to_quantize=list(QOPERATOR_OPS))
-        stride = None if method == "minmax" else calibration_stride(len(calib))
-        if stride is not None and stride < len(calib):
-            form["extra_options"] = dict(form.get("extra_options", {}), CalibStridedMinMax=stride)
-        cache = calibration_cache(pre, calib, method, form, per_channel, stride, cache_dir)
+        kw = {}
+        if _cache_supported():  # ONNX Runtime >= 1.32; older ones calibrate in one pass each build
+            cache = calibration_cache(pre, calib, method, form, per_channel, cache_dir)
+            if method != "minmax" and not cache.is_file():  # minmax holds only reduced values: ONNX Runtime's own pass
+                from onnxruntime.quantization.calibrate import save_tensors_data
+
+                ops = form["op_types_to_quantize"]
+                save_tensors_data(histogram_calibration(pre, calib, input_name, method, ops,
+                                                        form.get("extra_options", {}), Path(td)), cache)
+            kw["calibration_cache_path"] = str(cache)
         with quiet():
             quantize_static(str(pre), str(out), _Reader(calib, input_name), weight_type=QuantType.QInt8,
                             per_channel=per_channel, reduce_range=reduce_range, calibrate_method=cm,
-                            nodes_to_exclude=exclude, calibration_cache_path=str(cache), **form)
+                            nodes_to_exclude=exclude, **kw, **form)
         if fmt == "qdq" and split_weights:
             drop_output_qdq(Path(out), halves)
         if fmt == "qoperator" and shared_concat_scales:
