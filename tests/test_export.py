@@ -934,3 +934,16 @@ def test_calibration_cache_is_reused_across_float_layers_and_builds_the_same(onn
     oi.quantize_onnx(onnx_artifact, tmp_path / "e.onnx", calib, method="percentile", cache_dir=tmp_path / "c")
     oi.quantize_onnx(onnx_artifact, tmp_path / "g.onnx", calib, fmt="qdq", method="minmax", cache_dir=tmp_path / "c")
     assert len(list((tmp_path / "c").glob("*.json"))) == 4
+
+
+def test_search_ranks_only_layers_the_int8_form_quantizes(onnx_artifact):
+    """The QOperator form leaves every Gemm float: the float-layer search must not spend its slots on them."""
+    from edgecxr.export.mixed import quantized_in_form
+
+    nodes = onnx.load(str(onnx_artifact)).graph.node
+    conv = [n.name for n in nodes if n.op_type == "Conv"][:2]
+    gemm = [n.name for n in nodes if n.op_type == "Gemm"][:1]
+    assert conv and gemm, "the tiny model should have both"
+    ranked = [gemm[0], conv[0], "no-such-node", conv[1]]
+    assert quantized_in_form(onnx_artifact, ranked, "qoperator") == [conv[0], conv[1]]
+    assert quantized_in_form(onnx_artifact, ranked, "qdq") == [gemm[0], conv[0], conv[1]]
