@@ -947,3 +947,24 @@ def test_search_ranks_only_layers_the_int8_form_quantizes(onnx_artifact):
     ranked = [gemm[0], conv[0], "no-such-node", conv[1]]
     assert quantized_in_form(onnx_artifact, ranked, "qoperator") == [conv[0], conv[1]]
     assert quantized_in_form(onnx_artifact, ranked, "qdq") == [gemm[0], conv[0], conv[1]]
+
+
+def test_calibration_falls_back_to_onnxruntimes_pass_when_its_calibrators_change(onnx_artifact, tmp_path, monkeypatch):
+    """If ONNX Runtime's calibrator internals move, the export still builds (with its one pass) and says why."""
+    import edgecxr.export.onnx_int8 as oi
+
+    if not oi._cache_supported():
+        pytest.skip("this ONNX Runtime has no calibration_cache_path: edgecxr uses its one-pass calibration")
+    calib = np.random.default_rng(3).normal(size=(4, 3, 64, 64)).astype(np.float32)
+
+    def moved(*a, **k):
+        raise AttributeError("'PercentileCalibrater' object has no attribute 'infer_session'")
+
+    monkeypatch.setattr(oi, "histogram_calibration", moved)
+    seen = _spy_reader(monkeypatch)
+    with pytest.warns(UserWarning, match="two-pass calibration unavailable"):
+        out = oi.quantize_onnx(onnx_artifact, tmp_path / "q.onnx", calib, method="percentile", cache_dir=tmp_path / "c")
+    assert seen["read"] == 4 and out.exists()
+    monkeypatch.setattr(oi, "_cache_supported", lambda: False)
+    one = oi.quantize_onnx(onnx_artifact, tmp_path / "one.onnx", calib, method="percentile")
+    assert _initializers(out) == _initializers(one)

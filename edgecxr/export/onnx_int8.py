@@ -90,7 +90,8 @@ def calibration_cache(pre: Path, calib: np.ndarray, method: str, form: dict, per
 def histogram_calibration(pre: Path, calib: np.ndarray, input_name: str, method: str, op_types: list[str],
                           extra_options: dict, tmp: Path):
     """ONNX Runtime's entropy or percentile calibration of ``pre`` on ``calib``, in two passes that hold one
-    image's tensors at a time; returns its ``TensorsData`` (what ``compute_data`` returns after one pass)."""
+    image's tensors at a time; returns its ``TensorsData`` (what ``compute_data`` returns after one pass), or None
+    where ONNX Runtime's own pass must do it."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, HistogramCollector, create_calibrator
 
     cm = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method]
@@ -119,6 +120,8 @@ def histogram_calibration(pre: Path, calib: np.ndarray, input_name: str, method:
             ab = np.abs(a)
             alo[n] = min(alo.get(n, ab.min()), ab.min())
             ahi[n] = max(ahi.get(n, ab.max()), ab.max())
+    if len(lo) != len(keep):  # an empty tensor: ONNX Runtime's own pass handles that case
+        return None
     hist: dict = {}
     for n, a in tensors():  # pass 2: histograms over the whole run's range
         if on_abs:
@@ -233,15 +236,24 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperato
             form = dict(quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8,
                         op_types_to_quantize=list(QOPERATOR_OPS))
         kw = {}
-        if _cache_supported():  # ONNX Runtime >= 1.32; older ones calibrate in one pass each build
+        if _cache_supported():  # ONNX Runtime with quantize_static(calibration_cache_path=...) (1.32 here); older
+            # ones calibrate in one pass, every build
             cache = calibration_cache(pre, calib, method, form, per_channel, cache_dir)
             if method != "minmax" and not cache.is_file():  # minmax holds only reduced values: ONNX Runtime's own pass
                 from onnxruntime.quantization.calibrate import save_tensors_data
 
-                ops = form["op_types_to_quantize"]
-                save_tensors_data(histogram_calibration(pre, calib, input_name, method, ops,
-                                                        form.get("extra_options", {}), Path(td)), cache)
-            kw["calibration_cache_path"] = str(cache)
+                try:
+                    ranges = histogram_calibration(pre, calib, input_name, method, form["op_types_to_quantize"],
+                                                   form.get("extra_options", {}), Path(td))
+                except (AttributeError, TypeError, KeyError) as exc:  # ONNX Runtime's calibrators changed
+                    import warnings
+
+                    warnings.warn(f"two-pass calibration unavailable ({type(exc).__name__}: {exc}); ONNX Runtime's "
+                                  "one pass holds every calibration image's tensors in memory", stacklevel=2)
+                    ranges = None
+                if ranges is not None:
+                    save_tensors_data(ranges, cache)
+            kw["calibration_cache_path"] = str(cache)  # absent: ONNX Runtime calibrates in one pass and writes it
         with quiet():
             quantize_static(str(pre), str(out), _Reader(calib, input_name), weight_type=QuantType.QInt8,
                             per_channel=per_channel, reduce_range=reduce_range, calibrate_method=cm,
