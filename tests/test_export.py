@@ -968,3 +968,28 @@ def test_calibration_falls_back_to_onnxruntimes_pass_when_its_calibrators_change
     monkeypatch.setattr(oi, "_cache_supported", lambda: False)
     one = oi.quantize_onnx(onnx_artifact, tmp_path / "one.onnx", calib, method="percentile")
     assert _initializers(out) == _initializers(one)
+
+
+def test_two_pass_calibration_memory_does_not_grow_with_the_images(onnx_artifact, tmp_path):
+    """What the two passes are for: Python-side peak memory (tracemalloc sees numpy's buffers, ONNX Runtime's outputs
+    among them) stays flat from 4 to 32 calibration images; ONNX Runtime's one pass grew 3.8x on a small conv net."""
+    import tracemalloc
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    import edgecxr.export.onnx_int8 as oi
+
+    pre = tmp_path / "pre.onnx"
+    quant_pre_process(str(onnx_artifact), str(pre), skip_symbolic_shape=True)
+    name = onnx.load(str(pre)).graph.input[0].name
+    peaks = []
+    for n in (4, 32):
+        calib = np.random.default_rng(n).normal(size=(n, 3, 64, 64)).astype(np.float32)
+        tracemalloc.start()
+        try:
+            ranges = oi.histogram_calibration(pre, calib, name, "percentile", list(oi.QOPERATOR_OPS), {}, tmp_path)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        assert ranges is not None and len(ranges.data) > 5
+    assert peaks[1] < 1.5 * peaks[0], peaks
