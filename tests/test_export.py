@@ -993,3 +993,24 @@ def test_two_pass_calibration_memory_does_not_grow_with_the_images(onnx_artifact
             tracemalloc.stop()
         assert ranges is not None and len(ranges.data) > 5
     assert peaks[1] < 1.5 * peaks[0], peaks
+
+
+def test_entropy_equals_minmax_in_the_qoperator_form_so_the_search_skips_it(onnx_artifact, tmp_path):
+    """ONNX Runtime's entropy calibration with its default bins has one candidate threshold, clipped to min/max: in the
+    QOperator form it builds minmax's model, so the search's knobs try only one of them."""
+    from edgecxr.export.mixed import onnx_knobs
+    from edgecxr.export.onnx_int8 import quantize_onnx
+    from edgecxr.export.targets import load_target
+
+    calib = np.random.default_rng(4).normal(size=(6, 3, 64, 64)).astype(np.float32)
+    built = {m: quantize_onnx(onnx_artifact, tmp_path / f"{m}.onnx", calib, method=m, cache_dir=tmp_path / "c")
+             for m in ("minmax", "entropy", "percentile")}
+    assert _initializers(built["entropy"]) == _initializers(built["minmax"])
+    assert _initializers(built["percentile"]) != _initializers(built["minmax"])
+    import dataclasses
+
+    o = load_target("onnx-int8").int8
+    for cal, expect in (("percentile", ["minmax"]), ("minmax", ["percentile"]), ("entropy", ["percentile"])):
+        assert [k.calibration for _, k in onnx_knobs(dataclasses.replace(o, calibration=cal))] == expect
+    qdq = dataclasses.replace(o, format="qdq", calibration="percentile")
+    assert [k.calibration for _, k in onnx_knobs(qdq)] == ["minmax", "entropy"]
