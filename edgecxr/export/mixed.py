@@ -1,7 +1,8 @@
 """Automatic mixed precision for INT8: when a quantized artifact misses the gate, keep the fewest
 layers in float until it passes.
 
-* Cheap knobs first. ONNX Runtime: the other calibration methods (minmax, percentile, entropy). OpenVINO: ONNX
+* Cheap knobs first. ONNX Runtime: the other calibration methods (minmax, percentile; entropy only in the Q/DQ
+  form: in the QOperator form it builds minmax's model, see :func:`onnx_knobs`). OpenVINO: ONNX
   Runtime's Q/DQ with each other calibration method, and the other quantizer (NNCF / ONNX Runtime's Q/DQ).
 * ONNX Runtime: rank the quantized convolutions by how much logit error is left on the *calibration* images when
   each is kept float in ONNX Runtime's Q/DQ twin of the graph (:mod:`edgecxr.export.sensitivity`), then exclude
