@@ -156,7 +156,7 @@ def quantized_in_form(pre: Path, names: list[str], fmt: str) -> list[str]:
     """``names`` without the nodes the target's INT8 form leaves float anyway: the ranking runs on a Q/DQ twin that
     quantizes Conv and Gemm, while the QOperator form quantizes no Gemm (the attention's scale gate and the
     classifier). Keeping such a node "float" changes nothing in the built model and only spends a float-layer slot
-    (seen when the search ranked under entropy calibration: 2 of its first 4 picks were Gemms)."""
+    (seen in a search that ranked under strided entropy calibration: 2 of its first 4 picks were Gemms)."""
     import onnx
 
     from edgecxr.export.onnx_int8 import QOPERATOR_OPS
