@@ -44,7 +44,7 @@ def quiet():
 # until the last image has run: 16.8 GB for the shipped model's onnx-int8 export on its 90 calibration images, 18.5 GB
 # peak for README command 1 (AMD EPYC, 2026-12-04, run27). Reading in strides (its CalibStridedMinMax) bounds that but
 # merges histograms with other bin edges, which moved the ranges: the shipped model's onnx-int8 then failed its gate
-# (run28). So edgecxr runs the same calibration in two passes over the images, one image in memory at a time: first
+# (benchmarks/HISTORY.md, 2026-12-04). So edgecxr runs the same calibration in two passes over the images, one image in memory at a time: first
 # each tensor's extremes, then its histogram over the range one pass would have seen; the histograms and hence the
 # ranges are identical to ONNX Runtime's one pass (tested), and go to quantize_static through its calibration cache.
 _CACHE: tempfile.TemporaryDirectory | None = None
@@ -109,26 +109,23 @@ def histogram_calibration(pre: Path, calib: np.ndarray, input_name: str, method:
             for i, n in keep:
                 yield n, np.asarray(outs[i]).ravel()
 
-    lo: dict = {}
+    lo: dict = {}  # pass 1: each tensor's extremes (of |x| where the histogram is of |x|)
     hi: dict = {}
-    alo: dict = {}
-    ahi: dict = {}
-    for n, a in tensors():  # pass 1: extremes, raw and absolute
-        if a.size:
-            lo[n] = min(lo.get(n, np.nanmin(a)), np.nanmin(a))
-            hi[n] = max(hi.get(n, np.nanmax(a)), np.nanmax(a))
-            ab = np.abs(a)
-            alo[n] = min(alo.get(n, ab.min()), ab.min())
-            ahi[n] = max(ahi.get(n, ab.max()), ab.max())
-    if len(lo) != len(keep):  # an empty tensor: ONNX Runtime's own pass handles that case
-        return None
-    hist: dict = {}
-    for n, a in tensors():  # pass 2: histograms over the whole run's range
+    span: dict = {}
+    for n, a in tensors():
+        if not a.size:  # an empty tensor: ONNX Runtime's own pass handles that case
+            return None
+        mn, mx = np.nanmin(a), np.nanmax(a)
+        lo[n], hi[n] = (min(lo[n], mn), max(hi[n], mx)) if n in lo else (mn, mx)
         if on_abs:
-            h, edges = np.histogram(np.abs(a), bins=cal.num_bins, range=(alo[n], ahi[n]))
-        else:
-            t = np.array(max(abs(lo[n]), abs(hi[n])), dtype=a.dtype)
-            h, edges = np.histogram(a, cal.num_bins, range=(-t, t))
+            ab = np.abs(a)
+            amn, amx = ab.min(), ab.max()
+            span[n] = (min(span[n][0], amn), max(span[n][1], amx)) if n in span else (amn, amx)
+    if not on_abs:  # collect_value's symmetric range around 0
+        span = {n: (-t, t) for n in lo for t in [np.array(max(abs(lo[n]), abs(hi[n])), dtype=np.float32)]}
+    hist: dict = {}
+    for n, a in tensors():  # pass 2: histograms over the range one pass would have seen; the counts add up exactly
+        h, edges = np.histogram(np.abs(a) if on_abs else a, bins=cal.num_bins, range=span[n])
         if n in hist:
             hist[n][0] += h
         else:
@@ -136,12 +133,9 @@ def histogram_calibration(pre: Path, calib: np.ndarray, input_name: str, method:
     collector = HistogramCollector(method=method, symmetric=cal.symmetric, num_bins=cal.num_bins,
                                    num_quantized_bins=cal.num_quantized_bins, percentile=cal.percentile,
                                    scenario=cal.scenario)
-    for n, (h, edges) in hist.items():
-        if on_abs:
-            collector.histogram_dict[n] = (h, edges.astype(np.float32), lo[n], hi[n])
-        else:
-            t = np.array(max(abs(lo[n]), abs(hi[n])), dtype=np.float32)
-            collector.histogram_dict[n] = (h, edges, lo[n], hi[n], t)
+    for n, (h, edges) in hist.items():  # the tuples HistogramCollector.collect stores
+        collector.histogram_dict[n] = ((h, edges.astype(np.float32), lo[n], hi[n]) if on_abs
+                                       else (h, edges, lo[n], hi[n], span[n][1]))
     cal.collector = collector
     with quiet():
         return cal.compute_data()
