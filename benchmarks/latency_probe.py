@@ -8,6 +8,7 @@
                                                                 # precision), ONNX models (ONNX Runtime, CPU, all cores) and
                                                                 # checkpoints (.safetensors: torch eager FP32, the bench's
                                                                 # reference); each round's ratio to the first is printed
+                                                                # (--rounds 6 and --n 40 runs per artifact and round)
 """
 import sys
 import time
@@ -116,7 +117,10 @@ def interleaved(specs: list[str], rounds: int = 6, n: int = 40) -> None:
 
 
 if __name__ == "__main__":
-    if "--ab" in sys.argv:
-        interleaved([a for a in sys.argv[1:] if a != "--ab"])
+    if "--ab" in sys.argv:  # --rounds R and --n N (runs per artifact and round) may follow the artifacts
+        args = sys.argv[1:]
+        opts = {k: int(args[args.index(k) + 1]) for k in ("--rounds", "--n") if k in args}
+        specs = [a for i, a in enumerate(args) if a != "--ab" and a not in opts and (i == 0 or args[i - 1] not in opts)]
+        interleaved(specs, rounds=opts.get("--rounds", 6), n=opts.get("--n", 40))
     else:
         static_ab(sys.argv[1]) if "--static" in sys.argv else drift(sys.argv[1])

@@ -400,7 +400,7 @@ def test_onnx_search_keeps_the_fast_graph_form_until_float_layers_fail(tiny_chec
     from edgecxr.export import mixed
 
     ctx, tgt = _ctx_and_target(tiny_checkpoint, "onnx-int8")
-    tgt = dataclasses.replace(tgt, int8=dataclasses.replace(tgt.int8, bn_to_conv=True, max_float_layers=2))
+    tgt = dataclasses.replace(tgt, int8=dataclasses.replace(tgt.int8, bn_to_conv=True, max_float_layers=2, exclude=[]))
     ref = mixed._calib_reference(ctx)
     convs = [n.name for n in onnx.load(str(ctx.fp32_onnx(tgt, tmp_path))).graph.node if n.op_type == "Conv"]
     monkeypatch.setattr(mixed, "rank_onnx_nodes", lambda *a, **k: convs)
