@@ -418,6 +418,47 @@ def test_onnx_search_keeps_the_fast_graph_form_until_float_layers_fail(tiny_chec
     assert [len(g["float_nodes"]) for g in got] == [1, 2, 2]
 
 
+def test_onnx_search_refines_the_ranking_with_real_builds(tiny_checkpoint, tmp_path, monkeypatch):
+    """The Q/DQ twin's ranking is a proxy: its top convs are rebuilt alone in the target's form and re-ordered by
+    their logit error on the calibration images, so a single float conv that the proxy ranked second is tried (and
+    gated) before any pair; the best single's build is reused, not rebuilt (as for the shipped model 76fa283b, whose
+    stem alone passes where the proxy's first pick fails)."""
+    import dataclasses
+    import time
+
+    import onnx
+
+    from edgecxr.export import mixed
+
+    ctx, tgt = _ctx_and_target(tiny_checkpoint, "onnx-int8")
+    tgt = dataclasses.replace(tgt, int8=dataclasses.replace(tgt.int8, exclude=[], max_float_layers=2))
+    ref = mixed._calib_reference(ctx)
+    convs = [n.name for n in onnx.load(str(ctx.fp32_onnx(tgt, tmp_path))).graph.node if n.op_type == "Conv"]
+    assert len(convs) >= 3
+    monkeypatch.setattr(mixed, "rank_onnx_nodes", lambda *a, **k: list(convs))
+    err_alone = {convs[0]: 0.04, convs[1]: 0.01, convs[2]: 0.03}  # the proxy's second is the real best single
+    builds = []
+
+    def fake_logits(path, engine, x):
+        fl = engine["int8"].get("float_nodes") or []
+        builds.append(tuple(fl))
+        err = 0.05 if not fl else min(err_alone.get(n, 0.045) for n in fl) / len(fl)
+        return ref + err * np.array([1.0, -1.0, 0.0])[: ref.shape[1]]
+
+    monkeypatch.setattr(mixed, "_runner_logits", fake_logits)
+    monkeypatch.setattr(mixed, "onnx_knobs", lambda o: [])
+    history: list = []
+    initial = {"backend": "onnx", "int8": {"calibration": tgt.int8.calibration, "bn_to_conv": tgt.int8.bn_to_conv}}
+    search = mixed._onnx_search(ctx, tgt, tmp_path, initial, time.perf_counter(), 600, history, tmp_path / "x.onnx")
+    path, eng, why = next(search)
+    assert eng["int8"]["float_nodes"] == [convs[1]] and path.exists()  # the real best single goes to the gate first
+    assert builds[1:4] == [(convs[0],), (convs[1],), (convs[2],)]  # after the initial: the three singles
+    assert len(builds) == 4  # the best single was not built twice
+    path, eng, why = next(search)  # it failed the gate: the pair of the two best singles
+    assert eng["int8"]["float_nodes"] == [convs[1], convs[2]]
+    assert any("refining the ranking" in h.get("step", "") for h in history)
+
+
 def test_logit_error_orders_builds_that_agree():
     from edgecxr.export.mixed import _Best, logit_error
 
