@@ -117,10 +117,16 @@ def interleaved(specs: list[str], rounds: int = 6, n: int = 40) -> None:
 
 
 if __name__ == "__main__":
-    if "--ab" in sys.argv:  # --rounds R and --n N (runs per artifact and round) may follow the artifacts
-        args = sys.argv[1:]
-        opts = {k: int(args[args.index(k) + 1]) for k in ("--rounds", "--n") if k in args}
-        specs = [a for i, a in enumerate(args) if a != "--ab" and a not in opts and (i == 0 or args[i - 1] not in opts)]
-        interleaved(specs, rounds=opts.get("--rounds", 6), n=opts.get("--n", 40))
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("artifacts", nargs="+")
+    ap.add_argument("--ab", action="store_true", help="several artifacts interleaved at batch 1")
+    ap.add_argument("--static", action="store_true", help="OpenVINO: dynamic vs static-shape compile")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--n", type=int, default=40, help="runs per artifact and round (--ab)")
+    a = ap.parse_args()
+    if a.ab:
+        interleaved(a.artifacts, rounds=a.rounds, n=a.n)
     else:
-        static_ab(sys.argv[1]) if "--static" in sys.argv else drift(sys.argv[1])
+        static_ab(a.artifacts[0]) if a.static else drift(a.artifacts[0])

@@ -262,6 +262,18 @@ def test_onnx_int8_shared_concat_scales(tiny_checkpoint, tmp_path):
     logits = [ort.InferenceSession(str(models[k])).run(None, {"input": x})[0] for k in (False, True)]
     assert np.isfinite(logits[1]).all()
     assert np.abs(logits[1] - logits[0]).max() < 0.5 * np.abs(logits[0]).max() + 1e-3
+    # only=: one block's concatenations shared, the others' parameters untouched (benchmarks/concat_scale_probe.py)
+    blocks = sorted({n.name.split("/")[1] for n in onnx.load(str(path)).graph.node
+                     if n.op_type == "QLinearConcat" and n.name.startswith("/denseblock")})
+    one = tmp_path / "one.onnx"
+    shutil.copyfile(path, one)
+    assert share_concat_scales(one, only=(f"/{blocks[0]}/",)) > 0
+    names = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "QLinearConcat"]
+    inside = [n.startswith(f"/{blocks[0]}/") for n in names]
+    assert len(blocks) > 1 and any(inside) and not all(inside)
+    pairs = list(zip(inside, before, concat_params(one)))
+    assert all(b == a for ins, b, a in pairs if not ins)  # other blocks untouched
+    assert any(b != a for ins, b, a in pairs if ins)
 
 
 def test_int8_quantization_keeps_the_terminal_quiet_and_says_its_steps(tiny_checkpoint, tmp_path, capsys, caplog):

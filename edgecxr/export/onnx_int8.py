@@ -44,9 +44,10 @@ def quiet():
 # until the last image has run: 16.8 GB for the shipped model's onnx-int8 export on its 90 calibration images, 18.5 GB
 # peak for README command 1 (AMD EPYC, 2026-12-04, run27). Reading in strides (its CalibStridedMinMax) bounds that but
 # merges histograms with other bin edges, which moved the ranges: the shipped model's onnx-int8 then failed its gate
-# (benchmarks/HISTORY.md, 2026-12-04). So edgecxr runs the same calibration in two passes over the images, one image in memory at a time: first
-# each tensor's extremes, then its histogram over the range one pass would have seen; the histograms and hence the
-# ranges are identical to ONNX Runtime's one pass (tested), and go to quantize_static through its calibration cache.
+# (benchmarks/HISTORY.md, 2026-12-04). So edgecxr runs the same calibration in two passes over the images, one image
+# in memory at a time: first each tensor's extremes, then its histogram over the range one pass would have seen; the
+# histograms and hence the ranges are identical to ONNX Runtime's one pass (tested), and go to quantize_static through
+# its calibration cache.
 _CACHE: tempfile.TemporaryDirectory | None = None
 _CALIB_OPTION_KEYS = {"CalibTensorRangeSymmetric": "symmetric", "CalibMovingAverage": "moving_average",
                       "CalibMovingAverageConstant": "averaging_constant", "CalibPercentile": "percentile"}
@@ -259,9 +260,10 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, fmt: str = "qoperato
     return Path(out)
 
 
-def share_concat_scales(path: Path) -> int:
+def share_concat_scales(path: Path, only: tuple[str, ...] = ()) -> int:
     """Give the tensors that meet in QLinearConcats one scale and zero point per group (the union of their calibrated
-    ranges); return how many tensors changed.
+    ranges); return how many tensors changed. ``only``: node-name prefixes of the concatenations to consider (e.g.
+    ``("/denseblock4/",)``; empty: all).
 
     DenseNet concatenates every earlier feature map again in each dense layer; with its own scale per tensor, ONNX
     Runtime's QLinearConcat requantizes every input through a lookup table, with equal parameters it copies bytes.
@@ -294,7 +296,7 @@ def share_concat_scales(path: Path) -> int:
         return x
 
     for n in m.graph.node:
-        if n.op_type != "QLinearConcat":
+        if n.op_type != "QLinearConcat" or (only and not n.name.startswith(tuple(only))):
             continue
         pairs = [(n.input[0], n.input[1])] + [(n.input[i + 1], n.input[i + 2]) for i in range(2, len(n.input), 3)]
         pairs = [p for p in pairs if params(*p) is not None]
