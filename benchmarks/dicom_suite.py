@@ -17,6 +17,12 @@ radiograph reads the same in every encoding a hospital may send.
 
     python benchmarks/dicom_suite.py exports/covid-densenet-cxr3-76fa283b/openvino-int8 --out benchmarks/results/dicom-suite-76fa283b.md
 
+Other suites (any folder of files; the bundled ones can be left out), e.g. the DICOM test files inside the nibabel
+and pynetdicom wheels (MIT): `pip download --no-deps nibabel==5.4.2 pynetdicom==3.0.4 -d wheels`, unzip them, then
+
+    python benchmarks/dicom_suite.py ARTIFACT --no-bundled --suite nibabel=DIR/nibabel/tests/data \
+        --suite nibabel-nicom=DIR/nibabel/nicom/tests/data --suite pynetdicom=DIR/pynetdicom/tests/dicom_files
+
 Nothing leaves the machine; the files are written to a temporary folder and deleted.
 """
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import sys
 import tempfile
 import time
 import warnings
@@ -32,11 +39,19 @@ from pathlib import Path
 import numpy as np
 
 
-def _suite_roots() -> dict[str, Path]:
-    """The test-suite folders on this machine (the wheels' own files: nothing is downloaded)."""
+def _suite_roots(extra: list[str], bundled: bool = True) -> dict[str, Path]:
+    """The test-suite folders on this machine (the wheels' own files: nothing is downloaded), and any NAME=DIR given."""
     import pydicom
 
-    roots = {"pydicom": Path(pydicom.__file__).parent / "data" / "test_files"}
+    roots = {}
+    for item in extra:
+        name, sep, folder = item.partition("=")
+        if not sep or not Path(folder).is_dir():
+            raise SystemExit(f"--suite takes NAME=FOLDER with an existing folder, got {item!r}")
+        roots[name] = Path(folder)
+    if not bundled:
+        return roots
+    roots["pydicom"] = Path(pydicom.__file__).parent / "data" / "test_files"
     try:
         import data_store  # the pydicom-data package
 
@@ -174,6 +189,9 @@ def main() -> None:
     ap.add_argument("--image", type=Path, default=None, help="a PNG chest X-ray (default: the first shipped eval image)")
     ap.add_argument("--tolerance", type=float, default=0.02, help="largest allowed probability difference to the PNG")
     ap.add_argument("--out", type=Path, default=None, help="write the report (Markdown) here")
+    ap.add_argument("--suite", action="append", default=[], metavar="NAME=FOLDER",
+                    help="another folder of DICOM test files (e.g. an unpacked wheel's tests/data); repeatable")
+    ap.add_argument("--no-bundled", action="store_true", help="leave out pydicom's and pydicom-data's test files")
     a = ap.parse_args()
     warnings.filterwarnings("ignore")
     from edgecxr.hardware import cpu_info
@@ -181,8 +199,8 @@ def main() -> None:
     from edgecxr.runtime import iter_images, load
 
     png = a.image or sorted((eval_dir() / "COVID-19").glob("*.png"))[0]
-    roots = _suite_roots()
-    lines = [f"# python benchmarks/dicom_suite.py {a.artifact}", "",
+    roots = _suite_roots(a.suite, bundled=not a.no_bundled)
+    lines = ["# python benchmarks/dicom_suite.py " + " ".join(sys.argv[1:]), "",
              f"{time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}; CPU {cpu_info()['model']}, ISA "
              f"{', '.join(cpu_info()['isa'])}; test suites: {', '.join(roots)}; reference image {png.name}", ""]
     failures = []
