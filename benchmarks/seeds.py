@@ -1,5 +1,7 @@
 """Several seeds of two architectures on the same images: mean +- sd of accuracy and of each class's and source's
-sensitivity, and an exact McNemar test per seed pair (seed i of A against seed i of B), as issue 14 asks.
+sensitivity, and an exact McNemar test per seed pair (seed i of A against seed i of B), as issue 14 asks; with two or
+more pairs also all pairs at once, image by image: the mean difference with a bootstrap interval over images and a
+paired permutation test (per-image differences averaged over seeds, signs flipped at random).
 
 Run: python benchmarks/seeds.py benchmarks/results/training research test
      (reads DIR/CONFIG-ARCH-sN-eval-SPLIT/eval.json for ARCH in covid-densenet, densenet121)
@@ -71,6 +73,7 @@ def summary(root: Path, config: str, split: str, tag: str = "", variants: list[s
     a, b = archs[:2]
     out += ["", f"Paired per seed (A = {a}, B = {b}; same data and seed):", "",
             "| seed | accuracy A / B | A right only / B right only | exact McNemar p |", "|---|---|---|---|"]
+    diffs = []
     for s in sorted(set(table[a]) & set(table[b])):
         fa, ca = correct(table[a][s])
         fb, cb = correct(table[b][s])
@@ -78,7 +81,28 @@ def summary(root: Path, config: str, split: str, tag: str = "", variants: list[s
             raise SystemExit(f"seed {s}: the two evaluations hold different images")
         t = mcnemar_exact(ca, cb)
         out.append(f"| {s} | {100 * ca.mean():.1f} / {100 * cb.mean():.1f} | {t['a_only']} / {t['b_only']} | {t['p_value']:.3g} |")
+        diffs.append(ca.astype(float) - cb.astype(float))
+    if len(diffs) > 1:
+        p = pooled(np.mean(diffs, axis=0))
+        out += ["", f"All {len(diffs)} seed pairs together, image by image (each image's share of seeds A gets right minus "
+                f"B's): A - B = **{p['mean']:+.1f} points**, 95% bootstrap interval over images [{p['lo']:+.1f}, "
+                f"{p['hi']:+.1f}]; paired permutation test (sign flips per image) p = {p['p_value']:.3g}"]
     return out
+
+
+def pooled(d: np.ndarray) -> dict:
+    """Mean of per-image differences (in points) with a 95% bootstrap interval over images and a two-sided sign-flip
+    permutation p (scipy.stats; scipy comes with the openvino extra through NNCF)."""
+    from scipy import stats
+
+    mean = lambda x, axis=-1: np.mean(x, axis=axis)  # noqa: E731 - vectorised statistic for scipy
+    perm = stats.permutation_test((d,), mean, permutation_type="samples", vectorized=True, n_resamples=100_000,
+                                  random_state=0)
+    if np.ptp(d) == 0:  # every image alike: no spread to resample (scipy's BCa interval is undefined there)
+        return {"mean": 100 * d.mean(), "lo": 100 * d.mean(), "hi": 100 * d.mean(), "p_value": float(perm.pvalue)}
+    ci = stats.bootstrap((d,), mean, vectorized=True, confidence_level=0.95, n_resamples=10_000,
+                         random_state=0).confidence_interval
+    return {"mean": 100 * d.mean(), "lo": 100 * ci.low, "hi": 100 * ci.high, "p_value": float(perm.pvalue)}
 
 
 def plot(root: Path, config: str, split: str, tag: str, out: Path, variants: list[str] | None = None) -> None:

@@ -51,3 +51,21 @@ def test_mcnemar_and_wilson():
     lo, hi = wilson_ci(90, 100)
     assert 0.82 < lo < 0.9 < hi < 0.95
     assert agreement(np.array([1, 2, 3]), np.array([1, 2, 0])) == pytest.approx(2 / 3)
+
+
+def test_seed_pairs_pooled_by_image():
+    """benchmarks/seeds.py: all seed pairs at once, image by image (bootstrap interval and sign-flip permutation p)."""
+    pytest.importorskip("scipy", reason="scipy comes with the openvino extra (NNCF); the pooled test needs it")
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("seeds", Path(__file__).parents[1] / "benchmarks" / "seeds.py")
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+    same = seeds.pooled(np.zeros(50))
+    assert same["mean"] == same["lo"] == same["hi"] == 0 and same["p_value"] == 1.0
+    better = seeds.pooled(np.r_[np.ones(20), np.zeros(30)])  # A right on 20 images where B is wrong, never the reverse
+    assert better["mean"] == pytest.approx(40.0)
+    assert 0 < better["lo"] < 40 < better["hi"] and better["p_value"] < 1e-4
+    mixed = seeds.pooled(np.r_[np.ones(10), -np.ones(10), np.zeros(30)])
+    assert mixed["lo"] < 0 < mixed["hi"] and mixed["p_value"] > 0.5
