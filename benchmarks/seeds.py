@@ -83,7 +83,10 @@ def summary(root: Path, config: str, split: str, tag: str = "", variants: list[s
         out.append(f"| {s} | {100 * ca.mean():.1f} / {100 * cb.mean():.1f} | {t['a_only']} / {t['b_only']} | {t['p_value']:.3g} |")
         diffs.append(ca.astype(float) - cb.astype(float))
     if len(diffs) > 1:
-        p = pooled(np.mean(diffs, axis=0))
+        try:
+            p = pooled(np.mean(diffs, axis=0))
+        except ImportError:
+            return out + ["", "(all pairs together: needs scipy, e.g. pip install -e '.[openvino]' or pip install scipy)"]
         out += ["", f"All {len(diffs)} seed pairs together, image by image (each image's share of seeds A gets right minus "
                 f"B's): A - B = **{p['mean']:+.1f} points**, 95% bootstrap interval over images [{p['lo']:+.1f}, "
                 f"{p['hi']:+.1f}]; paired permutation test (sign flips per image) p = {p['p_value']:.3g}"]
