@@ -251,7 +251,7 @@ benchmarks/results/seeds-research-e60-test.png`:
 ![each seed of both architectures on dev test, with 95% intervals and issue 14's goals](../../benchmarks/results/seeds-research-e60-test.png)
 
 **Neither architecture is shown better** (dev test means 0.2 points apart, no seed pair at p < 0.05 on test or val,
-val point estimates split two to two; all pairs image by image: the interval above holds 0 and also the paper's +3-4
+val point estimates split two to two; all pairs image by image: the interval above holds 0 and also the paper's +3.33
 points, so this test set cannot settle a gap of that size). Both miss issue 14's research goal (85%): Cohen-collection
 COVID-19 and Pneumonia hold them back, and most of those errors are shared by the six models of seeds 0-2 (8 of the 44
 NIH Pneumonia and 3 of the 14 Cohen-collection COVID-19 test images are missed by every one; averaging the six gives
