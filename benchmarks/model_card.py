@@ -29,6 +29,8 @@ DEFAULT_RUNS = [
     ("previous shipped model (30 epochs, fee380fb)", ROOT / "benchmarks/results/shipped-fee380fb-eval-test/eval.json"),
     ("60 epochs, seed 0, AMD EPYC (checkpoint lost, never shipped)", TRAINING / "shipped-covid-densenet-e60-s0-eval-test/eval.json"),
     ("60 epochs, seed 2, AMD EPYC (never shipped: val macro-F1 0.783 < 0.797)", TRAINING / "shipped-covid-densenet-e60-s2-eval-test/eval.json"),
+    ("60 epochs, seed 3, AMD EPYC, 2026-12-04 (never shipped: val macro-F1 0.7973 vs the shipped seed's 0.7969, a tie)",
+     TRAINING / "shipped-covid-densenet-e60-s3-eval-test/eval.json"),
     ("the shipped recipe with `AUG=robust` (border and patch erasing; seed 1, AMD EPYC; never shipped)",
      TRAINING / "shipped-covid-densenet-e60-robust-s1-eval-test/eval.json"),
     ("plain DenseNet121, the shipped recipe (60 epochs, seed 0, AMD EPYC; never shipped)",
