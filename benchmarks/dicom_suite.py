@@ -23,6 +23,9 @@ and pynetdicom wheels (MIT): `pip download --no-deps nibabel==5.4.2 pynetdicom==
     python benchmarks/dicom_suite.py ARTIFACT --no-bundled --suite nibabel=DIR/nibabel/tests/data \
         --suite nibabel-nicom=DIR/nibabel/nicom/tests/data --suite pynetdicom=DIR/pynetdicom/tests/dicom_files
 
+or the 52 DICOM test files of the dicognito 0.19.0 source distribution (MIT; `pip download --no-deps --no-binary
+:all: dicognito==0.19.0`, untar): `--no-bundled --suite dicognito=DIR/dicognito-0.19.0/tests`.
+
 Nothing leaves the machine; the files are written to a temporary folder and deleted.
 """
 
