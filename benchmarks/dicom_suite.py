@@ -25,6 +25,9 @@ and pynetdicom wheels (MIT): `pip download --no-deps nibabel==5.4.2 pynetdicom==
 
 or the 52 DICOM test files of the dicognito 0.19.0 source distribution (MIT; `pip download --no-deps --no-binary
 :all: dicognito==0.19.0`, untar): `--no-bundled --suite dicognito=DIR/dicognito-0.19.0/tests`.
+Likewise the heudiconv 1.5.1 (Apache-2.0; Siemens MR incl. a multi-frame one, an SR, phantoms) and dicomweb-client
+0.61.2 (MIT; a slide-microscopy image and its DICOMweb test payloads) source distributions: `--suite
+heudiconv=DIR/heudiconv-1.5.1/heudiconv/tests/data --suite dicomweb-client=DIR/dicomweb_client-0.61.2/data`.
 
 Nothing leaves the machine; the files are written to a temporary folder and deleted.
 """
