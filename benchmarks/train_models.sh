@@ -21,6 +21,8 @@ FRACTION=${FRACTION:-1.0}   # share of training patients per class and source (s
 TAG=${TAG:-}
 DATA=${DATA:-../shared/cxr/dev/MANIFEST.csv}
 EDGECXR=${EDGECXR:-edgecxr}
+THREADS=${THREADS:-2}       # torch CPU threads of the training process
+WORKERS=${WORKERS:-0}       # data-loader processes (a GPU machine: 1-2 per concurrent run; benchmarks/campaign.py)
 case "$CONFIG" in
   shipped) FLAG=--permissive-only ;;
   research) FLAG=--no-permissive-only ;;
@@ -29,7 +31,7 @@ esac
 for ARCH in $ARCHS; do
   RUN="runs/$CONFIG-$ARCH$TAG-s$SEED"
   $EDGECXR train "$DATA" $FLAG --arch "$ARCH" --epochs "$EPOCHS" --batch 16 --lr 1e-3 $BAL --fraction "$FRACTION" \
-    --augment "$AUG" --label-smoothing "$LS" --mixup "$MIXUP" --ema "$EMA" --select macro_f1 --seed "$SEED" --threads 2 $EQ --out "$RUN"
+    --augment "$AUG" --label-smoothing "$LS" --mixup "$MIXUP" --ema "$EMA" --select macro_f1 --seed "$SEED" --threads "$THREADS" --workers "$WORKERS" $EQ --out "$RUN"
   $EDGECXR eval "$RUN/best.safetensors" "$DATA" --split test --out "$RUN/eval-test"
   $EDGECXR eval "$RUN/best.safetensors" "$DATA" --split val --out "$RUN/eval-val" --n-boot 200
 done

@@ -313,6 +313,20 @@ def save_epoch(run: Run, epoch: int, vm: dict, score: float, meta_base: dict) ->
         warnings.warn(f"curves.png not written: {exc}", stacklevel=1)
 
 
+def trained_on(run: Run) -> dict:
+    """Where the weights were trained: device, autocast dtype, torch version (GPU and CPU seeds differ numerically)."""
+    if run.device.type == "cuda":
+        where = torch.cuda.get_device_name(run.device)
+    else:
+        from edgecxr.hardware import cpu_info
+
+        info = cpu_info()
+        where = f"{info.get('model', 'CPU')}; ISA {', '.join(info.get('isa', []))}"
+    return {"device": run.device.type, "name": where, "world_size": run.world,
+            "autocast": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype is not None else "fp32",
+            "torch": torch.__version__}
+
+
 def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sample], out: Path,
           resume: bool = True, data_info: dict | None = None, progress: bool = True) -> dict:
     """Train and return the run summary. ``out`` gets last.pt, best.safetensors(+.json), metrics.{json,csv}."""
@@ -321,7 +335,7 @@ def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sampl
         resume_from(run, run.out / "last.pt")
     meta_base = {"edgecxr_version": __version__, "arch": cfg.arch, "classes": cfg.classes,
                  "preprocess": PreprocessConfig(size=cfg.size, resize=cfg.resize, equalize=cfg.equalize).to_dict(),
-                 "train_config": asdict(cfg), "data": data_info or {}}
+                 "train_config": asdict(cfg), "data": data_info or {}, "trained_on": trained_on(run)}
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     steps_per_epoch = max(1, len(run.train_dl))
