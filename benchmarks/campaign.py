@@ -80,8 +80,9 @@ def parse_job(text: str, common: dict[str, str], priority: int) -> Job:
 
 class Scheduler:
     def __init__(self, jobs: list[Job], parallel: int, deadline: float, eval_s: float, base_env: dict[str, str],
-                 logs: Path):
+                 logs: Path, script: str = "benchmarks/train_models.sh", settle: float = 30.0):
         self.jobs, self.parallel, self.eval_s, self.base_env, self.logs = jobs, parallel, eval_s, base_env, logs
+        self.script, self.settle = script, settle  # settle: seconds after a change before the next one
         self.t0 = time.monotonic()
         self.deadline = self.t0 + deadline
         self.last_change = 0.0
@@ -99,7 +100,7 @@ class Scheduler:
     def start(self, job: Job) -> None:
         env = {**os.environ, **self.base_env, **job.env}
         fh = (self.logs / f"{job.name}.log").open("a")
-        job.proc = subprocess.Popen(["bash", "benchmarks/train_models.sh", job.config, str(job.seed), job.arch],
+        job.proc = subprocess.Popen(["bash", self.script, job.config, str(job.seed), job.arch],
                                     env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         job.state, job.started, job.last_tick = "running", self.now(), self.now()
         self.last_change = self.now()
@@ -144,7 +145,7 @@ class Scheduler:
                 j.last_tick = now
         left = self.deadline - now
         run = self.running()
-        settled = now - self.last_change > 30
+        settled = now - self.last_change > self.settle
         known = [j for j in run if len(j.epoch_times) >= 2]  # a rate needs two epochs
         late = [j for j in known if self.remaining(j) > left]
         if late and len(run) > 1 and settled:
@@ -231,7 +232,7 @@ def hardware_line() -> str:
     return f"CPU only, {os.cpu_count()} cores"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("jobs", nargs="+", help="CONFIG:ARCH:SEED[:VAR=VALUE,...], highest priority first")
     ap.add_argument("--env", nargs="*", default=[], help="VAR=VALUE for every job (EPOCHS=60 TAG=-e60 ...)")
@@ -244,7 +245,9 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="MANIFEST.csv (default: train_models.sh's)")
     ap.add_argument("--collect", type=Path, default=Path("benchmarks/results/training"))
     ap.add_argument("--logs", type=Path, default=Path("logs/campaign"))
-    a = ap.parse_args()
+    ap.add_argument("--script", default="benchmarks/train_models.sh", help="the job script (CONFIG SEED ARCH)")
+    ap.add_argument("--poll", type=float, default=5.0, help="seconds between scheduler checks")
+    a = ap.parse_args(argv)
     common = dict(kv.split("=", 1) for kv in a.env)
     jobs = [parse_job(t, common, i) for i, t in enumerate(a.jobs)]
     base = {"WORKERS": str(a.workers), "THREADS": str(a.threads), "OMP_NUM_THREADS": str(a.eval_threads),
@@ -253,8 +256,8 @@ def main() -> None:
         base["DATA"] = a.data
     hw = hardware_line()
     print(f"{len(jobs)} jobs, {a.parallel} at a time, deadline {a.deadline:.0f} s; {hw}", flush=True)
-    sched = Scheduler(jobs, a.parallel, a.deadline, a.eval_s, base, a.logs)
-    sched.run()
+    sched = Scheduler(jobs, a.parallel, a.deadline, a.eval_s, base, a.logs, a.script, settle=max(6 * a.poll, 1.0))
+    sched.run(a.poll)
     for j in jobs:
         if j.state == "done":
             collect(j, a.collect)

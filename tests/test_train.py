@@ -32,6 +32,8 @@ def test_train_checkpoint_resume_and_eval(tmp_path, tiny_sets):
         assert (out / f).is_file(), f
     hist = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2]
+    where = json.loads((out / "best.json").read_text())["trained_on"]  # CPU and GPU seeds differ numerically
+    assert where["device"] == "cpu" and where["autocast"] in ("bfloat16", "fp32") and where["torch"] == torch.__version__
     from edgecxr.train.curves import main as curves_main, read_history
 
     assert [h["epoch"] for h in read_history(out / "metrics.csv")] == [1.0, 2.0]
