@@ -11,6 +11,8 @@ Run: python benchmarks/seeds.py benchmarks/results/training research test
      (also a figure: each seed's accuracy and per-source sensitivities with 95% Wilson intervals, and issue 14's goals)
      python benchmarks/seeds.py benchmarks/results/training research test --compare covid-densenet-e60 covid-densenet-e60-mixup
      (any two run names without the seed, e.g. one recipe change on one architecture: A and B in that order)
+     python benchmarks/seeds.py benchmarks/results/training research test -e60 --seeds 4,5,6
+     (only those seeds: e.g. the ones trained on a GPU, whose config says trained_on cuda)
 """
 import json
 import re
@@ -22,13 +24,14 @@ import numpy as np
 from edgecxr.metrics import mcnemar_exact
 
 ARCHS = ("covid-densenet", "densenet121")
+SEED_FILTER: set[int] | None = None  # --seeds 4,5,6: only these seeds (e.g. the runs trained on one kind of machine)
 
 
 def runs(root: Path, config: str, arch: str, split: str) -> dict[int, dict]:
     out = {}
     for p in sorted(root.glob(f"{config}-{arch}-s*-eval-{split}/eval.json")):
         m = re.fullmatch(rf"{config}-{arch}-s(\d+)-eval-{split}", p.parent.name)
-        if m:
+        if m and (SEED_FILTER is None or int(m.group(1)) in SEED_FILTER):
             out[int(m.group(1))] = json.loads(p.read_text())
     return out
 
@@ -165,6 +168,10 @@ def main() -> None:
     if "--plot" in args:  # parsed by hand: the TAG itself starts with "-" (-e60), which argparse takes for an option
         i = args.index("--plot")
         out, args = Path(args[i + 1]), args[:i] + args[i + 2:]
+    global SEED_FILTER
+    if "--seeds" in args:
+        i = args.index("--seeds")
+        SEED_FILTER, args = {int(x) for x in args[i + 1].split(",")}, args[:i] + args[i + 2:]
     variants = None
     if "--compare" in args:
         i = args.index("--compare")

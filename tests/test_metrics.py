@@ -69,3 +69,25 @@ def test_seed_pairs_pooled_by_image():
     assert 0 < better["lo"] < 40 < better["hi"] and better["p_value"] < 1e-4
     mixed = seeds.pooled(np.r_[np.ones(10), -np.ones(10), np.zeros(30)])
     assert mixed["lo"] < 0 < mixed["hi"] and mixed["p_value"] > 0.5
+
+
+def test_seeds_filter_keeps_only_the_named_seeds(tmp_path, monkeypatch):
+    """benchmarks/seeds.py --seeds: the runs of the named seeds only (e.g. those trained on one kind of machine)."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("seeds", Path(__file__).parents[1] / "benchmarks" / "seeds.py")
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+    for s in (0, 1, 4):
+        d = tmp_path / f"research-densenet121-e60-s{s}-eval-test"
+        d.mkdir()
+        (d / "eval.json").write_text(json.dumps({"seed": s}))
+    assert sorted(seeds.runs(tmp_path, "research", "densenet121-e60", "test")) == [0, 1, 4]
+    monkeypatch.setattr(sys, "argv", ["seeds.py", str(tmp_path), "research", "test", "-e60", "--seeds", "4,9"])
+    monkeypatch.setattr(seeds, "summary", lambda *a, **k: ["stub"])  # main parses, then summarises what runs() finds
+    seeds.main()
+    assert seeds.SEED_FILTER == {4, 9}
+    assert list(seeds.runs(tmp_path, "research", "densenet121-e60", "test")) == [4]
