@@ -76,6 +76,20 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_sets, mixup):
         assert json.loads((tmp_path / "a" / "best.json").read_text())["train_config"]["mixup"] == mixup
 
 
+def test_resume_on_another_machine_keeps_where_the_first_epochs_ran(tmp_path, tiny_sets):
+    tr, va = tiny_sets
+    cfg = TrainConfig(arch="densenet121", epochs=2, batch_size=4, size=32, seed=1)
+    out = tmp_path / "run"
+    train(TrainConfig(**{**cfg.__dict__, "max_steps": len(tr) // 4}), tr, va, out, progress=False)
+    st = torch.load(out / "last.pt", weights_only=False)
+    assert st["meta"]["trained_on"]["device"] == "cpu"
+    st["meta"]["trained_on"] = {"device": "cuda", "name": "NVIDIA H200", "autocast": "float16"}  # as if epoch 1 ran there
+    torch.save(st, out / "last.pt")
+    train(cfg, tr, va, out, progress=False)
+    where = torch.load(out / "last.pt", weights_only=False)["meta"]["trained_on"]
+    assert where["device"] == "cpu" and where["earlier_epochs_on"]["name"] == "NVIDIA H200"
+
+
 def _split_folder(root: Path) -> Path:
     for split, src in (("train", calibration_dir()), ("val", eval_dir())):
         for c in ("COVID-19", "Normal", "Pneumonia"):

@@ -226,8 +226,8 @@ def build_run(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[S
                [s.source for s in val_samples], amp_dtype, channels_last, ema, mix)
 
 
-def resume_from(run: Run, last: Path) -> None:
-    """Restore model, optimiser, schedule, scaler, EMA and history from ``last.pt``."""
+def resume_from(run: Run, last: Path) -> dict:
+    """Restore model, optimiser, schedule, scaler, EMA and history from ``last.pt``; return its recorded meta."""
     st = torch.load(last, map_location="cpu", weights_only=False)
     run.model.load_state_dict(st["model"])
     run.opt.load_state_dict(st["optimizer"])
@@ -236,6 +236,7 @@ def resume_from(run: Run, last: Path) -> None:
     run.start_epoch, run.best, run.history = st["epoch"] + 1, st["best"], st["history"]
     if run.ema is not None and "ema" in st:
         run.ema.load_state_dict(st["ema"])
+    return st.get("meta") or {}
 
 
 def train_one_epoch(run: Run, epoch: int, on_step=None) -> dict:
@@ -331,11 +332,14 @@ def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sampl
           resume: bool = True, data_info: dict | None = None, progress: bool = True) -> dict:
     """Train and return the run summary. ``out`` gets last.pt, best.safetensors(+.json), metrics.{json,csv}."""
     run = build_run(cfg, train_samples, val_samples, out)
+    where, before = trained_on(run), {}
     if resume and (run.out / "last.pt").is_file():
-        resume_from(run, run.out / "last.pt")
+        before = resume_from(run, run.out / "last.pt").get("trained_on") or {}
+    if before and any(before.get(k) != where[k] for k in ("device", "name", "autocast")):
+        where["earlier_epochs_on"] = before  # resumed on another machine: keep where the first epochs ran
     meta_base = {"edgecxr_version": __version__, "arch": cfg.arch, "classes": cfg.classes,
                  "preprocess": PreprocessConfig(size=cfg.size, resize=cfg.resize, equalize=cfg.equalize).to_dict(),
-                 "train_config": asdict(cfg), "data": data_info or {}, "trained_on": trained_on(run)}
+                 "train_config": asdict(cfg), "data": data_info or {}, "trained_on": where}
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     steps_per_epoch = max(1, len(run.train_dl))
