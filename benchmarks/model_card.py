@@ -19,7 +19,7 @@ import numpy as np
 from edgecxr.metrics import mcnemar_exact, per_source, point_metrics, wilson_ci
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seeds import ARCHS, runs as seed_runs, summary as seeds_summary  # noqa: E402
+from seeds import ARCHS, runs as seed_runs, summary as seeds_summary, verdict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ROOT / "benchmarks" / "results" / "training"
@@ -295,9 +295,8 @@ benchmarks/results/seeds-research-e60-test.png`:
 
 ![each seed of both architectures on dev test, with 95% intervals and issue 14's goals](../../benchmarks/results/seeds-research-e60-test.png)
 
-**Neither architecture is shown better** (dev test means 0.2 points apart, no seed pair at p < 0.05 on test or val,
-val point estimates split two to two; all pairs image by image: the interval above holds 0 and also the paper's +3.33
-points, so this test set cannot settle a gap of that size). Both miss issue 14's research goal (85%): Cohen-collection
+**Neither architecture is shown better** ({verdict(TRAINING) if all(seeds60.values()) else "too few seeds"}; set that
+interval beside the paper's +3.33 / +4.17 points: this test set cannot settle a gap of that size). Both miss issue 14's research goal (85%): Cohen-collection
 COVID-19 and Pneumonia hold them back, and most of those errors are shared by the six models of seeds 0-2 (8 of the 44
 NIH Pneumonia and 3 of the 14 Cohen-collection COVID-19 test images are missed by every one; averaging the six gives
 79.7%); those 14 Cohen

@@ -77,14 +77,11 @@ def summary(root: Path, config: str, split: str, tag: str = "", variants: list[s
     out += ["", f"Paired per seed (A = {a}, B = {b}; same data and seed):", "",
             "| seed | accuracy A / B | A right only / B right only | exact McNemar p |", "|---|---|---|---|"]
     diffs = []
-    for s in sorted(set(table[a]) & set(table[b])):
-        fa, ca = correct(table[a][s])
-        fb, cb = correct(table[b][s])
-        if fa != fb:
-            raise SystemExit(f"seed {s}: the two evaluations hold different images")
-        t = mcnemar_exact(ca, cb)
-        out.append(f"| {s} | {100 * ca.mean():.1f} / {100 * cb.mean():.1f} | {t['a_only']} / {t['b_only']} | {t['p_value']:.3g} |")
-        diffs.append(ca.astype(float) - cb.astype(float))
+    for t in pairs(root, config, split, a, b):
+        d = t["diff"]
+        out.append(f"| {t['seed']} | {t['acc_a']:.1f} / {t['acc_b']:.1f} | {int((d > 0).sum())} / {int((d < 0).sum())} | "
+                   f"{t['p']:.3g} |")
+        diffs.append(d)
     if len(diffs) > 1:
         try:
             p = pooled(np.mean(diffs, axis=0))
@@ -94,6 +91,36 @@ def summary(root: Path, config: str, split: str, tag: str = "", variants: list[s
                 f"B's): A - B = **{p['mean']:+.1f} points**, 95% bootstrap interval over images [{p['lo']:+.1f}, "
                 f"{p['hi']:+.1f}]; paired permutation test (sign flips per image) p = {p['p_value']:.3g}"]
     return out
+
+
+def pairs(root: Path, config: str, split: str, a: str, b: str) -> list[dict]:
+    """Per common seed of runs ``a`` and ``b``: both accuracies (%), the exact McNemar p, and per-image differences."""
+    ta, tb = runs(root, config, a, split), runs(root, config, b, split)
+    out = []
+    for s in sorted(set(ta) & set(tb)):
+        (fa, ca), (fb, cb) = correct(ta[s]), correct(tb[s])
+        if fa != fb:
+            raise SystemExit(f"seed {s}: the two evaluations hold different images")
+        out.append({"seed": s, "acc_a": 100 * ca.mean(), "acc_b": 100 * cb.mean(),
+                    "p": mcnemar_exact(ca, cb)["p_value"], "diff": ca.astype(float) - cb.astype(float)})
+    return out
+
+
+def verdict(root: Path, config: str = "research", tag: str = "-e60") -> str:
+    """One sentence on Covid-DenseNet vs DenseNet121 over seeds: the test means, the seed pairs at p < 0.05 on test and
+    val, how val's point estimates split, and all test pairs image by image (for the model card)."""
+    a, b = (x + tag for x in ARCHS)
+    test, val = pairs(root, config, "test", a, b), pairs(root, config, "val", a, b)
+    if len(test) < 2:
+        return f"{len(test)} seed pair(s): too few to compare"
+    ma, mb = np.mean([t["acc_a"] for t in test]), np.mean([t["acc_b"] for t in test])
+    sig = sum(t["p"] < 0.05 for t in test + val)
+    ahead = [int(np.sign(v["acc_a"] - v["acc_b"])) for v in val]
+    p = pooled(np.mean([t["diff"] for t in test], axis=0))
+    return (f"{len(test)} seed pairs; dev test means {abs(ma - mb):.1f} points apart ({ma:.1f}% Covid-DenseNet, {mb:.1f}% "
+            f"DenseNet121); {'no' if sig == 0 else sig} seed pair{'s' if sig != 1 else ''} at p < 0.05 on test or val; on "
+            f"val Covid-DenseNet ahead in {ahead.count(1)}, DenseNet121 in {ahead.count(-1)}, tied in {ahead.count(0)}; "
+            f"all test pairs image by image {p['mean']:+.1f} points [{p['lo']:+.1f}, {p['hi']:+.1f}] (p = {p['p_value']:.2g})")
 
 
 def pooled(d: np.ndarray) -> dict:
