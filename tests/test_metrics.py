@@ -91,3 +91,34 @@ def test_seeds_filter_keeps_only_the_named_seeds(tmp_path, monkeypatch):
     seeds.main()
     assert seeds.SEED_FILTER == {4, 9}
     assert list(seeds.runs(tmp_path, "research", "densenet121-e60", "test")) == [4]
+
+
+def test_seeds_verdict_counts_pairs_and_sides(tmp_path):
+    """benchmarks/seeds.py verdict(): the sentence the model card prints about the two architectures over seeds."""
+    pytest.importorskip("scipy", reason="scipy comes with the openvino extra (NNCF); the pooled test needs it")
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("seeds", Path(__file__).parents[1] / "benchmarks" / "seeds.py")
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+    classes = ["COVID-19", "Normal"]
+
+    def write(arch, seed, split, right):  # 40 images; the first `right` are predicted correctly
+        preds = [{"file": f"img{i:02d}.png", "label": "COVID-19", "prob": [0.9, 0.1] if i < right else [0.1, 0.9]}
+                 for i in range(40)]
+        d = tmp_path / f"research-{arch}-e60-s{seed}-eval-{split}"
+        d.mkdir()
+        (d / "eval.json").write_text(json.dumps({"classes": classes, "predictions": preds}))
+
+    for seed, (a_test, b_test, a_val, b_val) in enumerate([(30, 30, 30, 20), (32, 30, 25, 25)]):
+        write("covid-densenet", seed, "test", a_test)
+        write("densenet121", seed, "test", b_test)
+        write("covid-densenet", seed, "val", a_val)
+        write("densenet121", seed, "val", b_val)
+    v = seeds.verdict(tmp_path)
+    assert v.startswith("2 seed pairs; dev test means 2.5 points apart (77.5% Covid-DenseNet, 75.0% DenseNet121)")
+    assert "1 seed pair at p < 0.05" in v  # val seed 0: 10 images right only with Covid-DenseNet, none the reverse
+    assert "Covid-DenseNet ahead in 1, DenseNet121 in 0, tied in 1" in v
+    assert "image by image +2.5 points" in v
