@@ -92,3 +92,22 @@ def test_device_data_packs_only_what_the_pool_lacks_and_restores_it(tmp_path, ca
     (dest / "dev" / "test" / "COVID-19" / "x2.png").unlink()
     with pytest.raises(SystemExit, match="not in the pool"):
         dd.restore(dest, pool)
+
+
+def test_selection_rules_reads_each_rules_epoch_off_the_metrics(tmp_path, capsys):
+    rules = _load("selection_rules")
+    rows = [  # epoch 1 calls much COVID-19 (the worst source high, macro-F1 low); epoch 3 has the best macro-F1
+        {"epoch": 1, "val_macro_f1": 0.50, "val_sens_COVID-19_a": 0.9, "val_sens_COVID-19_b": 0.8, "val_sens_Normal_c": 0.1},
+        {"epoch": 2, "val_macro_f1": 0.78, "val_sens_COVID-19_a": 0.9, "val_sens_COVID-19_b": 0.5, "val_sens_Normal_c": 0.9},
+        {"epoch": 3, "val_macro_f1": 0.80, "val_sens_COVID-19_a": 1.0, "val_sens_COVID-19_b": 0.3, "val_sens_Normal_c": 0.9},
+    ]
+    path = tmp_path / "research-x-e60-s0-metrics.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    r = rules.picks(path)
+    assert r["macro_f1"] == (3, 0.80, 0.3)
+    assert r["worst_source"] == (1, 0.50, 0.8)  # 0.5 * (0.50 + 0.8) = 0.65 beats 0.64 and 0.55: a degenerate pick
+    assert rules.main([str(path)]) == 0
+    assert "Same epoch in 0 of 1 runs." in capsys.readouterr().out
