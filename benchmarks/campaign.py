@@ -39,11 +39,9 @@ class Job:
     priority: int
     state: str = "queued"  # queued | running | paused | done | failed | unfinished
     proc: subprocess.Popen | None = None
-    started: float = 0.0
     active: float = 0.0  # seconds spent running (not paused)
     last_tick: float = 0.0
     epoch_times: list[float] = field(default_factory=list)  # active time at which each epoch was seen done
-    wall: float = 0.0
     rc: int | None = None
 
     @property
@@ -102,7 +100,7 @@ class Scheduler:
         fh = (self.logs / f"{job.name}.log").open("a")
         job.proc = subprocess.Popen(["bash", self.script, job.config, str(job.seed), job.arch],
                                     env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-        job.state, job.started, job.last_tick = "running", self.now(), self.now()
+        job.state, job.last_tick = "running", self.now()
         self.last_change = self.now()
         self.log(f"start {job.name}")
 
@@ -137,7 +135,7 @@ class Scheduler:
                 while len(j.epoch_times) < min(j.epochs_done(), j.epochs):
                     j.epoch_times.append(j.active)
                 if j.proc.poll() is not None:
-                    j.rc, j.wall = j.proc.returncode, now - j.started
+                    j.rc = j.proc.returncode
                     j.state = "done" if j.rc == 0 else "failed"
                     self.last_change = now
                     self.log(f"{j.state} {j.name} (rc {j.rc}, {j.active:.0f} s running)")
@@ -222,14 +220,12 @@ def summary(jobs: list[Job], hardware: str) -> str:
 
 
 def hardware_line() -> str:
-    try:
-        import torch
+    """GPUs (nvidia-smi) and the host CPU with its ISA (edgecxr.hardware; torch-free): stated beside every timing."""
+    from edgecxr.hardware import cpu_info, gpu_info
 
-        if torch.cuda.is_available():
-            return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
-    except ImportError:
-        pass
-    return f"CPU only, {os.cpu_count()} cores"
+    cpu = cpu_info()
+    gpus = ", ".join(g["name"] for g in gpu_info()) or "no GPU"
+    return f"{gpus}; host {cpu['model']}, {cpu['logical_cores']} cores, ISA {', '.join(cpu['isa'])}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -54,9 +54,8 @@ def pack(src: Path, dest: Path, pool: Path) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(man.parent / r["file"], target)
             copied += 1
-    for extra in ("SOURCES.md",):
-        if (src / extra).is_file():
-            shutil.copy2(src / extra, dest / extra)
+    if (src / "SOURCES.md").is_file():
+        shutil.copy2(src / "SOURCES.md", dest / "SOURCES.md")
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     print(f"{dest}: {copied} images copied, {skipped} left to the pool {pool}; {size / 2**20:.1f} MiB")
 

@@ -140,15 +140,11 @@ def shipped_seed_table(nc: dict[str, bool]) -> str:
     perm = []
     for seed, res in sorted(found.items()):
         cfg = json.loads((TRAINING / f"shipped-covid-densenet-e60-s{seed}-config.json").read_text())
-        on = cfg.get("trained_on", {})
-        where = f"{on['name']}, {on['autocast']}" if on else "AMD EPYC CPU (before runs recorded it)"
         _, y, prob = _arrays(res)
-        _, yp, pp = _arrays(res, lambda q: not nc[q["file"].split("/")[-1]])
-        ok = pp.argmax(1) == yp
-        perm.append(100 * ok.mean())
-        preds, _, _ = _arrays(res, lambda q: not nc[q["file"].split("/")[-1]])
+        preds, yp, pp = _arrays(res, lambda q: not nc[q["file"].split("/")[-1]])
+        perm.append(100 * np.mean(pp.argmax(1) == yp))
         src = [q["source"] for q in preds]
-        rows.append(f"| {seed} | {where} | {cfg['val_score']:.4f} | {100 * np.mean(prob.argmax(1) == y):.1f} | "
+        rows.append(f"| {seed} | {trained_where(cfg)} | {cfg['val_score']:.4f} | {100 * np.mean(prob.argmax(1) == y):.1f} | "
                     f"{_acc_ci(yp, pp)} | {_sens(yp, pp, res['classes'], src, 'mhh', 'COVID-19')} | "
                     f"{_sens(yp, pp, res['classes'], src, 'sbu', 'COVID-19')} |")
     sd = f" ± {np.std(perm, ddof=1):.1f}" if len(perm) > 1 else ""
@@ -156,15 +152,24 @@ def shipped_seed_table(nc: dict[str, bool]) -> str:
                               f"(issue 14's goal: 86%).")
 
 
+def trained_where(cfg: dict) -> str:
+    """A run's machine and autocast from its config's trained_on; older runs predate it (all on the AMD EPYC CPU)."""
+    on = cfg.get("trained_on")
+    if not on:
+        return "AMD EPYC, bfloat16 (before runs recorded it)"
+    name = on["name"].split(";")[0] if on["device"] == "cpu" else on["name"]
+    return f"{name}, {on['autocast']}"
+
+
 def gpu_note(seeds60: dict) -> str:
-    """Which research seeds were trained where (config's trained_on; runs before it was recorded: the AMD EPYC CPU)."""
-    parts = []
+    """Which research seeds were trained where, grouped by machine and autocast (trained_on in each config)."""
+    where: dict[str, dict[str, list[str]]] = {}
     for arch, seeds in seeds60.items():
-        gpu = [s for s in seeds if json.loads((TRAINING / f"research-{arch}-e60-s{s}-config.json").read_text())
-               .get("trained_on", {}).get("device") == "cuda"]
-        if gpu:
-            parts.append(f"{arch} seeds {', '.join(map(str, gpu))} on an NVIDIA H200 with fp16 autocast")
-    return "; ".join(parts) + ", the others on the 2-core AMD EPYC with bf16 autocast" if parts else "all on the 2-core AMD EPYC"
+        for s in seeds:
+            cfg = json.loads((TRAINING / f"research-{arch}-e60-s{s}-config.json").read_text())
+            where.setdefault(trained_where(cfg), {}).setdefault(arch, []).append(str(s))
+    return "; ".join(", ".join(f"{arch} seeds {' '.join(ss)}" for arch, ss in by_arch.items()) + f" on {machine}"
+                     for machine, by_arch in where.items())
 
 
 def section(runs: dict[str, dict], nc: dict[str, bool], title: str, subset=None) -> list[str]:
@@ -299,7 +304,7 @@ benchmarks/results/seeds-research-e60-test.png`:
 interval beside the paper's +3.33 / +4.17 points: this test set cannot settle a gap of that size). Both miss issue 14's research goal (85%): Cohen-collection
 COVID-19 and Pneumonia hold them back, and most of those errors are shared by the six models of seeds 0-2 (8 of the 44
 NIH Pneumonia and 3 of the 14 Cohen-collection COVID-19 test images are missed by every one; averaging the six gives
-79.7%); those 14 Cohen
+79.7%, and averaging all sixteen 60-epoch research models 79.7% too: `benchmarks/results/ensemble-research-e60-all.md`); those 14 Cohen
 images come from only 8 patients (`benchmarks/results/ensemble-research-e60.md`). The recipe's evidence and this
 verdict: `benchmarks/ablation.md`, "Summary".
 

@@ -13,6 +13,8 @@ Run: python benchmarks/seeds.py benchmarks/results/training research test
      (any two run names without the seed, e.g. one recipe change on one architecture: A and B in that order)
      python benchmarks/seeds.py benchmarks/results/training research test -e60 --seeds 4,5,6
      (only those seeds: e.g. the ones trained on a GPU, whose config says trained_on cuda)
+     python benchmarks/seeds.py benchmarks/results/training research test -e60 --by-machine
+     (also every run's accuracy grouped by training device, CPU vs GPU, with a Mann-Whitney U test)
 """
 import json
 import re
@@ -123,6 +125,25 @@ def verdict(root: Path, config: str = "research", tag: str = "-e60") -> str:
             f"all test pairs image by image {p['mean']:+.1f} points [{p['lo']:+.1f}, {p['hi']:+.1f}] (p = {p['p_value']:.2g})")
 
 
+def by_machine(root: Path, config: str, split: str, tag: str = "") -> list[str]:
+    """Accuracy of every run of both architectures grouped by where it was trained (each config's trained_on; runs
+    from before it was recorded count as CPU), with a Mann-Whitney U test between the groups."""
+    from scipy import stats
+
+    groups: dict[str, list[float]] = {}
+    for arch in ARCHS:
+        for seed, res in runs(root, config, arch + tag, split).items():
+            cfg = root / f"{config}-{arch}{tag}-s{seed}-config.json"
+            on = json.loads(cfg.read_text()).get("trained_on", {}) if cfg.is_file() else {}
+            groups.setdefault(on.get("device", "cpu"), []).append(100 * res["image"]["accuracy"])
+    lines = [f"{config}, dev {split}, accuracy by training device: " + "; ".join(
+        f"{dev} {msd(np.array(v) / 100)}% over {len(v)} runs" for dev, v in sorted(groups.items()))]
+    if len(groups) == 2:
+        a, b = groups.values()
+        lines.append(f"Mann-Whitney U p = {stats.mannwhitneyu(a, b).pvalue:.2g}")
+    return lines
+
+
 def pooled(d: np.ndarray) -> dict:
     """Mean of per-image differences (in points) with a 95% bootstrap interval over images and a two-sided sign-flip
     permutation p (scipy.stats; scipy comes with the openvino extra through NNCF)."""
@@ -196,6 +217,8 @@ def main() -> None:
         i = args.index("--plot")
         out, args = Path(args[i + 1]), args[:i] + args[i + 2:]
     global SEED_FILTER
+    machine = "--by-machine" in args
+    args = [a for a in args if a != "--by-machine"]
     if "--seeds" in args:
         i = args.index("--seeds")
         SEED_FILTER, args = {int(x) for x in args[i + 1].split(",")}, args[:i] + args[i + 2:]
@@ -209,6 +232,8 @@ def main() -> None:
         raise SystemExit(__doc__)
     root, config, split, tag = Path(args[0]), args[1], args[2], (args[3:] or [""])[0]
     print("\n".join(summary(root, config, split, tag, variants)))
+    if machine:
+        print("\n" + "\n".join(by_machine(root, config, split, tag)))
     if out:
         plot(root, config, split, tag, out, variants)
 

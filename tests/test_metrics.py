@@ -122,3 +122,24 @@ def test_seeds_verdict_counts_pairs_and_sides(tmp_path):
     assert "1 seed pair at p < 0.05" in v  # val seed 0: 10 images right only with Covid-DenseNet, none the reverse
     assert "Covid-DenseNet ahead in 1, DenseNet121 in 0, tied in 1" in v
     assert "image by image +2.5 points" in v
+
+
+def test_seeds_by_machine_groups_runs_by_training_device(tmp_path):
+    """benchmarks/seeds.py --by-machine: accuracy per training device (config's trained_on; none recorded: CPU)."""
+    pytest.importorskip("scipy", reason="scipy comes with the openvino extra (NNCF); the U test needs it")
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("seeds", Path(__file__).parents[1] / "benchmarks" / "seeds.py")
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+    for seed, acc, dev in [(0, 0.70, None), (1, 0.72, "cpu"), (2, 0.90, "cuda"), (3, 0.92, "cuda")]:
+        d = tmp_path / f"research-densenet121-e60-s{seed}-eval-test"
+        d.mkdir()
+        (d / "eval.json").write_text(json.dumps({"image": {"accuracy": acc}}))
+        cfg = {"trained_on": {"device": dev}} if dev else {}
+        (tmp_path / f"research-densenet121-e60-s{seed}-config.json").write_text(json.dumps(cfg))
+    lines = seeds.by_machine(tmp_path, "research", "test", "-e60")
+    assert lines[0].endswith("cpu 71.0 ± 1.4% over 2 runs; cuda 91.0 ± 1.4% over 2 runs")
+    assert lines[1].startswith("Mann-Whitney U p = ")
