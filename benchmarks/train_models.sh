@@ -18,6 +18,8 @@ MIXUP=${MIXUP:-0}           # MixUp alpha (0 = off; see benchmarks/ablation.md)
 EQ=""; [ "${EQUALIZE:-0}" = 1 ] && EQ=--equalize   # histogram equalisation in preprocessing
 BAL=--balanced; [ "${BALANCED:-1}" = 0 ] && BAL=--no-balanced   # class-balanced sampling (paper: balanced vs unbalanced)
 FRACTION=${FRACTION:-1.0}   # share of training patients per class and source (size sweep: 0.25 / 0.5 / 1.0)
+EXCLUDE=${EXCLUDE:-}         # training sources to leave out, space-separated (e.g. sbu); val and test keep them
+XS=""; for S in $EXCLUDE; do XS="$XS --exclude-source $S"; done
 TAG=${TAG:-}
 DATA=${DATA:-../shared/cxr/dev/MANIFEST.csv}
 EDGECXR=${EDGECXR:-edgecxr}
@@ -30,7 +32,7 @@ case "$CONFIG" in
 esac
 for ARCH in $ARCHS; do
   RUN="runs/$CONFIG-$ARCH$TAG-s$SEED"
-  $EDGECXR train "$DATA" $FLAG --arch "$ARCH" --epochs "$EPOCHS" --batch 16 --lr 1e-3 $BAL --fraction "$FRACTION" \
+  $EDGECXR train "$DATA" $FLAG --arch "$ARCH" --epochs "$EPOCHS" --batch 16 --lr 1e-3 $BAL --fraction "$FRACTION" $XS \
     --augment "$AUG" --label-smoothing "$LS" --mixup "$MIXUP" --ema "$EMA" --select macro_f1 --seed "$SEED" --threads "$THREADS" --workers "$WORKERS" $EQ --out "$RUN"
   $EDGECXR eval "$RUN/best.safetensors" "$DATA" --split test --out "$RUN/eval-test"
   $EDGECXR eval "$RUN/best.safetensors" "$DATA" --split val --out "$RUN/eval-val" --n-boot 200

@@ -149,6 +149,8 @@ def train(
     permissive_only: bool = typer.Option(False, help="Train only on images whose licence allows commercial use "
                                          "(validation still uses every val image: evaluating is not redistributing)."),
     val_permissive_only: bool = typer.Option(False, help="Also drop non-commercial images from validation."),
+    exclude_source: list[str] = typer.Option([], "--exclude-source", help="Leave this source's images (manifest "
+                                             "column 'source', e.g. sbu) out of training; val keeps them. Repeatable."),
     fraction: float = typer.Option(1.0, help="Train on this share of the training patients (per class and source; "
                                    "for training-set-size sweeps)."),
     augment: str = typer.Option("light", help="Augmentation: light | strong | robust (strong + border and patch erasing, zoom to 1.4) | none."),
@@ -174,6 +176,13 @@ def train(
         samples, parts = _split_samples(data, layout, False)
         if permissive_only:
             parts["train"] = [s for s in parts["train"] if not s.licence_nc]
+        if exclude_source:
+            known = {s.source for s in samples}
+            unknown = sorted(set(exclude_source) - known)
+            if unknown:
+                _fail(f"--exclude-source: no training source {', '.join(unknown)}; this data has "
+                      f"{', '.join(sorted(str(k) for k in known))} (manifest column 'source').")
+            parts["train"] = [s for s in parts["train"] if s.source not in set(exclude_source)]
         if fraction != 1.0:
             from edgecxr.data.splits import subsample
 
@@ -192,7 +201,8 @@ def train(
                 "configuration": "shipped (permissive training images)" if permissive_only
                 else "research (includes non-commercial images: never ship these weights)",
                 "non_commercial_training_images": sum(s.licence_nc for s in parts["train"]),
-                "n_train": len(parts["train"]), "n_val": len(parts["val"]), "train_fraction": fraction}
+                "n_train": len(parts["train"]), "n_val": len(parts["val"]), "train_fraction": fraction,
+                "excluded_training_sources": sorted(exclude_source)}
         summary = run_train(cfg, parts["train"], parts["val"], out, resume=not fresh, data_info=info)
     except EdgeCXRError as exc:
         _fail(str(exc))

@@ -234,3 +234,26 @@ def test_eval_shortcut_probe_cli(tmp_path, tiny_checkpoint, onnx_artifact):
     assert "shortcut probe" in (tmp_path / "e" / "eval.md").read_text()
     r = CliRunner().invoke(app, ["eval", str(onnx_artifact), str(eval_dir()), "--shortcut-probe"])
     assert r.exit_code != 0 and "needs a checkpoint" in r.output
+
+
+def test_train_exclude_source_drops_only_training_images_of_that_source(tmp_path):
+    """--exclude-source leaves one source out of training (val keeps it) and records it; an unknown one is refused."""
+    from typer.testing import CliRunner
+
+    from edgecxr.cli import app
+
+    rows = ["file,split,class,source,patient_id"]
+    for split, src in (("train", calibration_dir()), ("val", eval_dir())):
+        for c in ("COVID-19", "Normal", "Pneumonia"):
+            for i, f in enumerate(sorted((src / c).glob("*.png"))[:4]):
+                rows.append(f"{f},{split},{c},{'b' if c == 'COVID-19' and i % 2 else 'a'},{split}-{c}-{i}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    base = ["train", str(tmp_path / "m.csv"), "--arch", "densenet121", "--size", "32", "--batch", "4", "--epochs", "1",
+            "--max-steps", "1"]
+    r = CliRunner().invoke(app, base + ["--exclude-source", "nope", "--out", str(tmp_path / "bad")])
+    assert r.exit_code != 0 and "nope" in r.output and not (tmp_path / "bad").exists()
+    r = CliRunner().invoke(app, base + ["--exclude-source", "b", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    data = json.loads((tmp_path / "run" / "best.json").read_text())["data"]
+    assert data["excluded_training_sources"] == ["b"]
+    assert data["n_train"] == 10 and data["n_val"] == 12  # two of the twelve training images were source b
