@@ -142,6 +142,8 @@ def train(
     epochs: int = typer.Option(12), batch_size: int = typer.Option(16, "--batch"), lr: float = typer.Option(1e-3),
     weight_decay: float = typer.Option(1e-4), warmup: float = typer.Option(1.0, help="Warm-up epochs."),
     balanced: bool = typer.Option(False, help="Class-balanced sampling."),
+    class_weighted_loss: bool = typer.Option(False, "--class-weighted-loss", help="Weight the loss by each class's "
+                                             "inverse frequency instead of (or with) balanced sampling."),
     seed: int = typer.Option(0), size: int = typer.Option(224), resize: str = typer.Option("crop"),
     equalize: bool = typer.Option(False, help="Histogram-equalise every image in preprocessing (carried into "
                                   "checkpoints and artifacts)."),
@@ -194,7 +196,7 @@ def train(
             parts["val"] = [s for s in parts["val"] if not s.licence_nc]
         classes = sorted({s.label for s in samples})
         cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                          warmup_epochs=warmup, balanced=balanced, seed=seed, size=size, resize=resize, equalize=equalize, workers=workers,
+                          warmup_epochs=warmup, balanced=balanced, class_weighted_loss=class_weighted_loss, seed=seed, size=size, resize=resize, equalize=equalize, workers=workers,
                           weights=weights, max_steps=max_steps, classes=classes, augment=augment,
                           label_smoothing=label_smoothing, mixup=mixup, ema=ema, select=select, bf16=bf16)
         info = {"source": str(data), "layout": layout, "permissive_only": permissive_only,

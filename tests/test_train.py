@@ -257,3 +257,21 @@ def test_train_exclude_source_drops_only_training_images_of_that_source(tmp_path
     data = json.loads((tmp_path / "run" / "best.json").read_text())["data"]
     assert data["excluded_training_sources"] == ["b"]
     assert data["n_train"] == 10 and data["n_val"] == 12  # two of the twelve training images were source b
+
+
+def test_class_weighted_loss_weights_are_inverse_frequencies(tmp_path, tiny_sets):
+    from collections import Counter
+
+    from edgecxr.train.loop import TrainConfig, build_run
+
+    tr, va = tiny_sets
+    classes = ["COVID-19", "Normal", "Pneumonia"]
+    run = build_run(TrainConfig(arch="densenet121", size=32, class_weighted_loss=True, classes=classes), tr, va, tmp_path)
+    n = Counter(s.label for s in tr)
+    want = torch.tensor([len(tr) / (3 * n[c]) for c in classes])
+    assert torch.allclose(run.loss_fn.weight.cpu(), want)
+    assert (run.loss_fn.weight * torch.tensor([float(n[c]) for c in classes])).std() < 1e-4  # each class weighs the same
+    assert build_run(TrainConfig(arch="densenet121", size=32, classes=classes), tr, va, tmp_path / "b").loss_fn.weight is None
+    with pytest.raises(ValueError, match="Pneumonia"):
+        build_run(TrainConfig(arch="densenet121", size=32, class_weighted_loss=True, classes=classes),
+                  [s for s in tr if s.label != "Pneumonia"], va, tmp_path / "c")

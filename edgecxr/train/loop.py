@@ -44,6 +44,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     balanced: bool = False
+    class_weighted_loss: bool = False  # weight the loss by n / (classes * count) of each class (sklearn's "balanced")
     seed: int = 0
     size: int = 224
     resize: str = "crop"
@@ -220,9 +221,16 @@ def build_run(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[S
         from torchvision.transforms import v2
 
         mix = v2.MixUp(alpha=cfg.mixup, num_classes=len(cfg.classes))
+    weight = None
+    if cfg.class_weighted_loss:
+        counts = np.bincount(train_dl.dataset.targets, minlength=len(cfg.classes)).astype(float)
+        if (counts == 0).any():
+            raise ValueError("class-weighted loss: a class has no training image: "
+                             + ", ".join(c for c, n in zip(cfg.classes, counts) if n == 0))
+        weight = torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32, device=device)
     return Run(cfg, device, rank, world, out, model, net, opt, sched,
                torch.amp.GradScaler("cuda", enabled=use_cuda and cfg.amp),
-               nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), train_dl, val_dl, sampler, gen,
+               nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing), train_dl, val_dl, sampler, gen,
                [s.source for s in val_samples], amp_dtype, channels_last, ema, mix)
 
 
