@@ -17,6 +17,7 @@ EMA=${EMA:-0.99}            # weight averaging (EMA decay; 0 = off)
 MIXUP=${MIXUP:-0}           # MixUp alpha (0 = off; see benchmarks/ablation.md)
 EQ=""; [ "${EQUALIZE:-0}" = 1 ] && EQ=--equalize   # histogram equalisation in preprocessing
 BAL=--balanced; [ "${BALANCED:-1}" = 0 ] && BAL=--no-balanced   # class-balanced sampling (paper: balanced vs unbalanced)
+CW=""; [ "${CLASS_WEIGHTED:-0}" = 1 ] && CW=--class-weighted-loss   # inverse-frequency class weights in the loss
 FRACTION=${FRACTION:-1.0}   # share of training patients per class and source (size sweep: 0.25 / 0.5 / 1.0)
 EXCLUDE=${EXCLUDE:-}         # training sources to leave out, space-separated (e.g. sbu); val and test keep them
 XS=""; for S in $EXCLUDE; do XS="$XS --exclude-source $S"; done
@@ -32,7 +33,7 @@ case "$CONFIG" in
 esac
 for ARCH in $ARCHS; do
   RUN="runs/$CONFIG-$ARCH$TAG-s$SEED"
-  $EDGECXR train "$DATA" $FLAG --arch "$ARCH" --epochs "$EPOCHS" --batch 16 --lr 1e-3 $BAL --fraction "$FRACTION" $XS \
+  $EDGECXR train "$DATA" $FLAG --arch "$ARCH" --epochs "$EPOCHS" --batch 16 --lr 1e-3 $BAL $CW --fraction "$FRACTION" $XS \
     --augment "$AUG" --label-smoothing "$LS" --mixup "$MIXUP" --ema "$EMA" --select macro_f1 --seed "$SEED" --threads "$THREADS" --workers "$WORKERS" $EQ --out "$RUN"
   $EDGECXR eval "$RUN/best.safetensors" "$DATA" --split test --out "$RUN/eval-test"
   $EDGECXR eval "$RUN/best.safetensors" "$DATA" --split val --out "$RUN/eval-val" --n-boot 200
