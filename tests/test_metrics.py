@@ -143,3 +143,30 @@ def test_seeds_by_machine_groups_runs_by_training_device(tmp_path):
     lines = seeds.by_machine(tmp_path, "research", "test", "-e60")
     assert lines[0].endswith("cpu 71.0 ± 1.4% over 2 runs; cuda 91.0 ± 1.4% over 2 runs")
     assert lines[1].startswith("Mann-Whitney U p = ")
+
+
+def test_model_card_unseen_source_table_pairs_each_left_out_run_with_its_seed(tmp_path, monkeypatch):
+    """benchmarks/model_card.py: a run trained without one source beside the same seed trained with every source."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("model_card", Path(__file__).parents[1] / "benchmarks" / "model_card.py")
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+    classes = ["COVID-19", "Normal"]
+
+    def write(name, right):  # 10 COVID-19 images of source "x", 10 Normal of "n"; `right` lists the correct ones
+        preds = [{"file": f"i{i}.png", "label": classes[i // 10], "source": "x" if i < 10 else "n",
+                  "prob": [0.9, 0.1] if (i in right) == (i < 10) else [0.1, 0.9]} for i in range(20)]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps({"classes": classes, "predictions": preds}))
+
+    monkeypatch.setattr(card, "TRAINING", tmp_path)
+    assert card.unseen_source_table() == "(no leave-one-source-out runs recorded)"
+    write("research-densenet121-e60-nox-s3-eval-test", right=set(range(2)) | set(range(10, 20)))
+    assert card.unseen_source_table() == "(no leave-one-source-out runs recorded)"  # no seed-3 run with every source
+    write("research-densenet121-e60-s3-eval-test", right=set(range(9)) | set(range(10, 15)))
+    table = card.unseen_source_table().splitlines()
+    assert len(table) == 3
+    assert table[2].startswith("| densenet121, seed 3, without x | 2/10 (with it: 9/10) | 100.0 vs 50.0 (n=10), p = 0.062 |")
