@@ -182,9 +182,13 @@ def train(
             known = {s.source for s in samples}
             unknown = sorted(set(exclude_source) - known)
             if unknown:
-                _fail(f"--exclude-source: no training source {', '.join(unknown)}; this data has "
+                _fail(f"--exclude-source: no source {', '.join(unknown)}; this data has "
                       f"{', '.join(sorted(str(k) for k in known))} (manifest column 'source').")
             parts["train"] = [s for s in parts["train"] if s.source not in set(exclude_source)]
+            empty = sorted({s.label for s in samples} - {s.label for s in parts["train"]})
+            if empty:
+                _fail(f"--exclude-source {' '.join(exclude_source)} leaves no training image of {', '.join(empty)}; "
+                      "leave out fewer sources.")
         if fraction != 1.0:
             from edgecxr.data.splits import subsample
 

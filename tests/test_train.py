@@ -252,6 +252,8 @@ def test_train_exclude_source_drops_only_training_images_of_that_source(tmp_path
             "--max-steps", "1"]
     r = CliRunner().invoke(app, base + ["--exclude-source", "nope", "--out", str(tmp_path / "bad")])
     assert r.exit_code != 0 and "nope" in r.output and not (tmp_path / "bad").exists()
+    r = CliRunner().invoke(app, base + ["--exclude-source", "a", "--exclude-source", "b", "--out", str(tmp_path / "none")])
+    assert r.exit_code != 0 and "no training image of" in r.output and not (tmp_path / "none").exists()
     r = CliRunner().invoke(app, base + ["--exclude-source", "b", "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
     data = json.loads((tmp_path / "run" / "best.json").read_text())["data"]
