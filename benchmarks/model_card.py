@@ -350,8 +350,8 @@ every source). Dev test:
 
 {unseen_source_table()}
 
-Without Stony Brook in training, neither model calls any of its COVID-19 images COVID-19 (val too: 0/15 each;
-highest COVID-19 probability 0.24): what these models learn as COVID-19 is, to a large part, what their training
+Without Stony Brook in training, neither model calls any of its COVID-19 images COVID-19 (test above, val too:
+`benchmarks/ablation.md`): what these models learn as COVID-19 is, to a large part, what their training
 sources' COVID-19 images share. The shipped model is trained the same way, so at a hospital it has not seen, its
 per-source sensitivities above cannot be assumed to hold; measure them there first.
 Details: `benchmarks/ablation.md`, "Leaving a source out".
