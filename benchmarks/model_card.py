@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -133,26 +134,21 @@ def unseen_source_table(split: str = "test") -> str:
     """Research runs trained with one COVID-19 source left out (`EXCLUDE=SRC TAG=-e60-noSRC`) beside the same seed
     trained on every source: that source's COVID-19 sensitivity, and accuracy on the other sources' images with the
     paired exact McNemar test there."""
-    import re
-
     rows = []
     for path in sorted(TRAINING.glob(f"research-*-e60-no*-s*-eval-{split}/eval.json")):
         m = re.fullmatch(rf"research-(.+)-e60-no(\w+)-s(\d+)-eval-{split}", path.parent.name)
         base = TRAINING / f"research-{m[1]}-e60-s{m[3]}-eval-{split}/eval.json" if m else None
         if base is None or not base.is_file():
             continue
-        runs = [json.loads(base.read_text()), json.loads(path.read_text())]
         ok, seen, other, cohen = [], [], [], []
-        for res in runs:
+        for res in (json.loads(base.read_text()), json.loads(path.read_text())):
             preds, y, prob = _arrays(res)
-            src = np.array([p["source"] for p in preds])
-            right = prob.argmax(1) == y
-            k = res["classes"].index("COVID-19")
-            held, covid_cohen = (src == m[2]) & (y == k), (src == "ieee8023") & (y == k)
-            ok.append(right[src != m[2]])
-            seen.append(f"{int(right[held].sum())}/{int(held.sum())}")
-            cohen.append(f"{int(right[covid_cohen].sum())}/{int(covid_cohen.sum())}")
-            other.append(f"{100 * right[src != m[2]].mean():.1f}")
+            src = [p["source"] for p in preds]
+            right = (prob.argmax(1) == y)[np.array(src) != m[2]]
+            ok.append(right)
+            other.append(f"{100 * right.mean():.1f}")
+            seen.append(_sens(y, prob, res["classes"], src, m[2], "COVID-19"))
+            cohen.append(_sens(y, prob, res["classes"], src, "ieee8023", "COVID-19"))
         p = mcnemar_exact(ok[0], ok[1])["p_value"]
         rows.append(f"| {m[1]}, seed {m[3]}, without {m[2]} | {seen[1]} (with it: {seen[0]}) | {other[1]} vs {other[0]} "
                     f"(n={len(ok[0])}), p = {p:.2g} | {cohen[1]} vs {cohen[0]} |")

@@ -179,12 +179,12 @@ def train(
         if permissive_only:
             parts["train"] = [s for s in parts["train"] if not s.licence_nc]
         if exclude_source:
-            known = {s.source for s in samples}
-            unknown = sorted(set(exclude_source) - known)
+            known, drop = {s.source for s in samples}, set(exclude_source)
+            unknown = sorted(drop - known)
             if unknown:
                 _fail(f"--exclude-source: no source {', '.join(unknown)}; this data has "
                       f"{', '.join(sorted(str(k) for k in known))} (manifest column 'source').")
-            parts["train"] = [s for s in parts["train"] if s.source not in set(exclude_source)]
+            parts["train"] = [s for s in parts["train"] if s.source not in drop]
             empty = sorted({s.label for s in samples} - {s.label for s in parts["train"]})
             if empty:
                 _fail(f"--exclude-source {' '.join(exclude_source)} leaves no training image of {', '.join(empty)}; "
