@@ -4,7 +4,7 @@ Jobs run in priority order (the order given), ``--parallel`` at a time, each in 
 seconds the scheduler projects each running job's finish from its recent epoch times; when a job would miss the
 deadline it pauses (SIGSTOP) the lowest-priority running job so the others go faster, resumes it when there is slack,
 and starts a queued job only when a full run still fits. At the deadline whatever is left is stopped and reported as
-unfinished (its ``last.pt`` resumes it). Finished runs are collected like ``logs/collect.sh`` does by hand: config,
+unfinished (its ``last.pt`` resumes it). Finished runs are collected as ``benchmarks/collect_runs.py`` does: config,
 metrics CSV, curves and both evaluations into ``--collect`` (default ``benchmarks/results/training``).
 
     python benchmarks/campaign.py --deadline 420 --parallel 8 --workers 1 \\
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -28,6 +27,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from collect_runs import collect_run  # noqa: E402
 
 
 @dataclass
@@ -189,15 +191,7 @@ class Scheduler:
 
 
 def collect(job: Job, dest: Path) -> None:
-    r, d = job.run_dir, dest
-    d.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(r / "best.json", d / f"{job.name}-config.json")
-    shutil.copy2(r / "metrics.csv", d / f"{job.name}-metrics.csv")
-    if (r / "curves.png").is_file():
-        shutil.copy2(r / "curves.png", d / f"{job.name}-curves.png")
-    for split in ("test", "val"):
-        shutil.rmtree(d / f"{job.name}-eval-{split}", ignore_errors=True)
-        shutil.copytree(r / f"eval-{split}", d / f"{job.name}-eval-{split}")
+    collect_run(job.run_dir, dest, job.name)
 
 
 def summary(jobs: list[Job], hardware: str) -> str:

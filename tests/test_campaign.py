@@ -111,3 +111,24 @@ def test_selection_rules_reads_each_rules_epoch_off_the_metrics(tmp_path, capsys
     assert r["worst_source"] == (1, 0.50, 0.8)  # 0.5 * (0.50 + 0.8) = 0.65 beats 0.64 and 0.55: a degenerate pick
     assert rules.main([str(path)]) == 0
     assert "Same epoch in 0 of 1 runs." in capsys.readouterr().out
+
+
+def test_collect_runs_copies_a_finished_run_and_refuses_an_unfinished_one(tmp_path, capsys):
+    cr = _load("collect_runs")
+    run = tmp_path / "runs" / "research-densenet121-e40-x-s1"
+    for split in ("test", "val"):
+        (run / f"eval-{split}").mkdir(parents=True)
+        (run / f"eval-{split}" / "eval.json").write_text(json.dumps({"split": split}))
+    (run / "metrics.csv").write_text("epoch,val_score\n1,0.5\n")
+    dest = tmp_path / "results"
+    with pytest.raises(FileNotFoundError, match="best.json"):  # training not finished: nothing is copied
+        cr.collect_run(run, dest)
+    assert not dest.exists()
+    (run / "best.json").write_text('{"epoch": 1}')
+    assert cr.main([str(run), "--dest", str(dest)]) == 0
+    name = run.name
+    assert json.loads((dest / f"{name}-config.json").read_text()) == {"epoch": 1}
+    assert (dest / f"{name}-metrics.csv").read_text().endswith("1,0.5\n")
+    assert json.loads((dest / f"{name}-eval-val" / "eval.json").read_text()) == {"split": "val"}
+    assert not (dest / f"{name}-curves.png").exists()  # a run without curves is collected without them
+    assert f"{name}-eval-test" in capsys.readouterr().out
