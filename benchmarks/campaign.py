@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 collect(j, a.collect)
             except OSError as exc:  # a job that exited 0 without its files: say so, keep the others
-                j.state = f"done, not collected ({exc.__class__.__name__}: {exc.filename})"
+                j.state = f"done, not collected ({exc.__class__.__name__}: {exc.filename or exc})"
     text = summary(jobs, hw)
     a.logs.mkdir(parents=True, exist_ok=True)
     (a.logs / "summary.md").write_text(text)
