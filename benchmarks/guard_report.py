@@ -7,7 +7,6 @@ Run: python benchmarks/guard_report.py
 import csv
 from pathlib import Path
 
-import numpy as np
 
 from edgecxr.data.layouts import Sample
 from edgecxr.imaging import load_gray

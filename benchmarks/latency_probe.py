@@ -10,7 +10,6 @@
                                                                 # reference); each round's ratio to the first is printed
                                                                 # (--rounds 6 and --n 40 runs per artifact and round)
 """
-import sys
 import time
 from pathlib import Path
 

@@ -14,7 +14,6 @@ table OUT/summary-<split>.md; `benchmarks/paired.py` and `benchmarks/ensemble.py
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np

@@ -15,7 +15,6 @@ pydicom = pytest.importorskip("pydicom")
 
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from hypothesis.extra.numpy import arrays  # noqa: E402
 
 from edgecxr.errors import ImageError  # noqa: E402
 from edgecxr.imaging import load_gray  # noqa: E402

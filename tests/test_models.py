@@ -142,5 +142,5 @@ def test_onnx_export_parity(tmp_path, arch):
     ops = {n.op_type for n in proto.graph.node}
     assert ops <= {"Conv", "Relu", "BatchNormalization", "Concat", "AveragePool", "MaxPool", "GlobalAveragePool",
                    "ReduceMean", "ReduceMax", "Sigmoid", "Mul", "Add", "Resize", "Flatten", "Gemm", "Softmax",
-                   "Reshape", "Unsqueeze", "Shape", "Gather", "Slice", "Cast", "MatMul", "Concat", "Constant",
+                   "Reshape", "Unsqueeze", "Shape", "Gather", "Slice", "Cast", "MatMul", "Constant",
                    "GlobalMaxPool", "Squeeze", "Div", "Sub"}, ops
