@@ -15,6 +15,9 @@ Run: python benchmarks/seeds.py benchmarks/results/training research test
      (only those seeds: e.g. the ones trained on a GPU, whose config says trained_on cuda)
      python benchmarks/seeds.py benchmarks/results/training research test -e60 --by-machine
      (also every run's accuracy grouped by training device, CPU vs GPU, with a Mann-Whitney U test)
+     python benchmarks/seeds.py benchmarks/results/training research test --compare A B --only ieee8023:COVID-19
+     (the paired tests on a subset of images only: one source, or one class of one source; --without SOURCE leaves a
+     source out instead, e.g. sbu for models trained without it; the mean +- sd table stays on all images)
 """
 import json
 import re
@@ -27,6 +30,21 @@ from edgecxr.metrics import mcnemar_exact
 
 ARCHS = ("covid-densenet", "densenet121")
 SEED_FILTER: set[int] | None = None  # --seeds 4,5,6: only these seeds (e.g. the runs trained on one kind of machine)
+ONLY: tuple[str, str | None] | None = None  # --only SOURCE[:CLASS]: paired tests on those images only
+WITHOUT: set[str] = set()  # --without SOURCE: paired tests without that source's images
+
+
+def _kept(p: dict) -> bool:
+    if p.get("source") in WITHOUT:
+        return False
+    return ONLY is None or (p.get("source") == ONLY[0] and ONLY[1] in (None, p["label"]))
+
+
+def subset_label() -> str:
+    """How the paired tests' images are restricted, for their heading ("" when all images are used)."""
+    parts = [f"{ONLY[0]}{' ' + ONLY[1] if ONLY[1] else ''} images only"] if ONLY else []
+    parts += [f"without {s}" for s in sorted(WITHOUT)]
+    return "; ".join(parts)
 
 
 def runs(root: Path, config: str, arch: str, split: str) -> dict[int, dict]:
@@ -39,7 +57,9 @@ def runs(root: Path, config: str, arch: str, split: str) -> dict[int, dict]:
 
 
 def correct(res: dict) -> tuple[list[str], np.ndarray]:
-    preds = sorted(res["predictions"], key=lambda p: p["file"])
+    preds = sorted((p for p in res["predictions"] if _kept(p)), key=lambda p: p["file"])
+    if not preds:
+        raise SystemExit(f"no images left after --only / --without ({subset_label()})")
     cls = res["classes"]
     return [p["file"] for p in preds], np.array([int(np.argmax(p["prob"])) == cls.index(p["label"]) for p in preds])
 
@@ -76,7 +96,8 @@ def summary(root: Path, config: str, split: str, tag: str = "", variants: list[s
     if len(archs) < 2:
         return out
     a, b = archs[:2]
-    out += ["", f"Paired per seed (A = {a}, B = {b}; same data and seed):", "",
+    sub = subset_label()
+    out += ["", f"Paired per seed (A = {a}, B = {b}; same data and seed{'; ' + sub if sub else ''}):", "",
             "| seed | accuracy A / B | A right only / B right only | exact McNemar p |", "|---|---|---|---|"]
     diffs = []
     for t in pairs(root, config, split, a, b):
@@ -216,7 +237,15 @@ def main() -> None:
     if "--plot" in args:  # parsed by hand: the TAG itself starts with "-" (-e60), which argparse takes for an option
         i = args.index("--plot")
         out, args = Path(args[i + 1]), args[:i] + args[i + 2:]
-    global SEED_FILTER
+    global SEED_FILTER, ONLY
+    while "--without" in args:
+        i = args.index("--without")
+        WITHOUT.add(args[i + 1])
+        args = args[:i] + args[i + 2:]
+    if "--only" in args:
+        i = args.index("--only")
+        src, _, cls = args[i + 1].partition(":")
+        ONLY, args = (src, cls or None), args[:i] + args[i + 2:]
     machine = "--by-machine" in args
     args = [a for a in args if a != "--by-machine"]
     if "--seeds" in args:

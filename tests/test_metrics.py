@@ -170,3 +170,31 @@ def test_model_card_unseen_source_table_pairs_each_left_out_run_with_its_seed(tm
     table = card.unseen_source_table().splitlines()
     assert len(table) == 3
     assert table[2] == "| densenet121, seed 3, without x | 2/10 = 20% (with it: 9/10 = 90%) | 100.0 vs 50.0 (n=10), p = 0.062 | - vs - |"
+
+
+def test_seeds_subset_restricts_the_paired_images(monkeypatch):
+    """benchmarks/seeds.py --only SOURCE[:CLASS] / --without SOURCE: the paired tests see only those images."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("seeds", Path(__file__).parents[1] / "benchmarks" / "seeds.py")
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+    preds = [{"file": "a1", "source": "a", "label": "COVID-19", "prob": [0.9, 0.1]},
+             {"file": "a2", "source": "a", "label": "Normal", "prob": [0.9, 0.1]},
+             {"file": "b1", "source": "b", "label": "COVID-19", "prob": [0.2, 0.8]}]
+    res = {"classes": ["COVID-19", "Normal"], "predictions": preds}
+    assert seeds.correct(res)[0] == ["a1", "a2", "b1"]
+    monkeypatch.setattr(sys, "argv", ["seeds.py", "d", "research", "test", "--only", "a:COVID-19", "--without", "b"])
+    monkeypatch.setattr(seeds, "summary", lambda *a, **k: ["stub"])
+    seeds.main()
+    files, ok = seeds.correct(res)
+    assert files == ["a1"] and ok.tolist() == [True]
+    assert seeds.subset_label() == "a COVID-19 images only; without b"
+    monkeypatch.setattr(seeds, "ONLY", None)
+    files, ok = seeds.correct(res)
+    assert files == ["a1", "a2"] and ok.tolist() == [True, False]
+    monkeypatch.setattr(seeds, "ONLY", ("c", None))
+    with pytest.raises(SystemExit, match="no images left"):
+        seeds.correct(res)
