@@ -152,7 +152,8 @@ def train(
                                          "(validation still uses every val image: evaluating is not redistributing)."),
     val_permissive_only: bool = typer.Option(False, help="Also drop non-commercial images from validation."),
     exclude_source: list[str] = typer.Option([], "--exclude-source", help="Leave this source's images (manifest "
-                                             "column 'source', e.g. sbu) out of training; val keeps them. Repeatable."),
+                                             "column 'source', e.g. sbu) out of training; val keeps and reports them, "
+                                             "but the best checkpoint is chosen without them. Repeatable."),
     fraction: float = typer.Option(1.0, help="Train on this share of the training patients (per class and source; "
                                    "for training-set-size sweeps)."),
     augment: str = typer.Option("light", help="Augmentation: light | strong | robust (strong + border and patch erasing, zoom to 1.4) | none."),
@@ -202,7 +203,11 @@ def train(
         cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                           warmup_epochs=warmup, balanced=balanced, class_weighted_loss=class_weighted_loss, seed=seed, size=size, resize=resize, equalize=equalize, workers=workers,
                           weights=weights, max_steps=max_steps, classes=classes, augment=augment,
-                          label_smoothing=label_smoothing, mixup=mixup, ema=ema, select=select, bf16=bf16)
+                          label_smoothing=label_smoothing, mixup=mixup, ema=ema, select=select, bf16=bf16,
+                          select_without=sorted(exclude_source))
+        if exclude_source and all(s.source in exclude_source for s in parts["val"]):
+            _fail(f"--exclude-source {' '.join(exclude_source)} leaves no val image to choose the best checkpoint on; "
+                  "leave out fewer sources.")
         info = {"source": str(data), "layout": layout, "permissive_only": permissive_only,
                 "configuration": "shipped (permissive training images)" if permissive_only
                 else "research (includes non-commercial images: never ship these weights)",

@@ -256,8 +256,10 @@ def test_train_exclude_source_drops_only_training_images_of_that_source(tmp_path
     assert r.exit_code != 0 and "no training image of" in r.output and not (tmp_path / "none").exists()
     r = CliRunner().invoke(app, base + ["--exclude-source", "b", "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
-    data = json.loads((tmp_path / "run" / "best.json").read_text())["data"]
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    data = best["data"]
     assert data["excluded_training_sources"] == ["b"]
+    assert best["train_config"]["select_without"] == ["b"]  # the left-out source does not choose the checkpoint
     assert data["n_train"] == 10 and data["n_val"] == 12  # two of the twelve training images were source b
 
 
@@ -277,3 +279,26 @@ def test_class_weighted_loss_weights_are_inverse_frequencies(tmp_path, tiny_sets
     with pytest.raises(ValueError, match="Pneumonia"):
         build_run(TrainConfig(arch="densenet121", size=32, class_weighted_loss=True, classes=classes),
                   [s for s in tr if s.label != "Pneumonia"], va, tmp_path / "c")
+
+
+def test_selection_score_leaves_out_the_sources_named_in_select_without(tmp_path, tiny_sets):
+    """A source left out of training must not choose the checkpoint: validate() scores the other val images only,
+    and still logs every val image."""
+    from dataclasses import replace
+
+    from edgecxr.metrics import point_metrics
+    from edgecxr.train.loop import build_run, predict_probs, selection_score, validate
+
+    tr, va = tiny_sets
+    va = [replace(s, source="b" if i % 3 == 0 else "a") for i, s in enumerate(va)]
+    classes = ["COVID-19", "Normal", "Pneumonia"]
+    run = build_run(TrainConfig(arch="densenet121", size=32, classes=classes, select_without=["b"]), tr, va, tmp_path)
+    probs, ys = predict_probs(run.eval_model, run.val_dl, run.device)
+    keep = np.array([s.source == "a" for s in va])
+    vm, score, sens = validate(run)
+    assert vm["n"] == len(va) and vm["accuracy"] == point_metrics(ys, probs, classes)["accuracy"]  # every val image
+    assert any(k.endswith("_b") for k in sens)
+    want = selection_score("macro_f1", point_metrics(ys[keep], probs[keep], classes), ys[keep], probs[keep], classes,
+                           ["a"] * int(keep.sum()))
+    assert score == pytest.approx(want)
+    assert score != pytest.approx(selection_score("macro_f1", vm, ys, probs, classes, [s.source for s in va]))

@@ -59,6 +59,9 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); val and best use the average
     select: str = "macro_f1"  # best-checkpoint rule: macro_f1 | worst_source (mean of macro F1 and worst-source COVID-19 sensitivity)
     bf16: bool | None = None  # CPU bf16 autocast + channels_last; None: on when the CPU has AVX-512 BF16 / AMX
+    # val sources left out of the selection score (still validated and logged): a source left out of training must
+    # not steer which checkpoint is kept, or a leave-source-out run is chosen partly on the source it was meant not to see
+    select_without: list[str] = field(default_factory=list)
     classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
 
 
@@ -287,7 +290,13 @@ def validate(run: Run) -> tuple[dict, float, dict]:
     """Val metrics of the evaluated model (the EMA when on), the selection score, and per-source sensitivities."""
     probs, ys = predict_probs(run.eval_model, run.val_dl, run.device)
     vm = point_metrics(ys, probs, run.cfg.classes)
-    score = selection_score(run.cfg.select, vm, ys, probs, run.cfg.classes, run.val_sources)
+    keep = np.array([s not in run.cfg.select_without for s in run.val_sources], bool)
+    if keep.all():
+        score = selection_score(run.cfg.select, vm, ys, probs, run.cfg.classes, run.val_sources)
+    else:
+        kept_sources = [s for s, k in zip(run.val_sources, keep) if k]
+        score = selection_score(run.cfg.select, point_metrics(ys[keep], probs[keep], run.cfg.classes), ys[keep],
+                                probs[keep], run.cfg.classes, kept_sources)
     sens = {f"val_sens_{c}_{src}": v["value"] for src, r in per_source(ys, probs, run.cfg.classes, run.val_sources).items()
             for c, v in r["sensitivity"].items()}
     return vm, score, sens
