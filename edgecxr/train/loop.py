@@ -291,12 +291,9 @@ def validate(run: Run) -> tuple[dict, float, dict]:
     probs, ys = predict_probs(run.eval_model, run.val_dl, run.device)
     vm = point_metrics(ys, probs, run.cfg.classes)
     keep = np.array([s not in run.cfg.select_without for s in run.val_sources], bool)
-    if keep.all():
-        score = selection_score(run.cfg.select, vm, ys, probs, run.cfg.classes, run.val_sources)
-    else:
-        kept_sources = [s for s, k in zip(run.val_sources, keep) if k]
-        score = selection_score(run.cfg.select, point_metrics(ys[keep], probs[keep], run.cfg.classes), ys[keep],
-                                probs[keep], run.cfg.classes, kept_sources)
+    chosen_on = vm if keep.all() else point_metrics(ys[keep], probs[keep], run.cfg.classes)
+    score = selection_score(run.cfg.select, chosen_on, ys[keep], probs[keep], run.cfg.classes,
+                            [s for s, k in zip(run.val_sources, keep) if k])
     sens = {f"val_sens_{c}_{src}": v["value"] for src, r in per_source(ys, probs, run.cfg.classes, run.val_sources).items()
             for c, v in r["sensitivity"].items()}
     return vm, score, sens
