@@ -28,6 +28,10 @@ or the 52 DICOM test files of the dicognito 0.19.0 source distribution (MIT; `pi
 Likewise the heudiconv 1.5.1 (Apache-2.0; Siemens MR incl. a multi-frame one, an SR, phantoms) and dicomweb-client
 0.61.2 (MIT; a slide-microscopy image and its DICOMweb test payloads) source distributions: `--suite
 heudiconv=DIR/heudiconv-1.5.1/heudiconv/tests/data --suite dicomweb-client=DIR/dicomweb_client-0.61.2/data`.
+Radiotherapy and annotation tools' source distributions (`pip download --no-deps --no-binary :all:` each, untar):
+pymedphys 0.41.0 (Apache-2.0; four RT plans), dicompyler-core 0.5.6 (BSD; CT, RT structure set, plan and a 98-frame
+dose), nipype 1.11.0 (Apache-2.0; 377 placeholder files, most of them empty, named .dcm, .nii and the like) and mdai
+0.16.0 (Apache-2.0; a CT slice and an SR): `benchmarks/results/dicom-suite-76fa283b-rt-mdai.md` has the command.
 
 Nothing leaves the machine; the files are written to a temporary folder and deleted.
 """
