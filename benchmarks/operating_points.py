@@ -1,0 +1,172 @@
+"""Issue 14's research goal at an operating point instead of the argmax: each research run's COVID-19 threshold and
+temperature fitted on its own val predictions by the rule the shipped model uses (`edgecxr calibrate`: temperature by
+val NLL, then the highest COVID-19 threshold with val sensitivity >= the target, lowered until every kept val positive
+lies `--margin` log-odds above it; every val image, non-commercial ones included), applied unchanged to its test
+predictions. For the shipped seed it gives the shipped model's own temperature and threshold. Reports, mean +- sd over seeds, test
+accuracy and per-class / per-source sensitivities at the argmax and at the operating point, beside the goal.
+
+Run: python benchmarks/operating_points.py benchmarks/results/training research --tag=-e60
+     (reads DIR/CONFIG-ARCH-TAG-sN-eval-{val,test}/eval.json; the eval files keep every image's probabilities)
+     python benchmarks/operating_points.py benchmarks/results/training research --tag=-e60 --target 0.85 --margin 0
+     python benchmarks/operating_points.py benchmarks/results/training shipped --tag=-e60 \
+         --permissive-test ../shared/cxr/dev/MANIFEST.csv   (the shipped runs, reported on the permissive 109)
+     python benchmarks/operating_points.py ... --out benchmarks/results/operating-points-research-e60.md
+
+The probabilities of research runs are plain softmax (no temperature was fitted in training), so log(p) serves as the
+logits up to a per-image constant, which softmax ignores.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from edgecxr.metrics import auc_binary
+from edgecxr.runtime.batching import softmax
+from edgecxr.runtime.operating_point import finding_at
+from edgecxr.train.calibrate import fit_operating_point, fit_temperature
+
+ARCHS = ("covid-densenet", "densenet121")
+GOAL = {"accuracy": 0.85, "COVID-19 per source": 0.85, "Normal": 0.80, "Pneumonia": 0.80}
+
+
+def non_commercial(manifest: Path) -> set[str]:
+    """File names (no folder) of the manifest's images whose licence forbids commercial use."""
+    with manifest.open(newline="") as f:
+        return {Path(r["file"]).name for r in csv.DictReader(f) if r["non_commercial_only"].strip().lower() == "yes"}
+
+
+def load(path: Path, drop: set[str] = frozenset()) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    d = json.loads(path.read_text())
+    classes = d["classes"]
+    preds = sorted((p for p in d["predictions"] if Path(p["file"]).name not in drop), key=lambda p: p["file"])
+    y = np.array([classes.index(p["label"]) for p in preds])
+    prob = np.array([p["prob"] for p in preds], dtype=np.float64)
+    return classes, y, prob, [p.get("source") or "?" for p in preds]
+
+
+def metrics(pred: np.ndarray, y: np.ndarray, src: list[str], classes: list[str]) -> dict[str, float]:
+    """Accuracy, each class's sensitivity, COVID-19 sensitivity per source, and the other classes' share called
+    COVID-19 (what a lower threshold costs)."""
+    src_a = np.asarray(src)
+    k = classes.index("COVID-19")
+    out = {"accuracy": float(np.mean(pred == y))}
+    for c, name in enumerate(classes):
+        out[f"{name} sensitivity"] = float(np.mean(pred[y == c] == c))
+    for s in sorted(set(src)):
+        m = (y == k) & (src_a == s)
+        if m.any():
+            out[f"COVID-19 sensitivity {s}"] = float(np.mean(pred[m] == k))
+    out["non-COVID-19 called COVID-19"] = float(np.mean(pred[y != k] == k))
+    return out
+
+
+def one_run(val: Path, test: Path, target: float, margin: float,
+            drop: set[str] = frozenset()) -> tuple[dict, dict, dict, np.ndarray]:
+    """Test metrics at the argmax and at the val-fitted operating point, the fit, and each test image's correctness
+    at the operating point (sorted by file name); test images named in ``drop`` are left out (the fit uses every
+    val image, as `edgecxr calibrate` does)."""
+    classes, yv, pv, _ = load(val)
+    _, yt, pt, st = load(test, drop)
+    t = fit_temperature(np.log(pv + 1e-12), yv)
+    op = fit_operating_point(softmax(np.log(pv + 1e-12) / t), yv, classes, target_sensitivity=target, margin=margin)
+    pred = pt.argmax(1)
+    if "threshold" in op:  # else the target is out of reach on val: no operating point, the argmax stands
+        pred = finding_at(softmax(np.log(pt + 1e-12) / t), classes, "COVID-19", op["threshold"])
+    k = classes.index("COVID-19")
+    fit = {"temperature": t, "val_auc": auc_binary(yv == k, pv[:, k]), "test_auc": auc_binary(yt == k, pt[:, k]), **op}
+    return metrics(pt.argmax(1), yt, st, classes), metrics(pred, yt, st, classes), fit, pred == yt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("root", type=Path)
+    ap.add_argument("config", choices=("research", "shipped"))
+    ap.add_argument("--tag", default="", help="run-name tag, e.g. --tag=-e60 (the = is needed for a leading dash)")
+    ap.add_argument("--target", type=float, default=0.95, help="val COVID-19 sensitivity to reach (default 0.95)")
+    ap.add_argument("--margin", type=float, default=0.15, help="log-odds room below every kept val positive (0.15)")
+    ap.add_argument("--permissive-test", type=Path, metavar="MANIFEST",
+                    help="report on the permissive test images only (the shipped goal's 109; the manifest says which "
+                         "are non-commercial); the fit still uses every val image, as `edgecxr calibrate` does")
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+    drop = non_commercial(a.permissive_test) if a.permissive_test else set()
+
+    lines = [f"# python benchmarks/operating_points.py {a.root} {a.config} --tag={a.tag} --target {a.target} "
+             f"--margin {a.margin}" + (f" --permissive-test {a.permissive_test}" if a.permissive_test else ""), ""]
+    correct: dict[str, dict[int, np.ndarray]] = {}
+    aucs: dict[str, dict[int, tuple[float, float]]] = {}
+    for arch in ARCHS:
+        name = f"{a.config}-{arch}{a.tag}"
+        pairs = []
+        for v in sorted(a.root.glob(f"{name}-s*-eval-val/eval.json")):
+            m = re.fullmatch(rf"{re.escape(name)}-s(\d+)-eval-val", v.parent.name)
+            t = v.parent.parent / f"{name}-s{m.group(1)}-eval-test" / "eval.json" if m else None
+            if t and t.exists():
+                pairs.append((int(m.group(1)), v, t))
+        if not pairs:
+            continue
+        rows = [(s, *one_run(v, t, a.target, a.margin, drop)) for s, v, t in pairs]
+        n = len(rows[0][4])
+        lines += [f"## {name}: {len(rows)} seeds ({', '.join(str(r[0]) for r in rows)}), dev test ({n} images)", "",
+                  "| seed | temperature | COVID-19 threshold | val COVID-19 sensitivity / specificity at it |",
+                  "|---|---|---|---|"]
+        for s, _, _, op, _ in rows:
+            if "threshold" in op:
+                lines.append(f"| {s} | {op['temperature']:.2f} | {op['threshold']:.3f} | "
+                             f"{100 * op['val_sensitivity']:.1f} / {100 * op['val_specificity']:.1f}% |")
+            else:
+                lines.append(f"| {s} | {op['temperature']:.2f} | none (target not reached on val) | |")
+        keys = list(rows[0][1])
+        auc = {sp: 100 * np.array([r[3][f"{sp}_auc"] for r in rows]) for sp in ("val", "test")}
+        lines += ["", "COVID-19 against the rest, AUC (mean ± sd over seeds; the ranking every threshold is drawn from): "
+                  + ", ".join(f"{sp} {v.mean():.1f}" + (f" ± {v.std(ddof=1):.1f}" if len(v) > 1 else "")
+                              for sp, v in auc.items()) + "."]
+        lines += ["", "| test metric (mean ± sd over seeds) | argmax | operating point |", "|---|---|---|"]
+        for k in keys:
+            am = 100 * np.array([r[1][k] for r in rows if k in r[1]])
+            op = 100 * np.array([r[2][k] for r in rows if k in r[2]])
+            sd = (lambda x: f" ± {x.std(ddof=1):.1f}" if len(x) > 1 else "")
+            lines.append(f"| {k} | {am.mean():.1f}{sd(am)} | {op.mean():.1f}{sd(op)} |")
+        lines.append("")
+        correct[arch] = {r[0]: r[4] for r in rows}
+        aucs[arch] = {r[0]: (r[3]["val_auc"], r[3]["test_auc"]) for r in rows}
+    common = sorted(set(correct.get(ARCHS[0], {})) & set(correct.get(ARCHS[1], {})))
+    if common:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).parent))
+        from seeds import pooled
+
+        from edgecxr.metrics import mcnemar_exact
+
+        a_, b_ = (correct[x] for x in ARCHS)
+        ps = ", ".join(f"{mcnemar_exact(a_[s], b_[s])['p_value']:.2g}" for s in common)
+        d = np.mean([a_[s].astype(float) - b_[s].astype(float) for s in common], axis=0)
+        r = pooled(d)
+        lines += [(f"Test accuracy at the operating point, {ARCHS[0]} - {ARCHS[1]}, seeds {', '.join(map(str, common))} "
+                  f"paired image by image: **{r['mean']:+.1f} points [{r['lo']:+.1f}, {r['hi']:+.1f}]** "
+                  f"(sign-flip permutation p = {r['p_value']:.2g}); exact McNemar per seed pair: p = {ps}.")]
+        if len(common) >= 5:
+            from scipy.stats import wilcoxon
+
+            for i, sp in enumerate(("val", "test")):
+                d = np.array([aucs[ARCHS[0]][s][i] - aucs[ARCHS[1]][s][i] for s in common])
+                lines.append(f"COVID-19 AUC on {sp}, {ARCHS[0]} - {ARCHS[1]} per seed pair: {100 * d.mean():+.1f} points, "
+                             f"lower in {int((d < 0).sum())} of {len(d)} pairs (Wilcoxon signed-rank p = "
+                             f"{wilcoxon(d).pvalue:.2g}).")
+        lines.append("")
+    goal = ", ".join(f"{k} >= {100 * v:.0f}%" for k, v in GOAL.items())
+    lines += [f"Issue 14's research goal (mean over seeds, dev test): {goal}.", ""]
+    text = "\n".join(lines)
+    print(text)
+    if a.out:
+        a.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
