@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,81 @@ def one_run(val: Path, test: Path, target: float, margin: float,
     return metrics(pt.argmax(1), yt, st, classes), metrics(pred, yt, st, classes), fit, pred == yt
 
 
+def arch_runs(root: Path, name: str, target: float, margin: float, drop: set[str] = frozenset()) -> list[tuple]:
+    """(seed, argmax metrics, operating-point metrics, fit, correct) for each seed of run NAME with val and test."""
+    rows = []
+    for v in sorted(root.glob(f"{name}-s*-eval-val/eval.json")):
+        m = re.fullmatch(rf"{re.escape(name)}-s(\d+)-eval-val", v.parent.name)
+        t = v.parent.parent / f"{name}-s{m.group(1)}-eval-test" / "eval.json" if m else None
+        if t and t.exists():
+            rows.append((int(m.group(1)), *one_run(v, t, target, margin, drop)))
+    return rows
+
+
+def compare(by_arch: dict[str, list[tuple]]) -> dict | None:
+    """The two architectures' seed pairs at the operating point: test accuracy image by image (seeds.pooled), exact
+    McNemar per pair, and COVID-19 AUC on val and test per pair (Wilcoxon signed-rank from 5 pairs on)."""
+    correct = {a: {r[0]: r[4] for r in by_arch.get(a, [])} for a in ARCHS}
+    fits = {a: {r[0]: r[3] for r in by_arch.get(a, [])} for a in ARCHS}
+    common = sorted(set(correct[ARCHS[0]]) & set(correct[ARCHS[1]]))
+    if not common:
+        return None
+    sys.path.insert(0, str(Path(__file__).parent))
+    from seeds import pooled
+
+    from edgecxr.metrics import mcnemar_exact
+
+    a_, b_ = (correct[x] for x in ARCHS)
+    out = {"seeds": common, "accuracy": pooled(np.mean([a_[s].astype(float) - b_[s].astype(float) for s in common], 0)),
+           "mcnemar": [mcnemar_exact(a_[s], b_[s])["p_value"] for s in common], "auc": {}}
+    for sp in ("val", "test"):
+        d = np.array([fits[ARCHS[0]][s][f"{sp}_auc"] - fits[ARCHS[1]][s][f"{sp}_auc"] for s in common])
+        out["auc"][sp] = {"mean": 100 * d.mean(), "lower": int((d < 0).sum()), "n": len(d), "p_value": None}
+        if len(common) >= 5:
+            from scipy.stats import wilcoxon
+
+            out["auc"][sp]["p_value"] = float(wilcoxon(d).pvalue)
+    return out
+
+
+def _sd(x: np.ndarray) -> str:
+    return f" ± {x.std(ddof=1):.1f}" if len(x) > 1 else ""
+
+
+def report(name: str, rows: list[tuple]) -> list[str]:
+    n = len(rows[0][4])
+    lines = [f"## {name}: {len(rows)} seeds ({', '.join(str(r[0]) for r in rows)}), dev test ({n} images)", "",
+             "| seed | temperature | COVID-19 threshold | val COVID-19 sensitivity / specificity at it |",
+             "|---|---|---|---|"]
+    for s, _, _, op, _ in rows:
+        if "threshold" in op:
+            lines.append(f"| {s} | {op['temperature']:.2f} | {op['threshold']:.3f} | "
+                         f"{100 * op['val_sensitivity']:.1f} / {100 * op['val_specificity']:.1f}% |")
+        else:
+            lines.append(f"| {s} | {op['temperature']:.2f} | none (target not reached on val) | |")
+    auc = {sp: 100 * np.array([r[3][f"{sp}_auc"] for r in rows]) for sp in ("val", "test")}
+    lines += ["", "COVID-19 against the rest, AUC (mean ± sd over seeds; the ranking every threshold is drawn from): "
+              + ", ".join(f"{sp} {v.mean():.1f}{_sd(v)}" for sp, v in auc.items()) + ".",
+              "", "| test metric (mean ± sd over seeds) | argmax | operating point |", "|---|---|---|"]
+    for k in rows[0][1]:
+        am = 100 * np.array([r[1][k] for r in rows if k in r[1]])
+        op = 100 * np.array([r[2][k] for r in rows if k in r[2]])
+        lines.append(f"| {k} | {am.mean():.1f}{_sd(am)} | {op.mean():.1f}{_sd(op)} |")
+    return lines + [""]
+
+
+def comparison_lines(c: dict) -> list[str]:
+    r, seeds = c["accuracy"], ", ".join(map(str, c["seeds"]))
+    lines = [f"Test accuracy at the operating point, {ARCHS[0]} - {ARCHS[1]}, seeds {seeds} paired image by image: "
+             f"**{r['mean']:+.1f} points [{r['lo']:+.1f}, {r['hi']:+.1f}]** (sign-flip permutation p = "
+             f"{r['p_value']:.2g}); exact McNemar per seed pair: p = {', '.join(f'{p:.2g}' for p in c['mcnemar'])}."]
+    for sp, d in c["auc"].items():
+        test = f" (Wilcoxon signed-rank p = {d['p_value']:.2g})" if d["p_value"] is not None else ""
+        lines.append(f"COVID-19 AUC on {sp}, {ARCHS[0]} - {ARCHS[1]} per seed pair: {d['mean']:+.1f} points, "
+                     f"lower in {d['lower']} of {d['n']} pairs{test}.")
+    return lines + [""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("root", type=Path)
@@ -98,68 +174,17 @@ def main() -> None:
 
     lines = [f"# python benchmarks/operating_points.py {a.root} {a.config} --tag={a.tag} --target {a.target} "
              f"--margin {a.margin}" + (f" --permissive-test {a.permissive_test}" if a.permissive_test else ""), ""]
-    correct: dict[str, dict[int, np.ndarray]] = {}
-    aucs: dict[str, dict[int, tuple[float, float]]] = {}
+    by_arch = {}
     for arch in ARCHS:
-        name = f"{a.config}-{arch}{a.tag}"
-        pairs = []
-        for v in sorted(a.root.glob(f"{name}-s*-eval-val/eval.json")):
-            m = re.fullmatch(rf"{re.escape(name)}-s(\d+)-eval-val", v.parent.name)
-            t = v.parent.parent / f"{name}-s{m.group(1)}-eval-test" / "eval.json" if m else None
-            if t and t.exists():
-                pairs.append((int(m.group(1)), v, t))
-        if not pairs:
-            continue
-        rows = [(s, *one_run(v, t, a.target, a.margin, drop)) for s, v, t in pairs]
-        n = len(rows[0][4])
-        lines += [f"## {name}: {len(rows)} seeds ({', '.join(str(r[0]) for r in rows)}), dev test ({n} images)", "",
-                  "| seed | temperature | COVID-19 threshold | val COVID-19 sensitivity / specificity at it |",
-                  "|---|---|---|---|"]
-        for s, _, _, op, _ in rows:
-            if "threshold" in op:
-                lines.append(f"| {s} | {op['temperature']:.2f} | {op['threshold']:.3f} | "
-                             f"{100 * op['val_sensitivity']:.1f} / {100 * op['val_specificity']:.1f}% |")
-            else:
-                lines.append(f"| {s} | {op['temperature']:.2f} | none (target not reached on val) | |")
-        keys = list(rows[0][1])
-        auc = {sp: 100 * np.array([r[3][f"{sp}_auc"] for r in rows]) for sp in ("val", "test")}
-        lines += ["", "COVID-19 against the rest, AUC (mean ± sd over seeds; the ranking every threshold is drawn from): "
-                  + ", ".join(f"{sp} {v.mean():.1f}" + (f" ± {v.std(ddof=1):.1f}" if len(v) > 1 else "")
-                              for sp, v in auc.items()) + "."]
-        lines += ["", "| test metric (mean ± sd over seeds) | argmax | operating point |", "|---|---|---|"]
-        for k in keys:
-            am = 100 * np.array([r[1][k] for r in rows if k in r[1]])
-            op = 100 * np.array([r[2][k] for r in rows if k in r[2]])
-            sd = (lambda x: f" ± {x.std(ddof=1):.1f}" if len(x) > 1 else "")
-            lines.append(f"| {k} | {am.mean():.1f}{sd(am)} | {op.mean():.1f}{sd(op)} |")
-        lines.append("")
-        correct[arch] = {r[0]: r[4] for r in rows}
-        aucs[arch] = {r[0]: (r[3]["val_auc"], r[3]["test_auc"]) for r in rows}
-    common = sorted(set(correct.get(ARCHS[0], {})) & set(correct.get(ARCHS[1], {})))
-    if common:
-        import sys
-
-        sys.path.insert(0, str(Path(__file__).parent))
-        from seeds import pooled
-
-        from edgecxr.metrics import mcnemar_exact
-
-        a_, b_ = (correct[x] for x in ARCHS)
-        ps = ", ".join(f"{mcnemar_exact(a_[s], b_[s])['p_value']:.2g}" for s in common)
-        d = np.mean([a_[s].astype(float) - b_[s].astype(float) for s in common], axis=0)
-        r = pooled(d)
-        lines += [(f"Test accuracy at the operating point, {ARCHS[0]} - {ARCHS[1]}, seeds {', '.join(map(str, common))} "
-                  f"paired image by image: **{r['mean']:+.1f} points [{r['lo']:+.1f}, {r['hi']:+.1f}]** "
-                  f"(sign-flip permutation p = {r['p_value']:.2g}); exact McNemar per seed pair: p = {ps}.")]
-        if len(common) >= 5:
-            from scipy.stats import wilcoxon
-
-            for i, sp in enumerate(("val", "test")):
-                d = np.array([aucs[ARCHS[0]][s][i] - aucs[ARCHS[1]][s][i] for s in common])
-                lines.append(f"COVID-19 AUC on {sp}, {ARCHS[0]} - {ARCHS[1]} per seed pair: {100 * d.mean():+.1f} points, "
-                             f"lower in {int((d < 0).sum())} of {len(d)} pairs (Wilcoxon signed-rank p = "
-                             f"{wilcoxon(d).pvalue:.2g}).")
-        lines.append("")
+        rows = arch_runs(a.root, f"{a.config}-{arch}{a.tag}", a.target, a.margin, drop)
+        if rows:
+            by_arch[arch] = rows
+            lines += report(f"{a.config}-{arch}{a.tag}", rows)
+    if not by_arch:
+        raise SystemExit(f"no {a.config}-ARCH{a.tag}-sN-eval-val and -eval-test pairs under {a.root}")
+    c = compare(by_arch)
+    if c:
+        lines += comparison_lines(c)
     goal = ", ".join(f"{k} >= {100 * v:.0f}%" for k, v in GOAL.items())
     lines += [f"Issue 14's research goal (mean over seeds, dev test): {goal}.", ""]
     text = "\n".join(lines)
