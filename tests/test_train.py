@@ -261,6 +261,13 @@ def test_train_exclude_source_drops_only_training_images_of_that_source(tmp_path
     assert data["excluded_training_sources"] == ["b"]
     assert best["train_config"]["select_without"] == ["b"]  # the left-out source does not choose the checkpoint
     assert data["n_train"] == 10 and data["n_val"] == 12  # two of the twelve training images were source b
+    # every val image from the left-out source: nothing left to choose the checkpoint on, refused before training
+    (tmp_path / "m2.csv").write_text("\n".join(
+        r if r.startswith("file") or ",train," in r else ",".join(r.split(",")[:3] + ["b"] + r.split(",")[4:])
+        for r in rows) + "\n")
+    base2 = [str(tmp_path / "m2.csv") if a == str(tmp_path / "m.csv") else a for a in base]
+    r = CliRunner().invoke(app, base2 + ["--exclude-source", "b", "--out", str(tmp_path / "noval")])
+    assert r.exit_code != 0 and "leaves no val image" in r.output and not (tmp_path / "noval").exists()
 
 
 def test_class_weighted_loss_weights_are_inverse_frequencies(tmp_path, tiny_sets):
