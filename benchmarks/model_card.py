@@ -187,6 +187,36 @@ def operating_point_comparison() -> str:
             f"seed pairs do not show it).\n\n")
 
 
+def shipped_at_operating_point(res: dict, nc: dict[str, bool]) -> str:
+    """The shipped model's dev test results at the argmax and at its operating point (the runtime's finding), on all
+    images and on the permissive ones, with what the threshold costs."""
+    from operating_points import metrics
+
+    from edgecxr.runtime.batching import softmax
+    from edgecxr.runtime.operating_point import finding_at
+
+    rule = (res.get("operating_point") or {}).get("rule") or {}
+    if rule.get("threshold") is None:
+        return ""
+    classes = res["classes"]
+    rows = {}
+    for label, keep in (("all", lambda p: True), ("permissive", lambda p: not nc.get(p["file"].split("/")[-1], False))):
+        preds = [p for p in res["predictions"] if keep(p)]
+        prob = np.array([p["prob"] for p in preds], dtype=np.float64)
+        y = np.array([classes.index(p["label"]) for p in preds])
+        src = [p.get("source") or "?" for p in preds]
+        f = finding_at(softmax(np.log(prob + 1e-12) / rule.get("temperature", 1.0)), classes, rule["positive_class"],
+                       rule["threshold"])
+        rows[label] = (len(y), metrics(prob.argmax(1), y, src, classes), metrics(f, y, src, classes))
+    keys = [k for k in rows["all"][1]]
+    head = " | ".join(f"{lab} {n} images: argmax -> operating point" for lab, (n, _, _) in rows.items())
+    lines = [f"| dev test | {head} |", "|---|" + "---|" * len(rows)]
+    for k in keys:
+        cells = " | ".join(f"{100 * a[k]:.1f} -> **{100 * o[k]:.1f}**" if k in a else "-" for _, a, o in rows.values())
+        lines.append(f"| {k} | {cells} |")
+    return "\n".join(lines)
+
+
 def shipped_seed_table(nc: dict[str, bool]) -> str:
     """Each seed of the shipped recipe: val macro-F1 (the selection rule), accuracy on all and on the permissive test
     images, Hannover and Stony Brook COVID-19, and where it was trained (CPU or GPU: config's trained_on)."""
@@ -403,7 +433,17 @@ shrank these losses but was worse on the whole images (72.7% vs 82.0%, p = 0.029
 
 At the operating point (COVID-19 whenever its calibrated probability reaches the threshold, chosen
 for >= 95% val COVID-19 sensitivity) the shipped model trades specificity for sensitivity; `edgecxr eval`
-prints both the argmax and the operating-point results (`benchmarks/results/shipped-eval-test/eval.md`).
+prints both the argmax and the operating-point results (`benchmarks/results/shipped-eval-test/eval.md`). The finding the
+runtime reports is the operating point's:
+
+{shipped_at_operating_point(shipped, nc)}
+
+The threshold is fitted on every val image, the Cohen collection's 13 COVID-19 images included, which a model trained
+on permissive images hardly learns from (2 of its COVID-19 training images): reaching 95% on val brings it down to
+where most Pneumonia images are called COVID-19 too. Every seed of the shipped recipe pays this, the shipped seed
+least (`python benchmarks/operating_points.py benchmarks/results/training shipped --tag=-e60 --permissive-test
+../shared/cxr/dev/MANIFEST.csv`; `benchmarks/ablation.md`, "At the operating point"). Read a COVID-19 finding as
+"COVID-19 not ruled out", and the probabilities beside it.
 
 {("Not done in this release (compute: 2 CPU cores, no GPU was lent to this task): " + "; ".join(todo)) if todo else "The multi-seed comparison and both paper protocols (size sweep, balanced vs unbalanced) are done, one seed each for the protocols"}
 (`benchmarks/train_models.sh`, environment variables in its header; `runs/*/last.pt` resume). The recipe

@@ -57,7 +57,8 @@ def metrics(pred: np.ndarray, y: np.ndarray, src: list[str], classes: list[str])
     k = classes.index("COVID-19")
     out = {"accuracy": float(np.mean(pred == y))}
     for c, name in enumerate(classes):
-        out[f"{name} sensitivity"] = float(np.mean(pred[y == c] == c))
+        if (y == c).any():
+            out[f"{name} sensitivity"] = float(np.mean(pred[y == c] == c))
     for s in sorted(set(src)):
         m = (y == k) & (src_a == s)
         if m.any():

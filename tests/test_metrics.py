@@ -198,3 +198,29 @@ def test_seeds_subset_restricts_the_paired_images(monkeypatch):
     monkeypatch.setattr(seeds, "ONLY", ("c", None))
     with pytest.raises(SystemExit, match="no images left"):
         seeds.correct(res)
+
+
+def test_model_card_shipped_at_operating_point_reports_the_runtime_finding(tmp_path):
+    """benchmarks/model_card.py: the shipped model's test results at the argmax and at its operating point, on all
+    images and on the permissive ones; the threshold's price (non-COVID-19 images called COVID-19) is shown."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("model_card", Path(__file__).parents[1] / "benchmarks" / "model_card.py")
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+    classes = ["COVID-19", "Normal", "Pneumonia"]
+    # 4 COVID-19 (two of source "nc", non-commercial, scored 0.2 for COVID-19), 4 Pneumonia scored 0.1 or 0.3
+    preds = ([{"file": f"a/c{i}.png", "label": "COVID-19", "source": "ok", "prob": [0.8, 0.1, 0.1]} for i in range(2)]
+             + [{"file": f"a/n{i}.png", "label": "COVID-19", "source": "nc", "prob": [0.2, 0.1, 0.7]} for i in range(2)]
+             + [{"file": f"a/p{i}.png", "label": "Pneumonia", "source": "ok", "prob": [0.1 + 0.2 * (i % 2), 0.1, 0.8 - 0.2 * (i % 2)]}
+                for i in range(4)])
+    res = {"classes": classes, "predictions": preds,
+           "operating_point": {"rule": {"positive_class": "COVID-19", "threshold": 0.15, "temperature": 1.0}}}
+    nc = {"n0.png": True, "n1.png": True}
+    rows = {r.split(" | ")[0].strip("| "): r.split(" | ")[1:] for r in card.shipped_at_operating_point(res, nc).splitlines()[2:]}
+    assert rows["accuracy"][0] == "75.0 -> **75.0**"  # argmax misses the nc COVID-19; the threshold finds them but takes 2 Pneumonia
+    assert rows["non-COVID-19 called COVID-19"][0] == "0.0 -> **50.0**"
+    assert rows["accuracy"][1].startswith("100.0 -> **66.7**")  # permissive: 2 COVID-19 + 4 Pneumonia, 2 Pneumonia lost
+    assert rows["COVID-19 sensitivity nc"][1].strip(" |") == "-"
+    assert card.shipped_at_operating_point({**res, "operating_point": None}, nc) == ""
