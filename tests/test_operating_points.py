@@ -79,3 +79,15 @@ def test_a_target_only_a_zero_threshold_reaches_and_permissive_test_drops_images
     manifest = tmp_path / "MANIFEST.csv"
     manifest.write_text("file,non_commercial_only\ntrain/a/001-hard.png,yes\ntrain/b/002-nih.png,no\n")
     assert op.non_commercial(manifest) == {"001-hard.png"}
+
+
+def test_offset_bound_finds_the_prior_shift_that_fixes_a_biased_model(tmp_path):
+    """Every Pneumonia image scored a little below Normal: the argmax misses them all, one offset fixes every one."""
+    op = _module()
+    rows = [("Normal", "nih", [0.1, 0.6, 0.3])] * 5 + [("Pneumonia", "nih", [0.1, 0.5, 0.4])] * 5 \
+        + [("COVID-19", "x", [0.7, 0.2, 0.1])] * 5
+    test = _eval(tmp_path / "test", rows)
+    _, y, p, _ = op.load(test)
+    assert np.mean(p.argmax(1) == y) == pytest.approx(2 / 3)
+    assert op.offset_bound(test) == pytest.approx(1.0)
+    assert op.offset_bound(test, span=0.1, steps=3) == pytest.approx(2 / 3)  # log(0.5/0.4) = 0.22 is out of reach
