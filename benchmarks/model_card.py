@@ -169,7 +169,7 @@ def operating_point_comparison() -> str:
         return ""
     acc = {a: 100 * np.array([r[2]["accuracy"] for r in rows]) for a, rows in by_arch.items()}
     spec = {a: 100 * np.array([r[3]["val_specificity"] for r in rows]) for a, rows in by_arch.items()}
-    r, t = c["accuracy"], c["auc"]["test"]
+    r, t = c["accuracy"], c["per_pair"]["COVID-19 AUC on test"]
     mean = {a: {k: 100 * np.mean([row[2][k] for row in rows if k in row[2]]) for k in rows[0][2]}
             for a, rows in by_arch.items()}
     worst = min(v for m in mean.values() for k, v in m.items() if k.startswith("COVID-19 sensitivity "))

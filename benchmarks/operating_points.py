@@ -111,7 +111,8 @@ def arch_runs(root: Path, name: str, target: float, margin: float, drop: set[str
 
 def compare(by_arch: dict[str, list[tuple]]) -> dict | None:
     """The two architectures' seed pairs at the operating point: test accuracy image by image (seeds.pooled), exact
-    McNemar per pair, and COVID-19 AUC on val and test per pair (Wilcoxon signed-rank from 5 pairs on)."""
+    McNemar per pair, and per pair COVID-19 AUC on val and test and val accuracy at the operating point (Wilcoxon
+    signed-rank from 5 pairs on)."""
     correct = {a: {r[0]: r[4] for r in by_arch.get(a, [])} for a in ARCHS}
     fits = {a: {r[0]: r[3] for r in by_arch.get(a, [])} for a in ARCHS}
     common = sorted(set(correct[ARCHS[0]]) & set(correct[ARCHS[1]]))
@@ -124,14 +125,15 @@ def compare(by_arch: dict[str, list[tuple]]) -> dict | None:
 
     a_, b_ = (correct[x] for x in ARCHS)
     out = {"seeds": common, "accuracy": pooled(np.mean([a_[s].astype(float) - b_[s].astype(float) for s in common], 0)),
-           "mcnemar": [mcnemar_exact(a_[s], b_[s])["p_value"] for s in common], "auc": {}}
-    for sp in ("val", "test"):
-        d = np.array([fits[ARCHS[0]][s][f"{sp}_auc"] - fits[ARCHS[1]][s][f"{sp}_auc"] for s in common])
-        out["auc"][sp] = {"mean": 100 * d.mean(), "lower": int((d < 0).sum()), "n": len(d), "p_value": None}
+           "mcnemar": [mcnemar_exact(a_[s], b_[s])["p_value"] for s in common], "per_pair": {}}
+    for key, name in (("val_auc", "COVID-19 AUC on val"), ("test_auc", "COVID-19 AUC on test"),
+                      ("val_accuracy", "val accuracy at the operating point (where it was fitted)")):
+        d = np.array([fits[ARCHS[0]][s][key] - fits[ARCHS[1]][s][key] for s in common])
+        out["per_pair"][name] = {"mean": 100 * d.mean(), "lower": int((d < 0).sum()), "n": len(d), "p_value": None}
         if len(common) >= 5:
             from scipy.stats import wilcoxon
 
-            out["auc"][sp]["p_value"] = float(wilcoxon(d).pvalue)
+            out["per_pair"][name]["p_value"] = float(wilcoxon(d).pvalue)
     return out
 
 
@@ -172,9 +174,9 @@ def comparison_lines(c: dict) -> list[str]:
     lines = [f"Test accuracy at the operating point, {ARCHS[0]} - {ARCHS[1]}, seeds {seeds} paired image by image: "
              f"**{r['mean']:+.1f} points [{r['lo']:+.1f}, {r['hi']:+.1f}]** (sign-flip permutation p = "
              f"{r['p_value']:.2g}); exact McNemar per seed pair: p = {', '.join(f'{p:.2g}' for p in c['mcnemar'])}."]
-    for sp, d in c["auc"].items():
+    for name, d in c["per_pair"].items():
         test = f" (Wilcoxon signed-rank p = {d['p_value']:.2g})" if d["p_value"] is not None else ""
-        lines.append(f"COVID-19 AUC on {sp}, {ARCHS[0]} - {ARCHS[1]} per seed pair: {d['mean']:+.1f} points, "
+        lines.append(f"{name[0].upper() + name[1:]}, {ARCHS[0]} - {ARCHS[1]} per seed pair: {d['mean']:+.1f} points, "
                      f"lower in {d['lower']} of {d['n']} pairs{test}.")
     return lines + [""]
 
