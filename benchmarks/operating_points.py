@@ -2,8 +2,9 @@
 temperature fitted on its own val predictions by the rule the shipped model uses (`edgecxr calibrate`: temperature by
 val NLL, then the highest COVID-19 threshold with val sensitivity >= the target, lowered until every kept val positive
 lies `--margin` log-odds above it; every val image, non-commercial ones included), applied unchanged to its test
-predictions. For the shipped seed it gives the shipped model's own temperature and threshold. Reports, mean +- sd over seeds, test
-accuracy and per-class / per-source sensitivities at the argmax and at the operating point, beside the goal.
+predictions. For the shipped seed it gives the shipped model's own temperature and threshold. Reports, mean +- sd over
+seeds, test accuracy and per-class / per-source sensitivities at the argmax and at the operating point, beside the
+goal; the two architectures' seed pairs compared there; and an upper bound on what any prior shift could reach.
 
 Run: python benchmarks/operating_points.py benchmarks/results/training research --tag=-e60
      (reads DIR/CONFIG-ARCH-TAG-sN-eval-{val,test}/eval.json; the eval files keep every image's probabilities)
@@ -12,7 +13,7 @@ Run: python benchmarks/operating_points.py benchmarks/results/training research 
          --permissive-test ../shared/cxr/dev/MANIFEST.csv   (the shipped runs, reported on the permissive 109)
      python benchmarks/operating_points.py ... --out benchmarks/results/operating-points-research-e60.md
 
-The probabilities of research runs are plain softmax (no temperature was fitted in training), so log(p) serves as the
+The runs' eval probabilities are plain softmax (no temperature is fitted in training), so log(p) serves as the
 logits up to a per-image constant, which softmax ignores.
 """
 from __future__ import annotations
