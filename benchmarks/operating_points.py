@@ -87,8 +87,8 @@ def one_run(val: Path, test: Path, target: float, margin: float,
 
 def offset_bound(test: Path, span: float = 3.0, steps: int = 61) -> float:
     """The best test accuracy any per-class offsets of the log-probabilities reach (two classes shifted against the
-    third on a grid over +-``span``), fitted on the test images themselves: an upper bound for every prior shift (per-class offsets) chosen on
-    val, not a result. Three classes."""
+    third on a grid over +-``span``), fitted on the test images themselves: an upper bound for every prior shift
+    (per-class offsets) chosen on val, not a result. Three classes."""
     _, y, p, _ = load(test)
     logp, grid = np.log(p + 1e-12), np.linspace(-span, span, steps)
     if logp.shape[1] != 3:
@@ -164,9 +164,10 @@ def report(name: str, rows: list[tuple], bounds: list[float] | None = None) -> l
         lines.append(f"| {k} | {am.mean():.1f}{_sd(am)} | {op.mean():.1f}{_sd(op)} |")
     if bounds:
         b = 100 * np.array(bounds)
-        lines += ["", f"Upper bound, not a result: the best test accuracy any per-class offsets of the log-probabilities "
-                      f"reach (a grid of ±3 in steps of 0.1) when fitted on the test images themselves: {b.mean():.1f}{_sd(b)} (max {b.max():.1f}); "
-                      f"no per-class offset (prior shift) chosen on val can pass it."]
+        lines += ["", "Upper bound, not a result: the best test accuracy any per-class offsets of the log-probabilities "
+                      "reach (a grid of ±3 in steps of 0.1) when fitted on the test images themselves: "
+                      f"{b.mean():.1f}{_sd(b)} (max {b.max():.1f}); no per-class offset (prior shift) chosen on val "
+                      "can pass it."]
     return lines + [""]
 
 
