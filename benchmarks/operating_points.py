@@ -68,12 +68,15 @@ def metrics(pred: np.ndarray, y: np.ndarray, src: list[str], classes: list[str])
     return out
 
 
-def one_run(val: Path, test: Path, target: float, margin: float,
-            drop: set[str] = frozenset()) -> tuple[dict, dict, dict, np.ndarray]:
+def one_run(val: Path, test: Path, target: float, margin: float, drop: set[str] = frozenset(),
+            fit_without: set[str] = frozenset()) -> tuple[dict, dict, dict, np.ndarray]:
     """Test metrics at the argmax and at the val-fitted operating point, the fit, and each test image's correctness
-    at the operating point (sorted by file name); test images named in ``drop`` are left out (the fit uses every
-    val image, as `edgecxr calibrate` does)."""
-    classes, yv, pv, _ = load(val)
+    at the operating point (sorted by file name); test images named in ``drop`` are left out. The fit uses every
+    val image, as `edgecxr calibrate` does, but those of the sources in ``fit_without`` (a source left out of
+    training: an unseen hospital must not set the threshold it is then tested at)."""
+    classes, yv, pv, sv = load(val)
+    keep = np.array([s not in fit_without for s in sv])
+    yv, pv = yv[keep], pv[keep]
     _, yt, pt, st = load(test, drop)
     t = fit_temperature(np.log(pv + 1e-12), yv)
     op = fit_operating_point(softmax(np.log(pv + 1e-12) / t), yv, classes, target_sensitivity=target, margin=margin)
@@ -99,14 +102,15 @@ def offset_bound(test: Path, span: float = 3.0, steps: int = 61) -> float:
     return float((pred == y).mean(-1).max())
 
 
-def arch_runs(root: Path, name: str, target: float, margin: float, drop: set[str] = frozenset()) -> list[tuple]:
+def arch_runs(root: Path, name: str, target: float, margin: float, drop: set[str] = frozenset(),
+              fit_without: set[str] = frozenset()) -> list[tuple]:
     """(seed, argmax metrics, operating-point metrics, fit, correct) for each seed of run NAME with val and test."""
     rows = []
     for v in sorted(root.glob(f"{name}-s*-eval-val/eval.json")):
         m = re.fullmatch(rf"{re.escape(name)}-s(\d+)-eval-val", v.parent.name)
         t = v.parent.parent / f"{name}-s{m.group(1)}-eval-test" / "eval.json" if m else None
         if t and t.exists():
-            rows.append((int(m.group(1)), *one_run(v, t, target, margin, drop)))
+            rows.append((int(m.group(1)), *one_run(v, t, target, margin, drop, fit_without)))
     return rows
 
 
@@ -193,16 +197,20 @@ def main() -> None:
     ap.add_argument("--permissive-test", type=Path, metavar="MANIFEST",
                     help="report on the permissive test images only (the shipped goal's 109; the manifest says which "
                          "are non-commercial); the fit still uses every val image, as `edgecxr calibrate` does")
+    ap.add_argument("--fit-without", action="append", default=[], metavar="SOURCE",
+                    help="leave this source's val images out of the fit (runs trained without it: --tag=-e60-nosbu "
+                         "--fit-without sbu); test still reports it")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     drop = non_commercial(a.permissive_test) if a.permissive_test else set()
 
     lines = [f"# python benchmarks/operating_points.py {a.root} {a.config} --tag={a.tag} --target {a.target} "
-             f"--margin {a.margin}" + (f" --permissive-test {a.permissive_test}" if a.permissive_test else ""), ""]
+             f"--margin {a.margin}" + (f" --permissive-test {a.permissive_test}" if a.permissive_test else "")
+             + "".join(f" --fit-without {x}" for x in a.fit_without), ""]
     by_arch = {}
     for arch in ARCHS:
         name = f"{a.config}-{arch}{a.tag}"
-        rows = arch_runs(a.root, name, a.target, a.margin, drop)
+        rows = arch_runs(a.root, name, a.target, a.margin, drop, set(a.fit_without))
         if rows:
             by_arch[arch] = rows
             bounds = None if drop else [offset_bound(a.root / f"{name}-s{r[0]}-eval-test" / "eval.json") for r in rows]

@@ -91,3 +91,16 @@ def test_offset_bound_finds_the_prior_shift_that_fixes_a_biased_model(tmp_path):
     assert np.mean(p.argmax(1) == y) == pytest.approx(2 / 3)
     assert op.offset_bound(test) == pytest.approx(1.0)
     assert op.offset_bound(test, span=0.1, steps=3) == pytest.approx(2 / 3)  # log(0.5/0.4) = 0.22 is out of reach
+
+
+def test_fit_without_keeps_a_left_out_source_from_setting_the_threshold(tmp_path):
+    """A source left out of training must not set the threshold it is tested at: without its val images the
+    threshold is fitted on the others alone, and sits higher when that source scores lowest."""
+    op = _module()
+    rng = np.random.default_rng(2)
+    val = _eval(tmp_path / "val", _split(rng))
+    test = _eval(tmp_path / "test", _split(rng))
+    _, _, with_it, _ = op.one_run(val, test, target=0.95, margin=0.0)
+    _, at_op, without, _ = op.one_run(val, test, target=0.95, margin=0.0, fit_without={"hard"})
+    assert without["threshold"] > 0.3 > with_it["threshold"]  # the "easy" COVID-19 images score >= 0.5 or so
+    assert at_op["COVID-19 sensitivity hard"] == 0.0 and at_op["COVID-19 sensitivity easy"] == 1.0
