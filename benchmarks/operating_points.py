@@ -68,6 +68,14 @@ def metrics(pred: np.ndarray, y: np.ndarray, src: list[str], classes: list[str])
     return out
 
 
+def auc_by_source(y: np.ndarray, prob: np.ndarray, src: list[str], k: int) -> dict[str, float]:
+    """For each source with COVID-19 images: the AUC of its COVID-19 images against every non-COVID-19 image (0.5: the
+    COVID-19 score tells that source's COVID-19 from the rest no better than chance)."""
+    src_a, neg = np.asarray(src), y != k
+    return {str(s): auc_binary(y[m] == k, prob[m, k]) for s in sorted(set(src_a[y == k]))
+            for m in [neg | ((y == k) & (src_a == s))]}
+
+
 def one_run(val: Path, test: Path, target: float, margin: float, drop: set[str] = frozenset(),
             fit_without: set[str] = frozenset()) -> tuple[dict, dict, dict, np.ndarray]:
     """Test metrics at the argmax and at the val-fitted operating point, the fit, and each test image's correctness
@@ -84,7 +92,8 @@ def one_run(val: Path, test: Path, target: float, margin: float, drop: set[str] 
     if "threshold" in op:  # else the target is out of reach on val: no operating point, the argmax stands
         pred = finding_at(softmax(np.log(pt + 1e-12) / t), classes, "COVID-19", op["threshold"])
     k = classes.index("COVID-19")
-    fit = {"temperature": t, "val_auc": auc_binary(yv == k, pv[:, k]), "test_auc": auc_binary(yt == k, pt[:, k]), **op}
+    fit = {"temperature": t, "val_auc": auc_binary(yv == k, pv[:, k]), "test_auc": auc_binary(yt == k, pt[:, k]),
+           "test_auc_by_source": auc_by_source(yt, pt, st, k), **op}
     return metrics(pt.argmax(1), yt, st, classes), metrics(pred, yt, st, classes), fit, pred == yt
 
 
@@ -160,7 +169,10 @@ def report(name: str, rows: list[tuple], bounds: list[float] | None = None) -> l
             lines.append(f"| {s} | {op['temperature']:.2f} | none (target not reached on val) | | {acc} |")
     auc = {sp: 100 * np.array([r[3][f"{sp}_auc"] for r in rows]) for sp in ("val", "test")}
     lines += ["", "COVID-19 against the rest, AUC (mean ± sd over seeds; the ranking every threshold is drawn from): "
-              + ", ".join(f"{sp} {v.mean():.1f}{_sd(v)}" for sp, v in auc.items()) + ".",
+              + ", ".join(f"{sp} {v.mean():.1f}{_sd(v)}" for sp, v in auc.items()) + "; on test, each source's COVID-19 "
+              "images against every non-COVID-19 image: " + ", ".join(
+                  f"{src} {v.mean():.1f}{_sd(v)}" for src in rows[0][3]["test_auc_by_source"]
+                  for v in [100 * np.array([r[3]["test_auc_by_source"][src] for r in rows])]) + ".",
               "", "| test metric (mean ± sd over seeds) | argmax | operating point |", "|---|---|---|"]
     for k in rows[0][1]:
         am = 100 * np.array([r[1][k] for r in rows if k in r[1]])

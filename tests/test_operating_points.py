@@ -61,6 +61,10 @@ def test_operating_point_is_the_calibrate_rule_and_finds_what_the_argmax_misses(
     assert at_op["Normal sensitivity"] == 1.0
     assert at_op["accuracy"] == pytest.approx(correct.mean()) and at_op["accuracy"] > argmax["accuracy"]
     assert fit["test_auc"] == pytest.approx(1.0)
+    assert sorted(fit["test_auc_by_source"]) == ["easy", "hard"]  # sources with COVID-19 images only
+    assert op.auc_by_source(np.array([0, 0, 1, 1]), np.array([[0.9, 0.1, 0], [0.2, 0.8, 0], [0.5, 0.5, 0],
+                                                                [0.1, 0.9, 0]]), ["a", "b", "n", "n"], 0) == \
+        {"a": 1.0, "b": 0.5}  # b's one COVID-19 image outranks one of the two non-COVID-19 images
 
 
 def test_a_target_only_a_zero_threshold_reaches_and_permissive_test_drops_images(tmp_path):
