@@ -176,7 +176,9 @@ def operating_point_comparison() -> str:
     bound = 100 * np.mean([offset_bound(TRAINING / f"research-{a}-e60-s{row[0]}-eval-test" / "eval.json")
                            for a, rows in by_arch.items() for row in rows])
     pneu = " and ".join(f"{mean[a]['Pneumonia sensitivity']:.1f}%" for a in OP_ARCHS)
-    return (f"**At the operating point, DenseNet121 is better** in this configuration: fitted on each run's val "
+    verdict = ("DenseNet121 is better" if r["hi"] < 0 and r["p_value"] < 0.05 else
+               "Covid-DenseNet is better" if r["lo"] > 0 and r["p_value"] < 0.05 else "neither is shown better")
+    return (f"**At the operating point, {verdict}** in this configuration: fitted on each run's val "
             f"predictions as `edgecxr calibrate` fits the shipped model (>= 95% val COVID-19 sensitivity, temperature, "
             f"0.15 log-odds margin), Covid-DenseNet keeps {spec[OP_ARCHS[0]].mean():.1f}% val specificity on average "
             f"against DenseNet121's {spec[OP_ARCHS[1]].mean():.1f}%, and on dev test reaches "
