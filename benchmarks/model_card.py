@@ -424,7 +424,7 @@ per-source sensitivities above cannot be assumed to hold; measure them there fir
 The same holds the other way round: with Stony Brook out, 54 of the 124 COVID-19 training images
 (44%) are the Cohen collection's instead of 54 of 174 (31%), and DenseNet121 with issue 14's first recipe (40 epochs,
 class-weighted loss) finds 12, 11 and 10 of its 14 COVID-19 test images over three seeds (5, 7 and 9 with every source
-and the 60-epoch recipe; Covid-DenseNet, one seed: 9 against 8), but not more of its 13 val images (16/39 vs 14/39) and fewer of its Pneumonia images
+and the 60-epoch recipe; Covid-DenseNet, two seeds: 9 and 8 against 8 and 9), but not more of its 13 val images (16/39 vs 14/39) and fewer of its Pneumonia images
 (`benchmarks/ablation.md`, "The issue's first recipe").
 Details: `benchmarks/ablation.md`, "Leaving a source out".
 
