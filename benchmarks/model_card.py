@@ -161,7 +161,7 @@ def unseen_source_table(split: str = "test") -> str:
 
 def operating_point_comparison() -> str:
     """Both architectures' 60-epoch research seeds at the operating point `edgecxr calibrate` fits on val."""
-    from operating_points import ARCHS as OP_ARCHS, arch_runs, compare, offset_bound
+    from operating_points import ARCHS as OP_ARCHS, arch_runs, compare
 
     by_arch = {a: arch_runs(TRAINING, f"research-{a}-e60", 0.95, 0.15) for a in OP_ARCHS}
     c = compare(by_arch)
@@ -173,8 +173,7 @@ def operating_point_comparison() -> str:
     mean = {a: {k: 100 * np.mean([row[2][k] for row in rows if k in row[2]]) for k in rows[0][2]}
             for a, rows in by_arch.items()}
     worst = min(v for m in mean.values() for k, v in m.items() if k.startswith("COVID-19 sensitivity "))
-    bound = 100 * np.mean([offset_bound(TRAINING / f"research-{a}-e60-s{row[0]}-eval-test" / "eval.json")
-                           for a, rows in by_arch.items() for row in rows])
+    bound = 100 * np.mean([row[3]["test_offset_bound"] for rows in by_arch.values() for row in rows])
     pneu = " and ".join(f"{mean[a]['Pneumonia sensitivity']:.1f}%" for a in OP_ARCHS)
     verdict = ("DenseNet121 is better" if r["hi"] < 0 and r["p_value"] < 0.05 else
                "Covid-DenseNet is better" if r["lo"] > 0 and r["p_value"] < 0.05 else "neither is shown better")
@@ -198,8 +197,7 @@ def shipped_at_operating_point(res: dict, nc: dict[str, bool]) -> str:
     images and on the permissive ones, with what the threshold costs."""
     from operating_points import metrics
 
-    from edgecxr.runtime.batching import softmax
-    from edgecxr.runtime.operating_point import finding_at
+    from edgecxr.runtime.operating_point import findings
 
     rule = (res.get("operating_point") or {}).get("rule") or {}
     if rule.get("threshold") is None:
@@ -211,13 +209,11 @@ def shipped_at_operating_point(res: dict, nc: dict[str, bool]) -> str:
         prob = np.array([p["prob"] for p in preds], dtype=np.float64)
         y = np.array([classes.index(p["label"]) for p in preds])
         src = [p.get("source") or "?" for p in preds]
-        f = finding_at(softmax(np.log(prob + 1e-12) / rule.get("temperature", 1.0)), classes, rule["positive_class"],
-                       rule["threshold"])
+        f = findings(np.log(prob + 1e-12), classes, rule)  # eval.json keeps softmax(logits): log gives them back
         rows[label] = (len(y), metrics(prob.argmax(1), y, src, classes), metrics(f, y, src, classes))
-    keys = [k for k in rows["all"][1]]
     head = " | ".join(f"{lab} {n} images: argmax -> operating point" for lab, (n, _, _) in rows.items())
     lines = [f"| dev test | {head} |", "|---|" + "---|" * len(rows)]
-    for k in keys:
+    for k in rows["all"][1]:
         cells = " | ".join(f"{100 * a[k]:.1f} -> **{100 * o[k]:.1f}**" if k in a else "-" for _, a, o in rows.values())
         lines.append(f"| {k} | {cells} |")
     return "\n".join(lines)

@@ -93,8 +93,8 @@ def test_offset_bound_finds_the_prior_shift_that_fixes_a_biased_model(tmp_path):
     test = _eval(tmp_path / "test", rows)
     _, y, p, _ = op.load(test)
     assert np.mean(p.argmax(1) == y) == pytest.approx(2 / 3)
-    assert op.offset_bound(test) == pytest.approx(1.0)
-    assert op.offset_bound(test, span=0.1, steps=3) == pytest.approx(2 / 3)  # log(0.5/0.4) = 0.22 is out of reach
+    assert op.offset_bound(y, p) == pytest.approx(1.0)
+    assert op.offset_bound(y, p, span=0.1, steps=3) == pytest.approx(2 / 3)  # log(0.5/0.4) = 0.22 is out of reach
 
 
 def test_fit_without_keeps_a_left_out_source_from_setting_the_threshold(tmp_path):
