@@ -275,6 +275,9 @@ def calibrate(
     op_margin: float = typer.Option(0.15, "--op-margin", min=0.0, help="Lower the COVID-19 threshold until every val "
                                     "COVID-19 image it keeps lies this many log-odds above it (room for INT8/bf16 "
                                     "error; 0: halfway to the next val score only)."),
+    op_target: float = typer.Option(0.95, "--op-target", min=0.5, max=1.0, help="Val COVID-19 sensitivity the "
+                                    "operating point must reach; lower it (e.g. 0.9) to call fewer non-COVID-19 images "
+                                    "COVID-19 (benchmarks/ablation.md, 'At the operating point', measures the trade)."),
     layout: str = typer.Option("auto"),
 ) -> None:
     """Fit the input guard, temperature scaling and the COVID-19 operating point on train/val; write them
@@ -289,7 +292,7 @@ def calibrate(
         train = [s for s in parts["train"] if not (permissive_only and s.licence_nc)]
         exclude = {hashlib.sha256(p.read_bytes()).hexdigest() for p in iter_images([outlier_exclude])} if outlier_exclude else None
         report = run_calibrate(checkpoint, train, parts["val"], out, ood=iter_images([ood]) if ood else None,
-                               margin=margin, outlier_exclude=exclude, op_margin=op_margin)
+                               margin=margin, outlier_exclude=exclude, op_margin=op_margin, op_target=op_target)
     except EdgeCXRError as exc:
         _fail(str(exc), _code_for(exc))
     console.print_json(json.dumps(report, default=float))

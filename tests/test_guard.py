@@ -306,6 +306,45 @@ def test_dicom_sr_from_an_anonymised_source(guarded_onnx, tmp_path):
     assert r.exit_code == 0 and "no SR" in r.output and "StudyInstanceUID" in r.output, r.output
 
 
+def test_op_target_trades_sensitivity_for_specificity():
+    """A lower val sensitivity target keeps at least that sensitivity and never lowers the threshold or the
+    specificity (synthetic scores: positives spread over the negatives' range)."""
+    from edgecxr.train.calibrate import fit_operating_point
+
+    rng = np.random.default_rng(0)
+    classes = ["COVID-19", "Normal", "Pneumonia"]
+    y = np.r_[np.zeros(40, int), np.ones(30, int), np.full(30, 2)]
+    pos = np.r_[rng.uniform(0.05, 0.95, 40), rng.uniform(0.0, 0.6, 60)]
+    probs = np.c_[pos, (1 - pos) / 2, (1 - pos) / 2]
+    ops = {t: fit_operating_point(probs, y, classes, target_sensitivity=t) for t in (0.95, 0.8, 0.6)}
+    for t, op in ops.items():
+        assert op["target_sensitivity"] == t and op["val_sensitivity"] >= t
+    assert ops[0.6]["threshold"] > ops[0.8]["threshold"] > ops[0.95]["threshold"]
+    assert ops[0.6]["val_specificity"] > ops[0.95]["val_specificity"]
+
+
+def test_calibrate_passes_op_target_to_the_fit(tiny_checkpoint, tmp_path, monkeypatch):
+    """``edgecxr calibrate --op-target`` reaches the operating-point fit and the checkpoint; out-of-range targets are
+    refused before any work."""
+    import edgecxr.train.calibrate as cal
+    from edgecxr.cli import app
+    from edgecxr.data import load_samples
+
+    seen = []
+    real = cal.fit_operating_point
+    monkeypatch.setattr(cal, "fit_operating_point", lambda *a, **k: seen.append(k["target_sensitivity"]) or real(*a, **k))
+    ck = tmp_path / "t.safetensors"
+    op = cal.calibrate(tiny_checkpoint, load_samples(calibration_dir())[::3], load_samples(val_dir())[::4], ck,
+                       method="knn", op_target=0.8)["operating_point"]
+    assert seen == [0.8] and op["target_sensitivity"] == 0.8
+    from edgecxr.checkpoint import read_meta
+
+    assert read_meta(ck)["operating_point"]["target_sensitivity"] == 0.8
+    r = CliRunner().invoke(app, ["calibrate", str(tiny_checkpoint), str(tmp_path), "--out", str(tmp_path / "x.safetensors"),
+                                 "--op-target", "0.3"])
+    assert r.exit_code != 0 and "op-target" in r.output
+
+
 @pytest.mark.parametrize("method", ["knn", "mahalanobis", "energy", "outlier", "combined"])
 def test_every_guard_method_exports_and_matches_torch(tiny_checkpoint, tmp_path, method):
     from edgecxr.data import load_samples

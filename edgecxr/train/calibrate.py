@@ -163,13 +163,19 @@ CANDIDATES = [("knn", "backbone", 5), ("knn", "backbone_meanstd", 5), ("knn", "p
 
 def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Path, ood: list[Path] | None = None,
               margin: float = 1.0, quantile: float = 0.995, method: str | None = None, shrinkage: float = 0.05,
-              outlier_exclude: set[str] | None = None, op_margin: float = 0.15) -> dict:
+              outlier_exclude: set[str] | None = None, op_margin: float = 0.15, op_target: float = 0.95) -> dict:
     """Fit guard, temperature and operating point; write a new checkpoint to ``out``; return the report.
 
     ``method`` None: measure every candidate (score x features) and keep the one that rejects the most
     of ``ood`` at a threshold where >= 99% of val CXRs pass (without ``ood``: k-NN on backbone features).
     ``outlier_exclude``: sha256 of training images to leave out of the damaged copies the outlier head learns from.
+    ``op_target``: the val COVID-19 sensitivity the operating point must reach (issue 14: 0.95); a lower target calls
+    fewer non-COVID-19 images COVID-19.
     """
+    if not 0 < op_target <= 1:
+        from edgecxr.errors import EdgeCXRError
+
+        raise EdgeCXRError(f"op_target {op_target} must lie in (0, 1]: a val sensitivity, e.g. 0.95")
     import hashlib
 
     import torch
@@ -254,7 +260,7 @@ def calibrate(checkpoint: Path, train: list[Sample], val: list[Sample], out: Pat
              "n_train": len(train), "n_val": len(val)}
     t = fit_temperature(va["logits"], yva)
     p_raw, p_cal = softmax(va["logits"]), softmax(va["logits"] / t)
-    op = fit_operating_point(p_cal, yva, classes, margin=op_margin)
+    op = fit_operating_point(p_cal, yva, classes, target_sensitivity=op_target, margin=op_margin)
     f = finding_at(p_cal, classes, op["positive_class"], op["threshold"])
     onehot = np.eye(len(classes))[f]
     op.update(temperature=t, ece_val_before=ece(p_raw, yva), ece_val_after=ece(p_cal, yva),
