@@ -258,6 +258,7 @@ def shipped_architecture_comparison(nc: dict[str, bool]) -> str:
     right = {a: {} for a in OP_ARCHS}
     for a in OP_ARCHS:
         for seed, res in seed_runs(TRAINING, "shipped", f"{a}-e60", "test").items():
+            res = {**res, "predictions": sorted(res["predictions"], key=lambda q: q["file"])}  # as seeds.py orders them
             _, y, prob = _arrays(res, permissive)
             right[a][seed] = (prob.argmax(1) == y).astype(float)
     arg = pooled(np.mean([right[OP_ARCHS[0]][s] - right[OP_ARCHS[1]][s] for s in c["seeds"]], 0))
