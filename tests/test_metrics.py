@@ -224,3 +224,27 @@ def test_model_card_shipped_at_operating_point_reports_the_runtime_finding(tmp_p
     assert rows["accuracy"][1].startswith("100.0 -> **66.7**")  # permissive: 2 COVID-19 + 4 Pneumonia, 2 Pneumonia lost
     assert rows["COVID-19 sensitivity nc"][1].strip(" |") == "-"
     assert card.shipped_at_operating_point({**res, "operating_point": None}, nc) == ""
+
+
+def test_model_card_shipped_architecture_comparison_agrees_with_seeds_py(monkeypatch):
+    """benchmarks/model_card.py's shipped-configuration comparison (permissive test images, by licence) gives the same
+    image-by-image interval as `seeds.py shipped test -e60 --without ieee8023` (the test split's non-commercial images
+    are exactly the Cohen collection's), on the committed runs."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("model_card", Path(__file__).parents[1] / "benchmarks" / "model_card.py")
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+    if not card.MANIFEST.is_file():
+        pytest.skip(f"needs {card.MANIFEST} (which images are non-commercial)")
+    text = card.shipped_architecture_comparison(card._nc_flags())
+    seeds = sys.modules["seeds"]
+    monkeypatch.setattr(seeds, "WITHOUT", {"ieee8023"})
+    ps = seeds.pairs(card.TRAINING, "shipped", "test", "covid-densenet-e60", "densenet121-e60")
+    if len(ps) < 2:
+        pytest.skip("fewer than two shipped-configuration seed pairs recorded")
+    p = seeds.pooled(np.mean([x["diff"] for x in ps], 0))
+    assert f"({len(ps)} seed pairs" in text
+    assert f"= {p['mean']:+.1f} points [{p['lo']:+.1f}, {p['hi']:+.1f}] at the argmax" in text
