@@ -843,9 +843,56 @@ def test_shipped_int8_targets_exclude_only_nodes_the_graph_has(tiny_checkpoint, 
     stem), for the tiny model of the same architecture."""
     from edgecxr.export.onnx_int8 import check_node_names
 
-    ctx, tgt = _ctx_and_target(tiny_checkpoint, name)
-    ctx.gray_stem, ctx.pool_first = tgt.gray_stem, tgt.pool_first
-    check_node_names(list(tgt.int8.exclude), ctx.fp32_onnx(tgt, tmp_path))
+    from edgecxr.export.targets import resolve_target
+
+    for isa in (VNNI_CPU, AVX2_CPU):  # gray_stem = "auto" builds another stem on each
+        ctx, tgt = _ctx_and_target(tiny_checkpoint, name)
+        t = resolve_target(tgt, isa=isa)
+        ctx.gray_stem, ctx.pool_first = t.gray_stem, t.pool_first
+        check_node_names(list(t.int8.exclude), ctx.fp32_onnx(t, tmp_path / str(t.gray_stem)))
+
+
+VNNI_CPU = {"arch": "x86_64", "isa": ["AVX-512 BF16", "AVX-512 VNNI"]}
+AVX2_CPU = {"arch": "x86_64", "isa": []}
+
+
+def test_gray_stem_auto_follows_the_cpu_and_renames_the_stems_float_layers(tmp_path, monkeypatch):
+    """``gray_stem = "auto"``: the gray stem on x86 with VNNI or AMX (where it was measured faster and passed the gate),
+    the 3-channel stem on AVX2-only x86, on ARM and for TensorRT; with it on, the stem conv the target keeps float is
+    named as the folded graph names it; other values are refused, and export() resolves before keying its cache."""
+    from edgecxr.export.targets import GRAY_STEM_NODES, load_target, resolve_target
+
+    p = tmp_path / "t.toml"
+    p.write_text('backend = "openvino"\nprecision = "int8"\ngray_stem = "auto"\n[int8]\nexclude = ["/conv0/Conv", "/x"]\n')
+    t = load_target(str(p))
+    assert t.gray_stem == "auto"
+    on = resolve_target(t, isa=VNNI_CPU)
+    assert on.gray_stem is True and on.int8.exclude == [*GRAY_STEM_NODES["/conv0/Conv"], "/x"]
+    assert resolve_target(t, isa={"arch": "x86_64", "isa": ["AMX-INT8"]}).gray_stem is True
+    for isa in (AVX2_CPU, {"arch": "aarch64", "isa": []}):
+        off = resolve_target(t, isa=isa)
+        assert off.gray_stem is False and off.int8.exclude == ["/conv0/Conv", "/x"]
+    assert t.int8.exclude == ["/conv0/Conv", "/x"]  # the loaded target is left as it was
+    p.write_text('backend = "tensorrt"\nprecision = "fp16"\ngray_stem = "auto"\n')
+    assert resolve_target(load_target(str(p)), isa=VNNI_CPU).gray_stem is False
+    p.write_text('backend = "onnx"\nprecision = "fp32"\ngray_stem = "yes"\n')
+    with pytest.raises(EdgeCXRError, match='gray_stem: expected true, false or "auto"'):
+        load_target(str(p))
+    p.write_text('backend = "onnx"\nprecision = "fp32"\ngray_stem = "auto"\nstem_s2d = true\n')
+    with pytest.raises(EdgeCXRError, match="stem_s2d needs the gray stem"):
+        resolve_target(load_target(str(p)), isa=AVX2_CPU)
+    assert resolve_target(load_target(str(p)), isa=VNNI_CPU).stem_s2d
+    seen = []  # the target export() keys its cache with
+    monkeypatch.setattr(core, "cache_key", lambda ck_sha, tgt, *a, **k: seen.append(tgt) or "key")
+    monkeypatch.setattr(core, "find_cached", lambda artifact, key, verify: "cached")
+    monkeypatch.setattr("edgecxr.checkpoint.read_meta", lambda path: {})
+    ck = tmp_path / "ck.safetensors"
+    ck.write_bytes(b"x")
+    p.write_text('backend = "onnx"\nprecision = "fp32"\ngray_stem = "auto"\n')
+    for isa, gray in ((VNNI_CPU, True), (AVX2_CPU, False)):
+        monkeypatch.setattr("edgecxr.hardware.isa_class", lambda *a, _isa=isa, **k: _isa)
+        assert core.export(ck, str(p), out=tmp_path / "o").cached
+        assert seen[-1].gray_stem is gray
 
 
 def test_split_conv_weights_is_exact_in_fp32_and_keeps_float_precision_in_int8(tiny_checkpoint, tmp_path):

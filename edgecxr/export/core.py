@@ -28,7 +28,7 @@ from edgecxr.artifact import sha256_file, verify_artifact_bytes
 from edgecxr.backends import get_backend
 from edgecxr.errors import ArtifactError, EdgeCXRError
 from edgecxr.export.context import ExportContext
-from edgecxr.export.targets import Target, load_target
+from edgecxr.export.targets import Target, load_target, resolve_target
 from edgecxr.hardware import isa_class
 from edgecxr.resources import calibration_dir, verification_dirs
 from edgecxr.sidecar import FileRecord, Sidecar, Verification, read_sidecar, sidecar_path, write_sidecar
@@ -170,7 +170,7 @@ def export(checkpoint: str | Path, target: str | Target, precision: str | None =
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise EdgeCXRError(f"{checkpoint}: no such checkpoint. Train one (`edgecxr train`) or use the shipped default.")
-    tgt = target if isinstance(target, Target) else load_target(target, precision, batch, dynamic, heatmaps)
+    tgt = resolve_target(target if isinstance(target, Target) else load_target(target, precision, batch, dynamic, heatmaps))
     backend = get_backend(tgt.backend)
     calib_dirs = [Path(p) for p in (calib or [calibration_dir()])]
     verify_dirs = [Path(p) for p in (verify_on or verification_dirs())]

@@ -152,7 +152,8 @@ class Target:
     max_batch: int = 64
     opset: int = 18
     heatmaps: bool = False  # also output the classifier's spatial maps (for --heatmaps); costs latency in some engines
-    gray_stem: bool = False  # fold the gray->3-channel replication into the stem conv (edgecxr/export/gray_stem.py)
+    gray_stem: bool | str = False  # fold the gray->3-channel replication into the stem conv (edgecxr/export/gray_stem.py);
+    # "auto": on x86 CPUs with VNNI / AMX only (resolve_target)
     pool_first: bool = False  # average-pool before the transitions' 1x1 convs (edgecxr/export/pool_first.py)
     stem_s2d: bool = False  # with gray_stem: the stem conv as a conv of 2x2 pixel blocks (edgecxr/export/gray_stem.py)
     int8: Int8Options = field(default_factory=Int8Options)
@@ -198,7 +199,9 @@ def target_from_dict(data: dict, where: str) -> Target:
     data["tensorrt"] = _typed(TensorRTOptions, data.pop("tensorrt", {}), f"{where} [tensorrt]")
     data["tolerance"] = _typed(Tolerance, {"min_agreement": agree, "max_accuracy_drop": drop,
                                            **data.pop("tolerance", {})}, f"{where} [tolerance]")
-    for key, typ in (("heatmaps", bool), ("gray_stem", bool), ("pool_first", bool), ("stem_s2d", bool),
+    if data.get("gray_stem", False) not in (True, False, "auto"):
+        raise TargetError(f"{where}.gray_stem: expected true, false or \"auto\", got {data['gray_stem']!r}")
+    for key, typ in (("heatmaps", bool), ("pool_first", bool), ("stem_s2d", bool),
                      ("dynamic_batch", bool), ("min_batch", int), ("opt_batch", int), ("max_batch", int),
                      ("opset", int), ("name", str), ("description", str)):
         if key in data and (not isinstance(data[key], typ) or (typ is int and isinstance(data[key], bool))):
@@ -260,3 +263,36 @@ def load_target(name_or_path: str, precision: str | None = None, batch: int | No
             data["name"] += "-7bit" if reduce_range else "-8bit"
         int8["reduce_range"] = reduce_range
     return target_from_dict(data, str(path))
+
+
+# The stem's float-layer names in the 3-channel graph and what they become once the gray stem is folded in
+# (edgecxr/export/gray_stem.py: channel 0 sliced, a 1-channel conv, the border-constant map added).
+GRAY_STEM_NODES = {"/conv0/Conv": ["/conv0/Slice", "/conv0/conv/Conv", "/conv0/Add"]}
+
+
+def resolve_target(tgt: Target, isa: dict | None = None) -> Target:
+    """The target as this machine builds it (the cache key and the sidecar see the result).
+
+    ``gray_stem = "auto"`` folds the gray stem in for the CPU engines (onnx, openvino) on x86 CPUs with VNNI or AMX
+    only: on the AVX-512 VNNI EPYC openvino-int8 ran 0.7-0.9 ms faster with it and passed its gate, while its 7-bit
+    build failed the gate on an AVX2-only CPU where the 3-channel stem passes (``benchmarks/HISTORY.md``, run24).
+    ``isa``: :func:`edgecxr.hardware.isa_class` of the engine (default: this machine's). With the gray stem on, the
+    3-channel stem's names in ``[int8] exclude`` become the gray stem's (:data:`GRAY_STEM_NODES`)."""
+    from dataclasses import replace
+
+    gray = tgt.gray_stem
+    if gray == "auto":
+        if tgt.backend in ("onnx", "openvino"):
+            from edgecxr.hardware import isa_class
+
+            cpu = isa or isa_class(backend=tgt.backend)
+            gray = cpu["arch"] in ("x86_64", "AMD64") and any("VNNI" in f or "AMX" in f for f in cpu["isa"])
+        else:
+            gray = False
+        if tgt.stem_s2d and not gray:
+            raise TargetError(f"{tgt.name}: stem_s2d needs the gray stem, which gray_stem = \"auto\" leaves off on "
+                              "this CPU; set gray_stem = true or stem_s2d = false")
+    exclude = list(tgt.int8.exclude)
+    if gray:
+        exclude = [m for n in exclude for m in GRAY_STEM_NODES.get(n, [n])]
+    return replace(tgt, gray_stem=bool(gray), int8=replace(tgt.int8, exclude=exclude))
