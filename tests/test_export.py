@@ -752,6 +752,16 @@ def test_gray_stem_target_exports_a_one_channel_stem_that_the_runtime_verifies(t
     assert res.verified, res.sidecar.verification
     assert res.sidecar.engine["gray_stem"] is True and get_metadata(res.artifact)["gray_stem"] is True
     assert res.sidecar.cache_key != read_sidecar(onnx_artifact).cache_key
+    from rich.console import Console
+
+    from edgecxr.cli import sidecar_table
+
+    shown = []
+    for side in (res.sidecar, read_sidecar(onnx_artifact)):  # `edgecxr export` says which rewrites an artifact has
+        con = Console(record=True, width=200)
+        con.print(sidecar_table(side, "t"))
+        shown.append(con.export_text())
+    assert "gray stem (reads channel 0 only)" in shown[0] and "gray stem" not in shown[1]
     g = onnx.load(str(res.artifact)).graph
     w = {i.name: i for i in g.initializer}
     stem = next(n for n in g.node if n.op_type == "Conv")
