@@ -434,9 +434,9 @@ def sidecar_table(side, title: str) -> Table:
         t.add_row("runs as", escape(json.dumps(side.engine["runs"])))
     if (side.engine.get("int8") or {}).get("float_nodes"):
         t.add_row("kept in float", escape(", ".join(side.engine["int8"]["float_nodes"])))
-    rewrites = {"gray_stem": "gray stem (reads channel 0 only)", "pool_first": "transitions pool first",
-                "stem_s2d": "stem as a conv of 2x2 pixel blocks"}
-    if done := [text for key, text in rewrites.items() if side.engine.get(key)]:
+    from edgecxr.sidecar import REWRITES
+
+    if done := [text for key, text in REWRITES.items() if side.engine.get(key)]:
         t.add_row("graph rewrites", ", ".join(done))
     t.add_row("size", f"{side.total_bytes:,} bytes")
     t.add_row("export time", f"{side.export_seconds} s")

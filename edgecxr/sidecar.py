@@ -18,6 +18,9 @@ from edgecxr.errors import ArtifactError
 FORMAT_VERSION = 2
 SUFFIX = ".edgecxr.json"
 VERDICTS = ("passed", "failed", "skipped")
+# graph rewrites an export target can apply (flags in the sidecar's ``engine``) and how reports name them
+REWRITES = {"gray_stem": "gray stem (reads channel 0 only)", "pool_first": "transitions pool first",
+            "stem_s2d": "stem as a conv of 2x2 pixel blocks"}
 
 
 def sidecar_path(artifact: Path) -> Path:

@@ -60,7 +60,11 @@ def test_bench_and_compare(tiny_checkpoint, tmp_path):
     assert run["machine"]["cpu"]["model"]
     for f in ("bench.csv", "bench.md", "bench.png"):
         assert (tmp_path / "b" / f).stat().st_size > 100
-    assert "confounded" in (tmp_path / "b" / "bench.md").read_text()
+    md = (tmp_path / "b" / "bench.md").read_text()
+    assert "confounded" in md
+    # onnx-fp32 pools before its transitions' convs (export/onnx-fp32.toml): the row and the report say so, torch's not
+    assert rows["onnx-fp32"]["rewrites"] == ["pool_first"] and "rewrites" not in rows["torch-fp32"]
+    assert "- onnx-fp32: graph rewrites: transitions pool first" in md and "- torch-fp32" not in md
     r = CliRunner().invoke(app, ["bench", "compare", str(tmp_path / "b" / "bench.json"), str(tmp_path / "b" / "bench.json"),
                                  "--out", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output
@@ -124,6 +128,25 @@ def test_throughput_mode_counts_only_when_its_outputs_match():
     assert rows[1]["speedup_b1"] == 8.0 and rows[1]["speedup_batch"] == 6.0
     assert abs(rows[1]["speedup_throughput"] - 200 / (1000 / 60)) < 1e-9  # the mode counts
     assert rows[2]["speedup_throughput"] == 6.0 and "not counted" in rows[2]["throughput_mode_note"]
+
+
+def test_report_lists_float_layers_and_rewrites_under_the_table():
+    from edgecxr.bench.report import flat_rows, markdown
+
+    base = {"status": "ok", "latency_b1": {"p50_ms": 10.0, "p90_ms": 11.0, "p99_ms": 12.0, "mean_ms": 10.0},
+            "first_inference_ms": 20.0, "throughput": {"batch": 8, "ms_per_image": 9.0, "images_per_s": 111.0},
+            "accuracy": 0.9, "macro_f1": 0.9, "covid_sensitivity": 1.0, "macro_auc": 0.95, "agreement": 1.0,
+            "peak_rss_mb": 100.0, "info": {"precision": "int8"}}
+    run = {"machine": {"cpu": {"model": "cpu", "logical_cores": 2}},
+           "rows": [dict(base, target="openvino-int8", float_nodes=["/conv0/Slice", "/conv0/conv/Conv"],
+                         rewrites=["gray_stem"]),
+                    dict(base, target="onnx-int8", float_nodes=["/conv0/Conv"]), dict(base, target="torch-fp32")]}
+    md = markdown(flat_rows(run), "t")
+    assert ("- openvino-int8: kept float: /conv0/Slice, /conv0/conv/Conv; graph rewrites: gray stem (reads channel 0 "
+            "only)") in md
+    assert "- onnx-int8: kept float: /conv0/Conv\n" in md and "- torch-fp32" not in md
+    run["rows"] = run["rows"][2:]
+    assert "besides their precision" not in markdown(flat_rows(run), "t")
 
 
 def test_plot_handles_unverified_and_partial_rows(tmp_path):

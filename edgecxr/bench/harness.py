@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecxr.errors import BackendUnavailable, EdgeCXRError
+from edgecxr.sidecar import REWRITES
 
 DEFAULT_TARGETS = ["torch-fp32", "torch-fp16", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-fp16",
                    "openvino-int8", "tensorrt-fp16", "tensorrt-int8"]
@@ -127,7 +128,8 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict:
                 row.update(backend=tgt.backend, precision=tgt.precision, artifact=str(ex.artifact),
                            artifact_mb=side.total_bytes / 2**20, export_s=side.export_seconds, export_cached=ex.cached,
                            verification=side.verification.verdict,
-                           float_nodes=(side.engine.get("int8") or {}).get("float_nodes"))
+                           float_nodes=(side.engine.get("int8") or {}).get("float_nodes"),
+                           rewrites=[k for k in REWRITES if side.engine.get(k)] or None)
                 if not ex.verified:
                     row["status"] = "unverified"
                     row["reason"] = "; ".join(side.verification.reasons) or "verification skipped"

@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from edgecxr.artifact import atomic_write_json
+from edgecxr.sidecar import REWRITES
 
 CAVEAT = ("Accuracy is measured on the shipped dev-test subset, where class is confounded with hospital: "
           "it is not clinical validity. Small set: see the 95% intervals from `edgecxr eval`.")
@@ -27,7 +28,9 @@ def flat_rows(run: dict) -> list[dict]:
         f = {"machine": machine_label(run), "target": r["target"], "status": r["status"],
              "reason": "; ".join(x for x in (r.get("reason", ""), r.get("throughput_mode_note", "")) if x),
              "backend": r.get("backend", ""), "precision": r.get("precision", ""),
-             "n_images": (run.get("data") or {}).get("images")}
+             "n_images": (run.get("data") or {}).get("images"),
+             "float_nodes": ", ".join(r.get("float_nodes") or []) or None,
+             "rewrites": ", ".join(REWRITES.get(k, k) for k in r.get("rewrites") or []) or None}
         if "latency_b1" in r:
             lat = r["latency_b1"]
             f.update({"p50_ms": lat["p50_ms"], "p90_ms": lat["p90_ms"], "p99_ms": lat["p99_ms"], "mean_ms": lat["mean_ms"],
@@ -96,6 +99,12 @@ def markdown(rows: list[dict], title: str, run_info: str = "") -> str:
             cells.append("" if v is None or v == "" else f"{v:.3f}" if k in ("accuracy", "macro_f1", "covid_sensitivity", "agreement")
                          else f"{v:.2f}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"- {r['target']}" + (f" ({r['machine']})" if multi else "") + ": "
+             + "; ".join(x for x in (r.get("float_nodes") and f"kept float: {r['float_nodes']}",
+                                     r.get("rewrites") and f"graph rewrites: {r['rewrites']}") if x)
+             for r in sorted(rows, key=_sort_key) if r.get("float_nodes") or r.get("rewrites")]
+    if notes:
+        lines += ["", "What the artifacts run besides their precision (from their sidecars):", "", *notes]
     return "\n".join(lines) + "\n"
 
 
