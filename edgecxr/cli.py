@@ -49,6 +49,26 @@ def _code_for(exc: Exception) -> int:
 
 
 # ---------------------------------------------------------------- info
+def _int8_plans() -> dict:
+    """What `edgecxr export` would build for each CPU INT8 target on this machine: the "auto" settings resolved by
+    the engine's ISA class (7-bit weights without VNNI, the gray stem with VNNI/AMX) and the layers it starts float."""
+    from edgecxr.export.onnx_build import resolve_reduce_range
+    from edgecxr.export.targets import list_targets, load_target, resolve_target
+
+    plans = {}
+    for name in list_targets():
+        try:
+            tgt = load_target(name)
+        except EdgeCXRError:
+            continue
+        if tgt.precision != "int8" or tgt.backend not in ("onnx", "openvino"):
+            continue
+        res = resolve_target(tgt)
+        plans[name] = {"weights": "7-bit" if resolve_reduce_range(tgt.int8.reduce_range, tgt.backend) else "8-bit",
+                       "gray_stem": res.gray_stem, "float": list(res.int8.exclude)}
+    return plans
+
+
 @app.command()
 def info(
     model: Optional[str] = typer.Option(None, "--model", help="Also summarise a model: covid-densenet or densenet121."),
@@ -61,6 +81,7 @@ def info(
 
     rep = machine_report()
     rep["dicom_decoders"] = dicom_support()
+    rep["int8_export"] = _int8_plans()
     if model:
         try:
             from edgecxr.models import summary
@@ -88,6 +109,9 @@ def info(
     t.add_row("GPUs", "; ".join(f"{g['name']} {g['memory_mib']} MiB cc {g['compute_capability']} driver {g['driver']}"
                                 for g in rep["gpus"]) or "none (no nvidia-smi)")
     t.add_row("Jetson", json.dumps(rep["jetson"]) if rep["jetson"] else "no")
+    t.add_row("INT8 export here", escape("; ".join(
+        f"{n}: {p['weights']} weights" + (", gray stem" if p["gray_stem"] else "") + f", float: {', '.join(p['float']) or 'none'}"
+        for n, p in rep["int8_export"].items())) or "no CPU INT8 target")
     t.add_row("DICOM decoders", ", ".join(k for k, ok in rep["dicom_decoders"].items() if ok))
     t.add_row("backends", escape("; ".join(f"{n}: {'available' if b['available'] else b['reason']}"
                                            for n, b in rep["backends"].items())))

@@ -21,6 +21,15 @@ def test_info_json():
     assert rep["versions"]["edgecxr"]
     assert isinstance(rep["cpu"]["isa"], list)
     assert isinstance(rep["gpus"], list)
+    from edgecxr.hardware import isa_class
+
+    plans = rep["int8_export"]  # what the CPU INT8 targets would build here
+    assert set(plans) == {"onnx-int8", "openvino-int8"}
+    vnni = any("VNNI" in f or "AMX" in f for f in isa_class(backend="openvino")["isa"])
+    x86 = rep["cpu"]["arch"] in ("x86_64", "AMD64")
+    assert plans["openvino-int8"]["gray_stem"] is (x86 and vnni) and plans["onnx-int8"]["gray_stem"] is False
+    assert plans["openvino-int8"]["weights"] == ("7-bit" if x86 and not vnni else "8-bit")
+    assert ("/conv0/conv/Conv" in plans["openvino-int8"]["float"]) is (x86 and vnni)
 
 
 def test_info_model_summary():
