@@ -110,6 +110,14 @@ def isa_class(cpu: dict | None = None, cpuid: dict | None = None, backend: str |
                                                or f in ("AVX2", "AVX-512F", "NEON dot-product"))}
 
 
+def x86_int8_dot(cpu: dict) -> bool | None:
+    """For an :func:`isa_class` result: True on x86 with an int8 dot-product instruction (VNNI or AMX), False on x86
+    without one (AVX2-only: u8 x s8 products can saturate), None on other architectures."""
+    if cpu["arch"] not in ("x86_64", "AMD64"):
+        return None
+    return any("VNNI" in f or "AMX" in f for f in cpu["isa"])
+
+
 def gpu_info() -> list[dict]:
     """NVIDIA GPUs through nvidia-smi (no CUDA library needed)."""
     smi = shutil.which("nvidia-smi")

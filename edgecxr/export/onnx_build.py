@@ -22,11 +22,9 @@ def resolve_reduce_range(value, backend: str = "onnx") -> bool:
     ``backend`` the engine that will run them (OpenVINO's kernels follow oneDNN's ISA cap, ONNX Runtime's do not)."""
     if value != "auto":
         return bool(value)
-    from edgecxr.hardware import isa_class
+    from edgecxr.hardware import isa_class, x86_int8_dot
 
-    cpu = isa_class(backend=backend)
-    vnni = any("VNNI" in f or "AMX" in f for f in cpu["isa"])
-    return cpu["arch"] in ("x86_64", "AMD64") and not vnni
+    return x86_int8_dot(isa_class(backend=backend)) is False
 
 
 # Graph rewrites of ONNX Runtime's session optimizer (1.32) that INT8 artifacts turn off (named in the sidecar; the

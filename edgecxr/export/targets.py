@@ -7,7 +7,7 @@ and the key. The backends come from :mod:`edgecxr.backends`.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -278,15 +278,12 @@ def resolve_target(tgt: Target, isa: dict | None = None) -> Target:
     build failed the gate on an AVX2-only CPU where the 3-channel stem passes (``benchmarks/HISTORY.md``, run24).
     ``isa``: :func:`edgecxr.hardware.isa_class` of the engine (default: this machine's). With the gray stem on, the
     3-channel stem's names in ``[int8] exclude`` become the gray stem's (:data:`GRAY_STEM_NODES`)."""
-    from dataclasses import replace
-
     gray = tgt.gray_stem
     if gray == "auto":
         if tgt.backend in ("onnx", "openvino"):
-            from edgecxr.hardware import isa_class
+            from edgecxr.hardware import isa_class, x86_int8_dot
 
-            cpu = isa or isa_class(backend=tgt.backend)
-            gray = cpu["arch"] in ("x86_64", "AMD64") and any("VNNI" in f or "AMX" in f for f in cpu["isa"])
+            gray = x86_int8_dot(isa or isa_class(backend=tgt.backend)) is True
         else:
             gray = False
         if tgt.stem_s2d and not gray:
