@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgecxr.errors import EdgeCXRError
+from edgecxr.sidecar import REWRITES
 
 app = typer.Typer(help="Chest X-ray COVID-19 classifier: train, export to ONNX/OpenVINO/TensorRT, benchmark, run.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -458,8 +459,6 @@ def sidecar_table(side, title: str) -> Table:
         t.add_row("runs as", escape(json.dumps(side.engine["runs"])))
     if (side.engine.get("int8") or {}).get("float_nodes"):
         t.add_row("kept in float", escape(", ".join(side.engine["int8"]["float_nodes"])))
-    from edgecxr.sidecar import REWRITES
-
     if done := [text for key, text in REWRITES.items() if side.engine.get(key)]:
         t.add_row("graph rewrites", ", ".join(done))
     t.add_row("size", f"{side.total_bytes:,} bytes")
