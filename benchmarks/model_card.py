@@ -514,7 +514,7 @@ seed 1 (checkpoint chosen without Stony Brook) one of 15 (test above, val: none 
 sources' COVID-19 images share. How far it carries depends on the hospital: without Hannover in training the
 same seeds still find 6-9 of its 13 COVID-19 test images and rank them well above the non-COVID-19 images (AUC 0.94-0.95,
 against 0.63-0.72 for Stony Brook left out), and the operating point, fitted without the left-out source, flags all
-13 (Stony Brook: 10-12 of 15, with a third to half of the non-COVID-19 images flagged too; `benchmarks/ablation.md`,
+13 (Stony Brook: 7-12 of 15, with 16-50% of the non-COVID-19 images flagged too; `benchmarks/ablation.md`,
 "Hannover left out"). The shipped model is trained the same way, so at a hospital it has not seen, its
 per-source sensitivities above cannot be assumed to hold; measure them there first.
 The same holds the other way round: with Stony Brook out, 54 of the 124 COVID-19 training images
