@@ -1,0 +1,59 @@
+"""benchmarks/model_card.py: the leave-one-source-out table and the Cohen-collection note read the runs they name."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+CLASSES = ["COVID-19", "Normal", "Pneumonia"]
+BENCH = Path(__file__).parents[1] / "benchmarks"
+
+
+def _module():
+    sys.path.insert(0, str(BENCH))  # model_card imports seeds.py from its own folder
+    spec = importlib.util.spec_from_file_location("model_card", BENCH / "model_card.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(root: Path, name: str, covid_right: dict[str, int], select_without=None) -> None:
+    """A collected run: eval.json with 4 COVID-19 images per source (the first `covid_right[src]` called COVID-19,
+    with a COVID-19 score above every non-COVID-19 image's) and 4 Normal NIH images called Normal; config.json."""
+    preds = []
+    for src, k in covid_right.items():
+        for i in range(4):
+            prob = [0.8, 0.1, 0.1] if i < k else [0.3, 0.05, 0.65]
+            preds.append({"file": f"{src}-{i}.png", "label": "COVID-19", "prob": prob, "source": src})
+    preds += [{"file": f"nih-{i}.png", "label": "Normal", "prob": [0.05, 0.9, 0.05], "source": "nih"} for i in range(4)]
+    out = root / f"{name}-eval-test"
+    out.mkdir(parents=True)
+    (out / "eval.json").write_text(json.dumps({"classes": CLASSES, "predictions": preds}))
+    cfg = {"train_config": {"select_without": select_without} if select_without else {}}
+    (root / f"{name}-config.json").write_text(json.dumps(cfg))
+
+
+def test_unseen_source_table_pairs_each_leave_out_run_with_its_seed_and_names_its_checkpoint_rule(tmp_path, monkeypatch):
+    mc = _module()
+    monkeypatch.setattr(mc, "TRAINING", tmp_path)
+    _run(tmp_path, "research-densenet121-e60-s1", {"sbu": 4, "mhh": 4, "ieee8023": 2})
+    _run(tmp_path, "research-densenet121-e60-nosbu-sel-s1", {"sbu": 1, "mhh": 4, "ieee8023": 3}, ["sbu"])
+    _run(tmp_path, "research-densenet121-e60-nosbu-s1", {"sbu": 0, "mhh": 4, "ieee8023": 2})
+    _run(tmp_path, "research-densenet121-e60-nomhh-s7", {"sbu": 4, "mhh": 0, "ieee8023": 2})  # no seed-7 base: left out
+    rows = [r for r in mc.unseen_source_table().splitlines() if r.startswith("| densenet121")]
+    assert len(rows) == 2
+    sel = next(r for r in rows if "chosen without it" in r)
+    old = next(r for r in rows if "every val image" in r)
+    assert "| 1/4 = 25% (with it: 4/4 = 100%) |" in sel and "| 3/4 = 75% vs 2/4 = 50% |" in sel
+    assert "| 0/4 = 0% (with it: 4/4 = 100%) |" in old
+
+
+def test_cohen_note_pools_seeds_per_configuration(tmp_path, monkeypatch):
+    mc = _module()
+    monkeypatch.setattr(mc, "TRAINING", tmp_path)
+    assert mc.cohen_unseen_note() == ""  # nothing recorded: no note
+    for seed, k in ((0, 1), (1, 2)):
+        _run(tmp_path, f"shipped-covid-densenet-e60-s{seed}", {"ieee8023": k, "mhh": 4})
+        _run(tmp_path, f"research-covid-densenet-e60-s{seed}", {"ieee8023": 4, "mhh": 4})
+    note = mc.cohen_unseen_note()
+    assert "Covid-DenseNet: shipped 3/8 = 38% over 2 seeds, AUC 100.0; research 8/8 = 100% over 2 seeds" in note
+    assert "DenseNet121" not in note  # no DenseNet121 runs: no row for it
