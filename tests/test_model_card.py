@@ -50,10 +50,17 @@ def test_unseen_source_table_pairs_each_leave_out_run_with_its_seed_and_names_it
 def test_cohen_note_pools_seeds_per_configuration(tmp_path, monkeypatch):
     mc = _module()
     monkeypatch.setattr(mc, "TRAINING", tmp_path)
+    manifest = tmp_path / "MANIFEST.csv"  # the collection's training images: 3 COVID-19 (1 permissive), 2 others (0)
+    manifest.write_text("file,split,class,source,non_commercial_only\n" + "".join(
+        f"train/{c}/{i}.png,train,{c},ieee8023,{nc}\n"
+        for i, (c, nc) in enumerate([("COVID-19", "no"), ("COVID-19", "yes"), ("COVID-19", "yes"),
+                                     ("Pneumonia", "yes"), ("Normal", "yes")])) + "train/Normal/n.png,train,Normal,nih,no\n")
+    monkeypatch.setattr(mc, "MANIFEST", manifest)
     assert mc.cohen_unseen_note() == ""  # nothing recorded: no note
     for seed, k in ((0, 1), (1, 2)):
         _run(tmp_path, f"shipped-covid-densenet-e60-s{seed}", {"ieee8023": k, "mhh": 4})
         _run(tmp_path, f"research-covid-densenet-e60-s{seed}", {"ieee8023": 4, "mhh": 4})
     note = mc.cohen_unseen_note()
     assert "Covid-DenseNet: shipped 3/8 = 38% over 2 seeds, AUC 100.0; research 8/8 = 100% over 2 seeds" in note
+    assert "(1 of its 3 COVID-19 training images and 0 of its 2 others)" in note and "Its 4 COVID-19 test images" in note
     assert "DenseNet121" not in note  # no DenseNet121 runs: no row for it
