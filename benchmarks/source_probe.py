@@ -8,6 +8,7 @@ Also the leave-one-source-out question of `benchmarks/ablation.md` for these sta
 COVID-19 source, how well do they rank that source's COVID-19 test images above the non-COVID-19 ones?
 
 Run: python benchmarks/source_probe.py [--manifest ../shared/cxr/dev/MANIFEST.csv] [--out benchmarks/results/source-probe]
+        [--compare 'CONFIG=GLOB' ...]   (CNN runs' eval.json files, {split} for val / test; see `compare`)
 Writes OUT/summary.md, OUT/results.json and OUT/features.png. Seconds on 2 cores.
 """
 from __future__ import annotations
@@ -174,6 +175,45 @@ def markdown(r: dict, manifest: str) -> str:
     return "\n".join(head) + "\n"
 
 
+def compare(r: dict, specs: list[str]) -> list[str]:
+    """The statistics' class predictions against CNN runs' `edgecxr eval` files on the same images, per split:
+    accuracy of each, how often their argmax agree, and the exact McNemar test per run. A spec is
+    CONFIG=GLOB, GLOB naming eval.json files with {split} for val / test."""
+    import glob
+
+    from edgecxr.metrics import mcnemar_exact
+
+    lines = ["| CNN runs (fitted on) | split | classifier | CNN accuracy | statistics' accuracy | argmax agreement | "
+             "McNemar p per run |", "|---|---|---|---|---|---|---|"]
+    for spec in specs:
+        config, _, pattern = spec.partition("=")
+        for split in ("val", "test"):
+            paths = sorted(glob.glob(pattern.format(split=split)))
+            if not paths:
+                raise SystemExit(f"--compare {spec}: no file matches for split {split}")
+            for key, t in r["tasks"].items():
+                if not key.startswith(config + " / "):
+                    continue
+                mine = {p["file"]: p for p in t["predictions"][split]}
+                acc, own, agree, ps = [], [], [], []
+                for path in paths:
+                    theirs = {p["file"]: p for p in json.loads(Path(path).read_text())["predictions"]}
+                    if set(theirs) != set(mine):
+                        raise SystemExit(f"{path}: not the same {split} images as the manifest's")
+                    files = sorted(mine)
+                    y = np.array([CLASSES.index(mine[f]["label"]) for f in files])
+                    a = np.array([np.argmax(theirs[f]["prob"]) for f in files])
+                    b = np.array([np.argmax(mine[f]["prob"]) for f in files])
+                    acc.append((a == y).mean())
+                    own.append((b == y).mean())
+                    agree.append((a == b).mean())
+                    ps.append(mcnemar_exact(a == y, b == y)["p_value"])
+                lines.append(f"| {Path(pattern).parent.name} ({config}; {len(paths)} runs) | {split} | {key.split(' / ')[1]} | "
+                             f"{100 * np.mean(acc):.1f}% | {100 * np.mean(own):.1f}% | {100 * np.mean(agree):.1f}% | "
+                             + ", ".join(f"{p:.2g}" for p in ps) + " |")
+    return lines
+
+
 def plot(x: np.ndarray, samples: list, path: Path) -> None:
     """Two of the statistics per image, coloured by source and shaped by class: the confound at a glance."""
     import matplotlib
@@ -204,9 +244,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--manifest", default="../shared/cxr/dev/MANIFEST.csv")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/source-probe"))
+    ap.add_argument("--compare", action="append", default=[], metavar="CONFIG=GLOB",
+                    help="CNN runs to compare with, e.g. 'shipped=benchmarks/results/training/"
+                         "shipped-covid-densenet-e60-s1-eval-{split}/eval.json' (CONFIG: shipped or research)")
     a = ap.parse_args()
     x, samples = load(a.manifest)
     r = run(x, samples)
+    extra = compare(r, a.compare) if a.compare else []
     a.out.mkdir(parents=True, exist_ok=True)
     for key, t in r["tasks"].items():  # one `edgecxr eval`-style file per fit and split: benchmarks/paired.py reads them
         for sp, preds in t.pop("predictions").items():
@@ -215,6 +259,9 @@ def main() -> None:
             (d / "eval.json").write_text(json.dumps({"classes": CLASSES, "predictions": preds}, indent=0))
     (a.out / "results.json").write_text(json.dumps(r, indent=1))
     md = markdown(r, a.manifest)
+    if extra:
+        md += ("\n## Against CNNs on the same images\n\n`--compare " + " --compare ".join(a.compare) + "`\n\n"
+               + "\n".join(extra) + "\n")
     (a.out / "summary.md").write_text(md)
     plot(x, samples, a.out / "features.png")
     print(md)
