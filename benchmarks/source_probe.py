@@ -56,7 +56,7 @@ FEATURES = ([f"hist{i}" for i in range(BINS)]
                "laplacian", "gradient", "noise"])
 
 
-def classifiers() -> dict:
+def classifiers(trees: int = 500) -> dict:
     """Two standard classifiers: linear (scaled logistic regression) and non-linear (a random forest)."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
@@ -65,7 +65,7 @@ def classifiers() -> dict:
 
     return {"logistic regression": make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000,
                                                                                       class_weight="balanced")),
-            "random forest": RandomForestClassifier(n_estimators=500, min_samples_leaf=2, class_weight="balanced",
+            "random forest": RandomForestClassifier(n_estimators=trees, min_samples_leaf=2, class_weight="balanced",
                                                     random_state=0, n_jobs=2)}
 
 
@@ -87,8 +87,8 @@ def _fit(clf, x, y):
     return clone(clf).fit(x, y)
 
 
-def run(x: np.ndarray, samples: list) -> dict:
-    """Every task, both configurations, both classifiers."""
+def run(x: np.ndarray, samples: list, trees: int = 500) -> dict:
+    """Every task, both configurations, both classifiers (``trees``: the forest's size)."""
     split = np.array([s.split for s in samples])
     src = np.array([s.source or "unknown" for s in samples])
     y = np.array([CLASSES.index(s.label) for s in samples])
@@ -97,7 +97,7 @@ def run(x: np.ndarray, samples: list) -> dict:
     sources = sorted(set(src))
     out: dict = {"n": {"train": int((split == "train").sum()), "test": int(test.sum())}, "tasks": {}}
     for config, train in (("shipped", (split == "train") & ~nc), ("research", split == "train")):
-        for name, clf in classifiers().items():
+        for name, clf in classifiers(trees).items():
             key = f"{config} / {name}"
             # source from statistics alone
             m = _fit(clf, x[train], src[train])
@@ -130,7 +130,7 @@ def run(x: np.ndarray, samples: list) -> dict:
             print(f"{key}: source {100 * res['source_accuracy']:.1f}%, class {100 * res['class_accuracy']:.1f}%",
                   flush=True)
     # which statistics carry the source: the forest's impurity importances on every training image
-    forest = _fit(classifiers()["random forest"], x[split == "train"], src[split == "train"])
+    forest = _fit(classifiers(trees)["random forest"], x[split == "train"], src[split == "train"])
     order = np.argsort(forest.feature_importances_)[::-1][:8]
     out["top_features_for_source"] = [[FEATURES[i], float(forest.feature_importances_[i])] for i in order]
     return out

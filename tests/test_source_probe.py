@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edgecxr.data.layouts import Sample
 
@@ -33,8 +34,7 @@ def test_features_name_every_statistic_and_see_the_border_and_the_noise():
     assert noisy["noise"] > 0.03 and noisy["laplacian"] > named["laplacian"]
 
 
-def test_run_reads_a_source_that_the_statistics_carry_and_leaves_each_covid_source_out():
-    sp = _module()
+def _synthetic(sp):
     rng = np.random.default_rng(1)
     samples, rows = [], []
     # three sources; the source shifts feature 0, the class nothing: class is then readable only through the source
@@ -45,7 +45,29 @@ def test_run_reads_a_source_that_the_statistics_carry_and_leaves_each_covid_sour
                 samples.append(Sample(path=Path(f"{split}/{src}-{label}-{i}.png"), label=label, split=split,
                                       source=src, licence_nc=(src == "b")))
                 rows.append(np.r_[shift + rng.normal(0, 0.3), rng.normal(0, 1, 3)])
-    r = sp.run(np.asarray(rows), samples)
+    return sp.run(np.asarray(rows), samples, trees=25)
+
+
+def test_compare_puts_the_statistics_beside_a_cnn_on_the_same_images(tmp_path):
+    sp = _module()
+    r = _synthetic(sp)
+    for split in ("val", "test"):  # a CNN right on every image
+        preds = [dict(p, prob=[float(i == sp.CLASSES.index(p["label"])) for i in range(3)])
+                 for p in r["tasks"]["research / logistic regression"]["predictions"][split]]
+        (tmp_path / f"cnn-{split}.json").write_text(__import__("json").dumps({"classes": sp.CLASSES, "predictions": preds}))
+    rows = sp.compare(r, [f"research={tmp_path}/cnn-{{split}}.json"])
+    logit = [row for row in rows if "| test | logistic regression |" in row][0].split(" | ")
+    own = 100 * r["tasks"]["research / logistic regression"]["class_accuracy"]
+    assert logit[3] == "100.0%" and logit[4] == f"{own:.1f}%" and logit[5] == f"{own:.1f}%"  # agreement = its accuracy
+    assert len(rows) == 2 + 2 * 2  # header, and val / test for each research classifier
+    (tmp_path / "cnn-test.json").write_text('{"classes": [], "predictions": []}')
+    with pytest.raises(SystemExit, match="not the same test images"):
+        sp.compare(r, [f"research={tmp_path}/cnn-{{split}}.json"])
+
+
+def test_run_reads_a_source_that_the_statistics_carry_and_leaves_each_covid_source_out():
+    sp = _module()
+    r = _synthetic(sp)
     logit = r["tasks"]["research / logistic regression"]
     assert logit["source_accuracy"] == 1.0  # separable by feature 0
     assert logit["class_found"]["a"]["COVID-19"] == [6, 6] and logit["class_found"]["b"]["COVID-19"] == [6, 6]
