@@ -33,6 +33,13 @@ BINS = 16
 BAND = 0.1
 
 
+def high_pass_noise(g: np.ndarray) -> float:
+    """Pixel-level noise: the sd of the image minus its 3x3 mean (interior pixels)."""
+    blur = (g[:-2, :-2] + g[:-2, 1:-1] + g[:-2, 2:] + g[1:-1, :-2] + g[1:-1, 1:-1] + g[1:-1, 2:]
+            + g[2:, :-2] + g[2:, 1:-1] + g[2:, 2:]) / 9
+    return float((g[1:-1, 1:-1] - blur).std())
+
+
 def features(g: np.ndarray) -> np.ndarray:
     """Low-level statistics of one (224, 224) image in [0, 1]; nothing that needs anatomy. Names: `FEATURES`."""
     n, b = g.shape[0], max(1, round(BAND * g.shape[0]))
@@ -40,13 +47,11 @@ def features(g: np.ndarray) -> np.ndarray:
     centre = g[b:n - b, b:n - b]
     top, bottom, left, right = g[:b], g[n - b:], g[:, :b], g[:, n - b:]
     lap = np.abs(4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:])
-    blur = (g[:-2, :-2] + g[:-2, 1:-1] + g[:-2, 2:] + g[1:-1, :-2] + g[1:-1, 1:-1] + g[1:-1, 2:]
-            + g[2:, :-2] + g[2:, 1:-1] + g[2:, 2:]) / 9
     gy, gx = np.gradient(g)
     stats = [g.mean(), g.std(), *np.percentile(g, [1, 5, 50, 95, 99]), (g >= 0.98).mean(), (g <= 0.02).mean(),
              centre.mean(), centre.std(), top.mean(), bottom.mean(), left.mean(), right.mean(),
              top.std(), bottom.std(), left.std(), right.std(),
-             lap.mean(), np.hypot(gx, gy).mean(), (g[1:-1, 1:-1] - blur).std()]
+             lap.mean(), np.hypot(gx, gy).mean(), high_pass_noise(g)]
     return np.concatenate([hist, np.asarray(stats, np.float64)])
 
 
