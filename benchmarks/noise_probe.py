@@ -14,8 +14,10 @@ classifies the images again:
 A model that finds Stony Brook's COVID-19 from the lungs keeps finding it smoothed; one that reads the noise loses it,
 and starts calling grained images of other sources COVID-19.
 
-Run: python benchmarks/noise_probe.py CHECKPOINT [CHECKPOINT ...] [--split test] [--out benchmarks/results/noise-probe]
-Writes OUT/summary-<split>.md and OUT/results-<split>.json.
+Run: python benchmarks/noise_probe.py CHECKPOINT [CHECKPOINT ...] [--split test|val|val+test]
+        [--out benchmarks/results/noise-probe]
+Writes OUT/summary-<split>.md (one row per model first, then each model per source and class) and
+OUT/results-<split>.json.
 """
 from __future__ import annotations
 
@@ -88,20 +90,49 @@ def predict(checkpoint: Path, inputs: dict[str, list[np.ndarray]], batch: int = 
     return out, meta["classes"]
 
 
-def summarise(pred: dict, classes: list[str], samples: list) -> dict:
+def summarise(pred: dict, classes: list[str], samples: list, noisy_source: str = "sbu") -> dict:
+    """Per condition: accuracy (McNemar against ``whole``), right and called-COVID-19 counts per source/class, and the
+    three counts the probe is about, each with its paired exact McNemar test against ``whole``: the noisy source's
+    COVID-19 images found, the other sources' COVID-19 images found, non-COVID-19 images called COVID-19."""
     y = np.array([classes.index(s.label) for s in samples])
+    src = np.array([s.source for s in samples])
     keys = np.array([f"{s.source}/{s.label}" for s in samples])
     groups = sorted(set(keys))
     covid = classes.index("COVID-19")
+    sets = {"noisy_covid_found": (src == noisy_source) & (y == covid), "other_covid_found": (src != noisy_source) & (y == covid),
+            "non_covid_called_covid": y != covid}
     r = {}
     for c in CONDITIONS:
-        ok = pred[c] == y
+        ok, called = pred[c] == y, pred[c] == covid
         r[c] = {"accuracy": float(ok.mean()),
                 "right": {g: [int(ok[keys == g].sum()), int((keys == g).sum())] for g in groups},
-                "called_covid": {g: int((pred[c][keys == g] == covid).sum()) for g in groups}}
+                "called_covid": {g: int(called[keys == g].sum()) for g in groups},
+                **{name: [int(called[m].sum()), int(m.sum())] for name, m in sets.items()}}
         if c != "whole":
             r[c]["mcnemar_vs_whole"] = mcnemar_exact(pred["whole"] == y, ok)["p_value"]
+            base = pred["whole"] == covid
+            r[c]["mcnemar"] = {name: mcnemar_exact(base[m], called[m])["p_value"] for name, m in sets.items()}
     return r
+
+
+def compact(models: dict, noisy_source: str) -> list[str]:
+    """One row per model and a pooled row: what smoothing does to COVID-19 findings, what grain does to the rest."""
+    cols = (("noisy_covid_found", "smoothed", f"{noisy_source} COVID-19 found: whole -> smoothed"),
+            ("other_covid_found", "smoothed", "other COVID-19 found: whole -> smoothed"),
+            ("non_covid_called_covid", "grained", "non-COVID-19 called COVID-19: whole -> grained"),
+            ("noisy_covid_found", "grained", f"{noisy_source} COVID-19 found: whole -> grained"))
+    lines = ["| model | " + " | ".join(c[2] + " (McNemar p)" for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    pooled = {(k, c): [0, 0, 0] for k, c, _ in cols}
+    for name, r in models.items():
+        cells = []
+        for k, c, _ in cols:
+            (a, n), (b, _) = r["whole"][k], r[c][k]
+            cells.append(f"{a}/{n} -> {b}/{n} ({r[c]['mcnemar'][k]:.2g})")
+            pooled[(k, c)] = [pooled[(k, c)][0] + a, pooled[(k, c)][1] + b, pooled[(k, c)][2] + n]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append(f"| all {len(models)} models, pooled | "
+                 + " | ".join(f"{a}/{n} -> {b}/{n}" for a, b, n in pooled.values()) + " |")
+    return lines
 
 
 def markdown(name: str, r: dict) -> list[str]:
@@ -120,7 +151,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="+", type=Path)
     ap.add_argument("--manifest", default="../shared/cxr/dev/MANIFEST.csv")
-    ap.add_argument("--split", default="test", choices=("val", "test"))
+    ap.add_argument("--split", default="test", choices=("val", "test", "val+test"))
     ap.add_argument("--noisy-source", default="sbu")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/noise-probe"))
     ap.add_argument("--threads", type=int, default=2)
@@ -138,10 +169,10 @@ def main() -> None:
 
     levels = fit_levels([base(s) for s in train if s.source == a.noisy_source],
                         [base(s) for s in train if s.source != a.noisy_source])
-    ev = [s for s in samples if s.split == a.split]
+    ev = [s for s in samples if s.split in a.split.split("+")]
     inputs = conditions([base(s) for s in ev], levels)
     lines = [f"# Noise probe, dev {a.split} ({len(ev)} images)", "",
-             f"`python benchmarks/noise_probe.py ... --split {a.split}`. Fitted on the training images: {a.noisy_source}"
+             f"`python benchmarks/noise_probe.py {' '.join(map(str, a.checkpoints))} --split {a.split}`. Fitted on the training images: {a.noisy_source}"
              f" median noise {levels['median_noise_noisy']:.4f}, the others' {levels['median_noise_clean']:.4f}; "
              f"*smoothed*: Gaussian blur sigma {levels['sigma']} px; *grained*: white noise sd {levels['sd']} "
              f"(seed {SEED}). Cells: right k/n (called COVID-19).", ""]
@@ -149,9 +180,10 @@ def main() -> None:
     for ck in a.checkpoints:
         pred, classes = predict(ck, inputs)
         name = ck.parent.name if ck.name == "best.safetensors" else ck.stem
-        results["models"][name] = r = summarise(pred, classes, ev)
+        results["models"][name] = r = summarise(pred, classes, ev, a.noisy_source)
         lines += markdown(name, r)
         print(f"{name}: " + ", ".join(f"{c} {100 * r[c]['accuracy']:.1f}%" for c in CONDITIONS), flush=True)
+    lines[4:4] = compact(results["models"], a.noisy_source) + [""]
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / f"results-{a.split}.json").write_text(json.dumps(results, indent=1))
     (a.out / f"summary-{a.split}.md").write_text("\n".join(lines) + "\n")

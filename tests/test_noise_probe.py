@@ -44,5 +44,10 @@ def test_summary_counts_right_and_covid_calls_per_group():
     assert r["whole"]["right"] == {"nih/Normal": [1, 1], "sbu/COVID-19": [2, 2]}
     assert r["smoothed"]["right"]["sbu/COVID-19"] == [1, 2] and r["grained"]["called_covid"]["nih/Normal"] == 1
     assert "mcnemar_vs_whole" not in r["whole"] and 0 < r["grained"]["mcnemar_vs_whole"] <= 1
+    assert r["smoothed"]["noisy_covid_found"] == [1, 2] and r["whole"]["non_covid_called_covid"] == [0, 1]
+    assert r["grained"]["non_covid_called_covid"] == [1, 1] and r["smoothed"]["mcnemar"]["noisy_covid_found"] == 1.0
+    rows = npb.compact({"m": r, "n": r}, "sbu")
+    assert rows[2].startswith("| m | 2/2 -> 1/2 (1) | 0/0 -> 0/0 (1) | 0/1 -> 1/1 (1) | 2/2 -> 2/2 (1) |")
+    assert rows[-1] == "| all 2 models, pooled | 4/4 -> 2/4 | 0/0 -> 0/0 | 0/2 -> 2/2 | 4/4 -> 4/4 |"
     table = npb.markdown("m", r)
     assert table[5].startswith("| smoothed | 66.7% |") and table[5].endswith("| 1/1 (0) | 1/2 (1) |")
