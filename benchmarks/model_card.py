@@ -13,6 +13,7 @@ import csv
 import json
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from edgecxr.metrics import auc_binary, mcnemar_exact, per_source, point_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seeds import ARCHS, runs as seed_runs, summary as seeds_summary, verdict  # noqa: E402
+from source_probe import FEATURES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ROOT / "benchmarks" / "results" / "training"
@@ -78,6 +80,75 @@ it; *zoom* the central {100 - 200 * band:.0f}% square resized to the whole input
 augmentation draws); *no-border* the outer {100 * band:.0f}% band blanked to the image's mean grey; *lungs-out* only
 that band kept; *blank* all mean grey. `python benchmarks/shortcut_probe.py CHECKPOINT --split {split}`; every model
 measured so far, plots and val: `benchmarks/results/shortcut-probe/`, discussion in `benchmarks/ablation.md`."""
+
+
+SOURCE_PROBE = ROOT / "benchmarks" / "results" / "source-probe"
+NOISE_PROBE = ROOT / "benchmarks" / "results" / "noise-probe" / "results-val+test.json"
+
+
+def statistics_section(shipped: dict, shipped_name: str = "covid-densenet-cxr3") -> str:
+    """What low-level statistics of the input read without anatomy (benchmarks/source_probe.py), against the shipped
+    model on the same test images, and what the shipped model makes of Stony Brook's pixel noise
+    (benchmarks/noise_probe.py). Empty where those results are not recorded."""
+    parts = []
+    res_path = SOURCE_PROBE / "results.json"
+    if res_path.is_file():
+        res = json.loads(res_path.read_text())["tasks"]
+        _, ys, ps = _arrays(shipped)
+        cells = []
+        for clf in ("logistic regression", "random forest"):
+            t = res[f"shipped / {clf}"]
+            probe = json.loads((SOURCE_PROBE / f"shipped-{clf.replace(' ', '-')}-eval-test/eval.json").read_text())
+            _, y2, p2 = _arrays(probe)
+            if not np.array_equal(ys, y2):
+                raise SystemExit("source probe and shipped evaluation are not on the same test images")
+            p = mcnemar_exact(ps.argmax(1) == ys, p2.argmax(1) == y2)["p_value"]
+            cells.append(f"a {clf} {100 * t['class_accuracy']:.1f}% (McNemar against the shipped model p = {p:.2g}; "
+                         f"val {100 * t['val_class_accuracy']:.1f}%)")
+        src = [100 * res[f"{c} / {k}"]["source_accuracy"] for c in ("shipped", "research")
+               for k in ("logistic regression", "random forest")]
+        sbu = [100 * res[f"research / {k}"]["left_out"]["sbu"]["auc"] for k in ("logistic regression", "random forest")
+               if "sbu" in res[f"research / {k}"]["left_out"]]
+        parts.append(
+            f"{len(FEATURES)} numbers per image that need no anatomy (grey-level histogram, exposure, border bands, "
+            "sharpness, pixel noise of the model's 224-px input; `python benchmarks/source_probe.py`) tell which "
+            f"source an image comes from for {min(src):.0f}-{max(src):.0f}% of the dev test images, and, fitted on the "
+            f"shipped configuration's training images, its class: {cells[0]}, {cells[1]}; the shipped model "
+            f"{100 * np.mean(ps.argmax(1) == ys):.1f}%. **On this data, accuracy is no evidence that a model reads "
+            "disease**: statistics a radiologist would not call findings reach the same." + (
+                f" Fitted without Stony Brook, they still rank its COVID-19 test images above the non-COVID-19 ones "
+                f"(AUC {min(sbu):.0f}-{max(sbu):.0f}), better than any CNN trained without it (table above)." if sbu else ""))
+    if NOISE_PROBE.is_file():
+        nz = json.loads(NOISE_PROBE.read_text())
+        r, lv = nz["models"].get(shipped_name), nz["levels"]
+        if r:
+            def cnt(cond, key):
+                k, n = r[cond][key]
+                return f"{k}/{n}"
+            others = [m for name, m in nz["models"].items() if name != shipped_name and "nosbu" not in name]
+            found = sum(m["whole"]["noisy_covid_found"][0] for m in others)
+            lost = found - sum(m["smoothed"]["noisy_covid_found"][0] for m in others)
+            o_found = sum(m["whole"]["other_covid_found"][0] for m in others)
+            o_lost = o_found - sum(m["smoothed"]["other_covid_found"][0] for m in others)
+            parts.append(
+                "Stony Brook's images keep more pixel noise than the others (median "
+                f"{lv['median_noise_noisy']:.4f} against {lv['median_noise_clean']:.4f} on the training images): they "
+                "were shrunk to 240 x 240 by the repository they come from, the others to a 256-px short side with "
+                "Lanczos for this set. Blurred just enough to match the others (Gaussian, sigma "
+                f"{lv['sigma']} px), the shipped model finds **{cnt('smoothed', 'noisy_covid_found')}** of Stony Brook's "
+                f"val and test COVID-19 images instead of {cnt('whole', 'noisy_covid_found')} (McNemar p = "
+                f"{r['smoothed']['mcnemar']['noisy_covid_found']:.2g}; the other sources' COVID-19: "
+                f"{cnt('whole', 'other_covid_found')} -> {cnt('smoothed', 'other_covid_found')}); with that much noise "
+                f"added to every image (sd {lv['sd']}), it calls {cnt('grained', 'non_covid_called_covid')} non-COVID-19 "
+                f"images COVID-19 instead of {cnt('whole', 'non_covid_called_covid')} (p = "
+                f"{r['grained']['mcnemar']['non_covid_called_covid']:.2g}). The model has learned pixel noise as part "
+                "of COVID-19; a Stony Brook film as the hospital stores it (full size) would reach it without that "
+                "noise. " + (f"The other {len(others)} model{'s' * (len(others) != 1)} probed that were trained with Stony Brook lose {lost} of "
+                             f"their {found} Stony Brook findings when smoothed ({100 * lost / found:.0f}%; of their other sources' "
+                             f"COVID-19 findings {o_lost} of {o_found}, {100 * o_lost / o_found:.0f}%). " if others else "")
+                + "`python benchmarks/noise_probe.py ... --split val+test`; `benchmarks/ablation.md`, \"How far "
+                "statistics without anatomy get\".")
+    return "\n\n".join(textwrap.fill(p, 118, break_on_hyphens=False) for p in parts) + ("\n" if parts else "")
 
 
 def margin_note(op: dict) -> str:
@@ -547,6 +618,7 @@ film's border left, NIH Normal images are still called Normal (36/37): the model
 not zoomed or border-blanked CXRs (126/128, 127/128). A recipe that erases borders in training (`--augment robust`)
 shrank these losses but was worse on the whole images (72.7% vs 82.0%, p = 0.029; one seed) and is not used.
 
+{statistics_section(shipped)}
 ## At the operating point, and what is not done
 
 At the operating point (COVID-19 whenever its calibrated probability reaches the threshold, chosen

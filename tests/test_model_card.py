@@ -64,3 +64,39 @@ def test_cohen_note_pools_seeds_per_configuration(tmp_path, monkeypatch):
     assert "Covid-DenseNet: shipped 3/8 = 38% over 2 seeds, AUC 100.0; research 8/8 = 100% over 2 seeds" in note
     assert "(1 of its 3 COVID-19 training images and 0 of its 2 others)" in note and "Its 4 COVID-19 test images" in note
     assert "DenseNet121" not in note  # no DenseNet121 runs: no row for it
+
+
+def test_statistics_section_reads_both_probes_and_counts_what_smoothing_costs(tmp_path, monkeypatch):
+    mc = _module()
+    monkeypatch.setattr(mc, "SOURCE_PROBE", tmp_path / "sp")
+    monkeypatch.setattr(mc, "NOISE_PROBE", tmp_path / "np.json")
+    preds = lambda right: [{"file": f"f{i}", "label": "COVID-19", "source": "mhh",  # noqa: E731
+                            "prob": [0.9, 0.05, 0.05] if i < right else [0.1, 0.8, 0.1]} for i in range(10)]
+    shipped = {"classes": CLASSES, "predictions": preds(6)}
+    assert mc.statistics_section(shipped) == ""  # nothing recorded: nothing said
+    task = {"source_accuracy": 0.8, "class_accuracy": 0.9, "val_class_accuracy": 0.7, "left_out": {}}
+    (tmp_path / "sp").mkdir()
+    (tmp_path / "sp" / "results.json").write_text(json.dumps({"tasks": {
+        f"{c} / {k}": dict(task, left_out={"sbu": {"auc": 0.9}} if c == "research" else {})
+        for c in ("shipped", "research") for k in ("logistic regression", "random forest")}}))
+    for k in ("logistic-regression", "random-forest"):
+        (tmp_path / "sp" / f"shipped-{k}-eval-test").mkdir()
+        (tmp_path / "sp" / f"shipped-{k}-eval-test" / "eval.json").write_text(
+            json.dumps({"classes": CLASSES, "predictions": preds(9)}))
+    row = lambda w, s, g: {"whole": {"noisy_covid_found": [w, 30], "other_covid_found": [50, 56],  # noqa: E731
+                                     "non_covid_called_covid": [2, 173]},
+                           "smoothed": {"noisy_covid_found": [s, 30], "other_covid_found": [48, 56],
+                                        "mcnemar": {"noisy_covid_found": 0.01, "other_covid_found": 0.5}},
+                           "grained": {"non_covid_called_covid": [g, 173], "mcnemar": {"non_covid_called_covid": 0.001}}}
+    (tmp_path / "np.json").write_text(json.dumps({
+        "levels": {"median_noise_noisy": 0.02, "median_noise_clean": 0.01, "sigma": 0.5, "sd": 0.02},
+        "models": {"covid-densenet-cxr3": row(29, 20, 24), "shipped-densenet121-e60-s1": row(28, 22, 10),
+                   "research-densenet121-e60-nosbu-sel-s1": row(0, 0, 3)}}))
+    text = " ".join(mc.statistics_section(shipped).split())
+    assert "a logistic regression 90.0% (McNemar against the shipped model p = 0.25" in text  # 3 right only by it
+    assert "the shipped model 60.0%" in text and "(AUC 90-90)" in text
+    assert "finds **20/30** of Stony Brook's val and test COVID-19 images instead of 29/30" in text
+    assert "it calls 24/173 non-COVID-19 images COVID-19 instead of 2/173" in text
+    # only the model trained with Stony Brook counts among the others, not the one trained without it
+    assert "The other 1 model probed that were trained with Stony Brook lose 6 of their 28" in text
+    assert "findings 2 of 50, 4%" in text
