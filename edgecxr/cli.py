@@ -172,6 +172,9 @@ def train(
     seed: int = typer.Option(0), size: int = typer.Option(224), resize: str = typer.Option("crop"),
     equalize: bool = typer.Option(False, help="Histogram-equalise every image in preprocessing (carried into "
                                   "checkpoints and artifacts)."),
+    smooth: float = typer.Option(0.0, min=0.0, max=4.0, help="Gaussian low-pass (sigma, pixels of the resized "
+                                 "input) in preprocessing, 0 = off: evens out pixel noise that differs between sources' "
+                                 "resizing paths (carried into checkpoints and artifacts)."),
     workers: int = typer.Option(0), weights: Optional[str] = typer.Option(None, help="imagenet | PATH"),
     permissive_only: bool = typer.Option(False, help="Train only on images whose licence allows commercial use "
                                          "(validation still uses every val image: evaluating is not redistributing)."),
@@ -226,7 +229,7 @@ def train(
             parts["val"] = [s for s in parts["val"] if not s.licence_nc]
         classes = sorted({s.label for s in samples})
         cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                          warmup_epochs=warmup, balanced=balanced, class_weighted_loss=class_weighted_loss, seed=seed, size=size, resize=resize, equalize=equalize, workers=workers,
+                          warmup_epochs=warmup, balanced=balanced, class_weighted_loss=class_weighted_loss, seed=seed, size=size, resize=resize, equalize=equalize, smooth=smooth, workers=workers,
                           weights=weights, max_steps=max_steps, classes=classes, augment=augment,
                           label_smoothing=label_smoothing, mixup=mixup, ema=ema, select=select, bf16=bf16,
                           select_without=sorted(exclude_source))

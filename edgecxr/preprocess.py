@@ -8,11 +8,14 @@ Policy (parameters in :class:`PreprocessConfig`, written into every checkpoint a
    source's aspect ratio would be one more shortcut to the hospital); ``"pad"`` keeps the whole
    image, scaling the longer side to ``size`` and padding with black; ``"stretch"`` resizes to
    ``size`` x ``size``. Resampling is Pillow's bilinear on float32 data;
-3. optionally (``equalize``), global histogram equalisation of the resized image (256 bins on [0, 1]):
+3. optionally (``smooth`` > 0), a Gaussian low-pass of the resized image (sigma in pixels, edges replicated):
+   sources reach this size by different resizing paths that leave different pixel-level noise, which a model
+   can learn as a class (``benchmarks/noise_probe.py``); smoothing every image alike removes most of it;
+4. optionally (``equalize``), global histogram equalisation of the resized image (256 bins on [0, 1]):
    spreads each image's grey levels over the whole range, one more way to make hospitals' exposure
    and processing differences smaller;
-4. replicate the gray channel to 3 channels (the backbone was designed for RGB);
-5. normalise with ImageNet mean and std, as torchvision's pretrained DenseNet121 expects.
+5. replicate the gray channel to 3 channels (the backbone was designed for RGB);
+6. normalise with ImageNet mean and std, as torchvision's pretrained DenseNet121 expects.
 
 Output: float32 array (3, size, size). Torch-free: numpy and Pillow only.
 """
@@ -36,22 +39,28 @@ class PreprocessConfig:
     mean: tuple[float, float, float] = field(default=IMAGENET_MEAN)
     std: tuple[float, float, float] = field(default=IMAGENET_STD)
     equalize: bool = False
+    smooth: float = 0.0
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_POLICIES:
             raise ValueError(f"resize must be one of {RESIZE_POLICIES}, not {self.resize!r}")
         if not 16 <= self.size <= 2048:
             raise ValueError(f"size must be in [16, 2048], not {self.size}")
+        if not 0.0 <= self.smooth <= 4.0:
+            raise ValueError(f"smooth (Gaussian sigma in pixels) must be in [0, 4], not {self.smooth}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if not self.smooth:
+            del d["smooth"]  # off: the dict stays what checkpoints and artifacts written before the option hold
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessConfig":
         return cls(size=int(d["size"]), resize=str(d["resize"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
-                   equalize=bool(d.get("equalize", False)))  # absent in checkpoints written before the option
+                   equalize=bool(d.get("equalize", False)),  # absent in checkpoints written before the option
+                   smooth=float(d.get("smooth", 0.0)))
 
 
 def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -79,6 +88,20 @@ def resize_policy(gray: np.ndarray, size: int, policy: str) -> np.ndarray:
     return out
 
 
+def gaussian_smooth(g: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian low-pass of a 2-D float32 image (kernel radius ceil(3 sigma), edges replicated)."""
+    if sigma <= 0:
+        return g
+    r = int(np.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k = (k / k.sum()).astype(np.float32)
+    h, w = g.shape
+    p = np.pad(g, ((0, 0), (r, r)), mode="edge")
+    g = sum(k[i] * p[:, i:i + w] for i in range(2 * r + 1))
+    p = np.pad(g, ((r, r), (0, 0)), mode="edge")
+    return sum(k[i] * p[i:i + h] for i in range(2 * r + 1)).astype(np.float32)
+
+
 def equalize_hist(g: np.ndarray, bins: int = 256) -> np.ndarray:
     """Global histogram equalisation of a [0, 1] image: each value becomes the share of pixels at or below it."""
     hist, edges = np.histogram(g, bins=bins, range=(0.0, 1.0))
@@ -91,6 +114,8 @@ def preprocess(gray: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -> 
     if gray.ndim != 2:
         raise ValueError(f"preprocess expects a 2-D grayscale array, got shape {gray.shape}")
     g = resize_policy(np.ascontiguousarray(gray, dtype=np.float32), cfg.size, cfg.resize)
+    if cfg.smooth:
+        g = gaussian_smooth(g, cfg.smooth)
     if cfg.equalize:
         g = equalize_hist(g)
     mean = np.asarray(cfg.mean, np.float32).reshape(3, 1, 1)

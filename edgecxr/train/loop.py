@@ -49,6 +49,7 @@ class TrainConfig:
     size: int = 224
     resize: str = "crop"
     equalize: bool = False  # histogram equalisation in preprocessing (carried in the checkpoint)
+    smooth: float = 0.0  # Gaussian low-pass sigma (px) in preprocessing, 0 = off (carried in the checkpoint)
     workers: int = 0
     weights: str | None = None
     amp: bool = True
@@ -174,7 +175,7 @@ def setup_device() -> tuple[torch.device, int, int]:
 
 def make_loaders(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sample], rank: int, world: int):
     """(train loader, val loader, sampler, generator): class-balanced or distributed sampling."""
-    pcfg = PreprocessConfig(size=cfg.size, resize=cfg.resize, equalize=cfg.equalize)
+    pcfg = PreprocessConfig(size=cfg.size, resize=cfg.resize, equalize=cfg.equalize, smooth=cfg.smooth)
     train_ds = CXRDataset(train_samples, cfg.classes, pcfg, augment=cfg.augment)
     val_ds = CXRDataset(val_samples, cfg.classes, pcfg, augment=False)
     gen = torch.Generator().manual_seed(cfg.seed + 1000 * rank)
@@ -352,7 +353,7 @@ def train(cfg: TrainConfig, train_samples: list[Sample], val_samples: list[Sampl
     if before and any(before.get(k) != where[k] for k in ("device", "name", "autocast")):
         where["earlier_epochs_on"] = before  # resumed on another machine: keep where the first epochs ran
     meta_base = {"edgecxr_version": __version__, "arch": cfg.arch, "classes": cfg.classes,
-                 "preprocess": PreprocessConfig(size=cfg.size, resize=cfg.resize, equalize=cfg.equalize).to_dict(),
+                 "preprocess": PreprocessConfig(size=cfg.size, resize=cfg.resize, equalize=cfg.equalize, smooth=cfg.smooth).to_dict(),
                  "train_config": asdict(cfg), "data": data_info or {}, "trained_on": where}
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
