@@ -51,14 +51,15 @@ def test_round_trip_matches_torch(request, artifact, tiny_checkpoint):
     assert res[0].model["sha256"] == json.loads(sidecar_path(path).read_text())["artifact"]["sha256"]
 
 
-def test_training_and_runtime_tensors_identical(tiny_checkpoint):
+@pytest.mark.parametrize("options", [{}, {"smooth": 1.0}, {"smooth": 0.7, "equalize": True}])
+def test_training_and_runtime_tensors_identical(tiny_checkpoint, options):
     pytest.importorskip("torch")
     from edgecxr.data import load_samples
     from edgecxr.data.torchdata import CXRDataset
     from edgecxr.preprocess import PreprocessConfig
     from edgecxr.runtime import Model
 
-    cfg = PreprocessConfig(size=64)
+    cfg = PreprocessConfig(size=64, **options)
     samples = load_samples(eval_dir())[:3]
     ds = CXRDataset(samples, ["COVID-19", "Normal", "Pneumonia"], cfg, augment=False)
     from edgecxr.sidecar import FileRecord, Sidecar
