@@ -142,8 +142,8 @@ def statistics_section(shipped: dict, shipped_name: str = "covid-densenet-cxr3")
                 f"added to every image (sd {lv['sd']}), it calls {cnt('grained', 'non_covid_called_covid')} non-COVID-19 "
                 f"images COVID-19 instead of {cnt('whole', 'non_covid_called_covid')} (p = "
                 f"{r['grained']['mcnemar']['non_covid_called_covid']:.2g}). The model has learned pixel noise as part "
-                "of COVID-19; a Stony Brook film as the hospital stores it (full size) would reach it without that "
-                "noise. " + (f"The other {len(others)} model{'s' * (len(others) != 1)} probed that were trained with Stony Brook lose {lost} of "
+                "of COVID-19; a Stony Brook film as the hospital stores it (full size) would reach it without most of "
+                "that noise (the runtime's resize averages the pixels it shrinks). " + (f"The other {len(others)} model{'s' * (len(others) != 1)} probed that were trained with Stony Brook lose {lost} of "
                              f"their {found} Stony Brook findings when smoothed ({100 * lost / found:.0f}%; of their other sources' "
                              f"COVID-19 findings {o_lost} of {o_found}, {100 * o_lost / o_found:.0f}%). " if others else "")
                 + "`python benchmarks/noise_probe.py ... --split val+test`; `benchmarks/ablation.md`, \"How far "
