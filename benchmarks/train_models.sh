@@ -16,6 +16,7 @@ LS=${LS:-0.1}               # label smoothing
 EMA=${EMA:-0.99}            # weight averaging (EMA decay; 0 = off)
 MIXUP=${MIXUP:-0}           # MixUp alpha (0 = off; see benchmarks/ablation.md)
 EQ=""; [ "${EQUALIZE:-0}" = 1 ] && EQ=--equalize   # histogram equalisation in preprocessing
+SMOOTH=${SMOOTH:-0}         # Gaussian low-pass of the input in preprocessing, sigma in px (0 = off; benchmarks/noise_probe.py)
 BAL=--balanced; [ "${BALANCED:-1}" = 0 ] && BAL=--no-balanced   # class-balanced sampling (paper: balanced vs unbalanced)
 CW=""; [ "${CLASS_WEIGHTED:-0}" = 1 ] && CW=--class-weighted-loss   # inverse-frequency class weights in the loss
 FRACTION=${FRACTION:-1.0}   # share of training patients per class and source (size sweep: 0.25 / 0.5 / 1.0)
@@ -34,7 +35,7 @@ esac
 for ARCH in $ARCHS; do
   RUN="runs/$CONFIG-$ARCH$TAG-s$SEED"
   $EDGECXR train "$DATA" $FLAG --arch "$ARCH" --epochs "$EPOCHS" --batch 16 --lr 1e-3 $BAL $CW --fraction "$FRACTION" $XS \
-    --augment "$AUG" --label-smoothing "$LS" --mixup "$MIXUP" --ema "$EMA" --select macro_f1 --seed "$SEED" --threads "$THREADS" --workers "$WORKERS" $EQ --out "$RUN"
+    --augment "$AUG" --label-smoothing "$LS" --mixup "$MIXUP" --ema "$EMA" --select macro_f1 --seed "$SEED" --threads "$THREADS" --workers "$WORKERS" $EQ --smooth "$SMOOTH" --out "$RUN"
   $EDGECXR eval "$RUN/best.safetensors" "$DATA" --split test --out "$RUN/eval-test"
   $EDGECXR eval "$RUN/best.safetensors" "$DATA" --split val --out "$RUN/eval-val" --n-boot 200
 done

@@ -132,3 +132,22 @@ def test_collect_runs_copies_a_finished_run_and_refuses_an_unfinished_one(tmp_pa
     assert json.loads((dest / f"{name}-eval-val" / "eval.json").read_text()) == {"split": "val"}
     assert not (dest / f"{name}-curves.png").exists()  # a run without curves is collected without them
     assert f"{name}-eval-test" in capsys.readouterr().out
+
+
+def test_train_models_passes_the_recipe_options_to_edgecxr(tmp_path):
+    """benchmarks/train_models.sh: environment variables become `edgecxr train` options (a stand-in records them)."""
+    import subprocess
+
+    fake = tmp_path / "edgecxr"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$@" >> {tmp_path}/calls\n')
+    fake.chmod(0o755)
+    script = Path(__file__).parents[1] / "benchmarks" / "train_models.sh"
+    for extra in ({}, {"SMOOTH": "1.0", "EQUALIZE": "1", "EXCLUDE": "sbu mhh"}):
+        env = dict(os.environ, EDGECXR=str(fake), **extra)
+        subprocess.run(["bash", str(script), "shipped", "3", "covid-densenet"], check=True, env=env, cwd=tmp_path)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    train = [c for c in calls if c.startswith("train ")]
+    assert len(train) == 2 and len(calls) == 6  # train, eval test, eval val per run
+    assert "--smooth 0 " in train[0] and "--equalize" not in train[0] and "--permissive-only" in train[0]
+    assert "--smooth 1.0 " in train[1] and "--equalize" in train[1] and "--seed 3" in train[1]
+    assert "--exclude-source sbu --exclude-source mhh" in train[1]
