@@ -257,6 +257,8 @@ def cohen_unseen_note(split: str = "test") -> str:
             found = total = 0
             aucs = []
             for path in sorted(TRAINING.glob(f"{config}-{arch}-e60-s*-eval-{split}/eval.json")):
+                if not re.fullmatch(rf"{config}-{arch}-e60-s\d+-eval-{split}", path.parent.name):
+                    continue  # a recipe variant such as -e60-smooth1-s1, not one of the recipe's seeds
                 res = json.loads(path.read_text())
                 preds, y, prob = _arrays(res)
                 src = [p["source"] for p in preds]

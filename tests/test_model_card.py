@@ -60,6 +60,7 @@ def test_cohen_note_pools_seeds_per_configuration(tmp_path, monkeypatch):
     for seed, k in ((0, 1), (1, 2)):
         _run(tmp_path, f"shipped-covid-densenet-e60-s{seed}", {"ieee8023": k, "mhh": 4})
         _run(tmp_path, f"research-covid-densenet-e60-s{seed}", {"ieee8023": 4, "mhh": 4})
+    _run(tmp_path, "shipped-covid-densenet-e60-smooth1-s1", {"ieee8023": 4, "mhh": 4})  # a variant, not a seed
     note = mc.cohen_unseen_note()
     assert "Covid-DenseNet: shipped 3/8 = 38% over 2 seeds, AUC 100.0; research 8/8 = 100% over 2 seeds" in note
     assert "(1 of its 3 COVID-19 training images and 0 of its 2 others)" in note and "Its 4 COVID-19 test images" in note
