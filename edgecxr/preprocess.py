@@ -89,7 +89,10 @@ def resize_policy(gray: np.ndarray, size: int, policy: str) -> np.ndarray:
 
 
 def gaussian_smooth(g: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian low-pass of a 2-D float32 image (kernel radius ceil(3 sigma), edges replicated)."""
+    """Separable Gaussian low-pass of a 2-D float32 image (kernel radius ceil(3 sigma), edges replicated).
+
+    numpy only: the runtime's dependencies offer no filter for float images (Pillow's GaussianBlur takes 8-bit
+    modes, and rounding to 8 bits would change the very noise this removes)."""
     if sigma <= 0:
         return g
     r = int(np.ceil(3 * sigma))
