@@ -77,11 +77,8 @@ def classifiers(trees: int = 500) -> dict:
 def load(manifest: str, size: int = 224) -> tuple[np.ndarray, list]:
     """Every image of the manifest as the model sees it before normalisation (crop policy), as feature rows."""
     samples = load_samples(manifest)
-    try:
-        from rich.progress import track
-    except ImportError:  # pragma: no cover - rich is a core dependency
-        def track(x, **_):
-            return x
+    from rich.progress import track
+
     rows = [features(resize_policy(load_gray(s.path), size, "crop")) for s in track(samples, description="images")]
     return np.asarray(rows), samples
 

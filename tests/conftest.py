@@ -27,6 +27,26 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.fixture
+def bench():
+    """Load a script of benchmarks/ as a module: ``bench("noise_probe")`` (its folder goes on sys.path, as when run)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).parents[1] / "benchmarks"
+
+    def load(name: str):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
+
+
 def _exported(checkpoint, target, folder):
     from edgecxr.export.core import export
 

@@ -1,19 +1,8 @@
 """benchmarks/model_card.py: the leave-one-source-out table and the Cohen-collection note read the runs they name."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 CLASSES = ["COVID-19", "Normal", "Pneumonia"]
-BENCH = Path(__file__).parents[1] / "benchmarks"
-
-
-def _module():
-    sys.path.insert(0, str(BENCH))  # model_card imports seeds.py from its own folder
-    spec = importlib.util.spec_from_file_location("model_card", BENCH / "model_card.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _run(root: Path, name: str, covid_right: dict[str, int], select_without=None) -> None:
@@ -32,8 +21,8 @@ def _run(root: Path, name: str, covid_right: dict[str, int], select_without=None
     (root / f"{name}-config.json").write_text(json.dumps(cfg))
 
 
-def test_unseen_source_table_pairs_each_leave_out_run_with_its_seed_and_names_its_checkpoint_rule(tmp_path, monkeypatch):
-    mc = _module()
+def test_unseen_source_table_pairs_each_leave_out_run_with_its_seed_and_names_its_checkpoint_rule(bench, tmp_path, monkeypatch):
+    mc = bench("model_card")
     monkeypatch.setattr(mc, "TRAINING", tmp_path)
     _run(tmp_path, "research-densenet121-e60-s1", {"sbu": 4, "mhh": 4, "ieee8023": 2})
     _run(tmp_path, "research-densenet121-e60-nosbu-sel-s1", {"sbu": 1, "mhh": 4, "ieee8023": 3}, ["sbu"])
@@ -47,8 +36,8 @@ def test_unseen_source_table_pairs_each_leave_out_run_with_its_seed_and_names_it
     assert "| 0/4 = 0% (with it: 4/4 = 100%) |" in old
 
 
-def test_cohen_note_pools_seeds_per_configuration(tmp_path, monkeypatch):
-    mc = _module()
+def test_cohen_note_pools_seeds_per_configuration(bench, tmp_path, monkeypatch):
+    mc = bench("model_card")
     monkeypatch.setattr(mc, "TRAINING", tmp_path)
     manifest = tmp_path / "MANIFEST.csv"  # the collection's training images: 3 COVID-19 (1 permissive), 2 others (0)
     manifest.write_text("file,split,class,source,non_commercial_only\n" + "".join(
@@ -67,8 +56,8 @@ def test_cohen_note_pools_seeds_per_configuration(tmp_path, monkeypatch):
     assert "DenseNet121" not in note  # no DenseNet121 runs: no row for it
 
 
-def test_statistics_section_reads_both_probes_and_counts_what_smoothing_costs(tmp_path, monkeypatch):
-    mc = _module()
+def test_statistics_section_reads_both_probes_and_counts_what_smoothing_costs(bench, tmp_path, monkeypatch):
+    mc = bench("model_card")
     monkeypatch.setattr(mc, "SOURCE_PROBE", tmp_path / "sp")
     monkeypatch.setattr(mc, "NOISE_PROBE", tmp_path / "np.json")
     preds = lambda right: [{"file": f"f{i}", "label": "COVID-19", "source": "mhh",  # noqa: E731

@@ -1,25 +1,13 @@
 """benchmarks/noise_probe.py: noise levels fitted on training images, and the per-group summary."""
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from edgecxr.data.layouts import Sample
 
-BENCH = Path(__file__).parents[1] / "benchmarks"
 
-
-def _module():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("noise_probe", BENCH / "noise_probe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_fitted_levels_move_each_group_to_the_others_noise():
-    npb = _module()
+def test_fitted_levels_move_each_group_to_the_others_noise(bench):
+    npb = bench("noise_probe")
     rng = np.random.default_rng(0)
     ramp = np.tile(np.linspace(0.2, 0.8, 64, dtype=np.float32), (64, 1))
     noisy = [np.clip(ramp + rng.normal(0, 0.03, ramp.shape), 0, 1).astype(np.float32) for _ in range(6)]
@@ -34,8 +22,8 @@ def test_fitted_levels_move_each_group_to_the_others_noise():
     assert list(inputs) == list(npb.CONDITIONS) and inputs["whole"][0] is clean[0]
 
 
-def test_summary_counts_right_and_covid_calls_per_group():
-    npb = _module()
+def test_summary_counts_right_and_covid_calls_per_group(bench):
+    npb = bench("noise_probe")
     classes = ["COVID-19", "Normal", "Pneumonia"]
     samples = [Sample(Path("a.png"), "COVID-19", "test", source="sbu"), Sample(Path("b.png"), "COVID-19", "test", source="sbu"),
                Sample(Path("c.png"), "Normal", "test", source="nih")]

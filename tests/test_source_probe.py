@@ -1,6 +1,4 @@
 """benchmarks/source_probe.py: low-level statistics of the model's input, and the classifiers fitted on them."""
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,19 +6,9 @@ import pytest
 
 from edgecxr.data.layouts import Sample
 
-BENCH = Path(__file__).parents[1] / "benchmarks"
 
-
-def _module():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("source_probe", BENCH / "source_probe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_features_name_every_statistic_and_see_the_border_and_the_noise():
-    sp = _module()
+def test_features_name_every_statistic_and_see_the_border_and_the_noise(bench):
+    sp = bench("source_probe")
     rng = np.random.default_rng(0)
     g = np.full((224, 224), 0.5, np.float32)
     f = sp.features(g)
@@ -48,8 +36,8 @@ def _synthetic(sp):
     return sp.run(np.asarray(rows), samples, trees=25)
 
 
-def test_compare_puts_the_statistics_beside_a_cnn_on_the_same_images(tmp_path):
-    sp = _module()
+def test_compare_puts_the_statistics_beside_a_cnn_on_the_same_images(bench, tmp_path):
+    sp = bench("source_probe")
     r = _synthetic(sp)
     for split in ("val", "test"):  # a CNN right on every image
         preds = [dict(p, prob=[float(i == sp.CLASSES.index(p["label"])) for i in range(3)])
@@ -65,8 +53,8 @@ def test_compare_puts_the_statistics_beside_a_cnn_on_the_same_images(tmp_path):
         sp.compare(r, [f"research={tmp_path}/cnn-{{split}}.json"])
 
 
-def test_run_reads_a_source_that_the_statistics_carry_and_leaves_each_covid_source_out():
-    sp = _module()
+def test_run_reads_a_source_that_the_statistics_carry_and_leaves_each_covid_source_out(bench):
+    sp = bench("source_probe")
     r = _synthetic(sp)
     logit = r["tasks"]["research / logistic regression"]
     assert logit["source_accuracy"] == 1.0  # separable by feature 0
