@@ -31,19 +31,13 @@ import numpy as np
 from edgecxr.data.layouts import load_samples
 from edgecxr.imaging import read_image
 from edgecxr.metrics import mcnemar_exact
-from edgecxr.preprocess import resize_policy
+from edgecxr.preprocess import gaussian_smooth as smooth, resize_policy
 
 sys.path.insert(0, str(Path(__file__).parent))
 from source_probe import high_pass_noise as noise  # noqa: E402
 
 CONDITIONS = ("whole", "smoothed", "grained")
 SEED = 0
-
-
-def smooth(g: np.ndarray, sigma: float) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
-
-    return gaussian_filter(g, sigma, mode="nearest").astype(np.float32)
 
 
 def grain(g: np.ndarray, sd: float, rng: np.random.Generator) -> np.ndarray:
