@@ -193,13 +193,13 @@ def compare(r: dict, specs: list[str]) -> list[str]:
             paths = sorted(glob.glob(pattern.format(split=split)))
             if not paths:
                 raise SystemExit(f"--compare {spec}: no file matches for split {split}")
+            runs = [{p["file"]: p for p in json.loads(Path(path).read_text())["predictions"]} for path in paths]
             for key, t in r["tasks"].items():
                 if not key.startswith(config + " / "):
                     continue
                 mine = {p["file"]: p for p in t["predictions"][split]}
                 acc, own, agree, ps = [], [], [], []
-                for path in paths:
-                    theirs = {p["file"]: p for p in json.loads(Path(path).read_text())["predictions"]}
+                for path, theirs in zip(paths, runs):
                     if set(theirs) != set(mine):
                         raise SystemExit(f"{path}: not the same {split} images as the manifest's")
                     files = sorted(mine)
