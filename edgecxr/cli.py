@@ -184,7 +184,8 @@ def train(
                                              "but the best checkpoint is chosen without them. Repeatable."),
     fraction: float = typer.Option(1.0, help="Train on this share of the training patients (per class and source; "
                                    "for training-set-size sweeps)."),
-    augment: str = typer.Option("light", help="Augmentation: light | strong | robust (strong + border and patch erasing, zoom to 1.4) | none."),
+    augment: str = typer.Option("light", help="Augmentation: light | strong | robust (strong + border and patch erasing, zoom to 1.4) | grain (strong + "
+                                 "noise and blur at the input resolution, against pixel noise as a shortcut) | none."),
     label_smoothing: float = typer.Option(0.0, help="Label smoothing of the cross-entropy loss."),
     mixup: float = typer.Option(0.0, min=0.0, help="MixUp alpha (e.g. 0.2): train on blends of image pairs with blended "
                                 "labels; 0 turns it off."),

@@ -115,3 +115,58 @@ def test_border_erase_blanks_only_edge_bands_and_robust_augmentation_stays_in_ra
     assert out.shape == (1, 64, 64) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="unknown augmentation"):
         cxr_augmentation("heavy")
+
+
+def _pixel_noise(g):
+    """sd of an image minus its 3x3 mean, as benchmarks/source_probe.py measures noise."""
+    h, w = g.shape
+    mean3 = sum(g[i:h - 2 + i, j:w - 2 + j] for i in range(3) for j in range(3)) / 9
+    return float((g[1:-1, 1:-1] - mean3).std())
+
+
+def test_input_grain_moves_pixel_noise_both_ways_at_the_model_resolution():
+    import torch
+
+    from edgecxr.data.torchdata import InputGrain, input_augmentation
+    from edgecxr.preprocess import gaussian_smooth
+
+    torch.manual_seed(0)
+    yy, xx = np.mgrid[0:64, 0:64] / 64.0
+    clean = (0.3 + 0.4 * xx * yy).astype(np.float32)
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 0.02, clean.shape), 0, 1).astype(np.float32)
+    grained = InputGrain(p_noise=1.0, noise_sd=0.03, p_blur=0.0)
+    outs = [grained(clean) for _ in range(20)]
+    assert all(o.dtype == np.float32 and o.shape == clean.shape and 0 <= o.min() and o.max() <= 1 for o in outs)
+    levels = [_pixel_noise(o) for o in outs]
+    assert max(levels) > 10 * _pixel_noise(clean) + 0.005  # white noise up to sd 0.03 reaches Stony Brook's level
+    blurred = InputGrain(p_noise=0.0, p_blur=1.0, blur=(0.8, 0.8))(noisy)
+    assert np.allclose(blurred, gaussian_smooth(noisy, 0.8), atol=1e-6)
+    assert _pixel_noise(blurred) < 0.5 * _pixel_noise(noisy)
+    assert np.array_equal(InputGrain(p_noise=0.0, p_blur=0.0)(noisy), noisy)
+    assert input_augmentation("strong") is None and isinstance(input_augmentation("grain"), InputGrain)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        input_augmentation("heavy")
+
+
+@pytest.mark.parametrize("policy", ["crop", "pad", "stretch"])
+def test_grain_dataset_resizes_once_and_spreads_the_noise_of_one_image(policy):
+    """The dataset resizes before the input-scale augmentation; preprocess must then leave the size alone, so that
+    without augmentation the tensor is the runtime's."""
+    import torch
+
+    from edgecxr.data.torchdata import CXRDataset
+    from edgecxr.preprocess import PreprocessConfig, preprocess, resize_policy
+
+    cfg = PreprocessConfig(size=48, resize=policy)
+    g = np.random.default_rng(1).random((90, 70), dtype=np.float32)
+    assert np.array_equal(preprocess(resize_policy(g, cfg.size, cfg.resize), cfg), preprocess(g, cfg))
+
+    sample = load_samples(calibration_dir())[0]
+    ds = CXRDataset([sample], [sample.label], cfg, augment="grain")
+    ds.augment = None  # only the input-scale part: the full-resolution one changes noise too
+    torch.manual_seed(0)
+    std, mean = cfg.std[0], cfg.mean[0]
+    levels = [_pixel_noise(ds[0][0][0].numpy() * std + mean) for _ in range(40)]
+    plain = _pixel_noise(CXRDataset([sample], [sample.label], cfg, augment="none")[0][0][0].numpy() * std + mean)
+    assert ds[0][0].shape == (3, 48, 48)
+    assert min(levels) < plain < max(levels)  # blurred below, grained above the image's own level

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from edgecxr.data.layouts import Sample
 from edgecxr.imaging import read_image
-from edgecxr.preprocess import PreprocessConfig, preprocess
+from edgecxr.preprocess import PreprocessConfig, gaussian_smooth, preprocess, resize_policy
 
 
 class RandomGamma:
@@ -46,7 +46,32 @@ class RandomBorderErase:
         return t
 
 
-AUGMENTATIONS = ("light", "strong", "robust", "none")
+class InputGrain:
+    """Pixel-level noise and blur at the model's input resolution, after resizing (numpy, torch's RNG).
+
+    The photometric augmentation runs on the full-resolution image, so its noise is mostly averaged away when a
+    1024-px NIH film shrinks to 224 px, while Stony Brook's 240-px images keep theirs: noise level then separates the
+    sources, and models read it as COVID-19 (``benchmarks/noise_probe.py``). Here, with probability ``p_blur`` a
+    Gaussian blur (sigma uniform in ``blur``, px) and then with probability ``p_noise`` white noise (sd uniform in
+    ``[0, noise_sd]``) change every class's noise alike, so that the level no longer tells the source.
+    The defaults span the probe's levels: sigma 0.55 px brings Stony Brook's median noise down to the others',
+    sd 0.017 brings the others' up to Stony Brook's.
+    """
+
+    def __init__(self, p_noise: float = 0.5, noise_sd: float = 0.03, p_blur: float = 0.3,
+                 blur: tuple[float, float] = (0.3, 1.0)) -> None:
+        self.p_noise, self.noise_sd, self.p_blur, self.blur = p_noise, noise_sd, p_blur, blur
+
+    def __call__(self, g: np.ndarray) -> np.ndarray:
+        if float(torch.rand(())) < self.p_blur:
+            g = gaussian_smooth(g, float(torch.empty(()).uniform_(*self.blur)))
+        if float(torch.rand(())) < self.p_noise:
+            sd = float(torch.empty(()).uniform_(0.0, self.noise_sd))
+            g = g + sd * torch.randn(g.shape).numpy()
+        return np.clip(g, 0.0, 1.0).astype(np.float32)
+
+
+AUGMENTATIONS = ("light", "strong", "robust", "grain", "none")
 
 
 def cxr_augmentation(strength: str = "light"):
@@ -58,6 +83,8 @@ def cxr_augmentation(strength: str = "light"):
     differences between hospitals rather than at the anatomy.
     ``robust``: ``strong`` with zoom up to 1.4, each edge's band blanked (up to 15%) with probability 0.5 and one
     random rectangle erased with probability 0.5: against borders, text and markers as shortcuts.
+    ``grain``: ``strong`` here, plus :class:`InputGrain` after resizing (``input_augmentation``): against pixel noise
+    as a shortcut.
     """
     from torchvision.transforms import v2
 
@@ -68,7 +95,7 @@ def cxr_augmentation(strength: str = "light"):
             v2.RandomAffine(degrees=7, translate=(0.05, 0.05), scale=(0.92, 1.08)),
             v2.ColorJitter(brightness=0.15, contrast=0.15),
         ])
-    if strength in ("strong", "robust"):
+    if strength in ("strong", "robust", "grain"):
         robust = strength == "robust"
         return v2.Compose([
             v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.4 if robust else 1.25)),
@@ -80,6 +107,13 @@ def cxr_augmentation(strength: str = "light"):
             *([v2.RandomErasing(p=0.5, scale=(0.01, 0.06), value="random")] if robust else []),
         ])
     raise ValueError(f"unknown augmentation {strength!r}; choose one of {AUGMENTATIONS}")
+
+
+def input_augmentation(strength: str = "light") -> InputGrain | None:
+    """The part of an augmentation strength that runs at the model's input resolution (after resizing), or None."""
+    if strength not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {strength!r}; choose one of {AUGMENTATIONS}")
+    return InputGrain() if strength == "grain" else None
 
 
 class CXRDataset(Dataset):
@@ -95,6 +129,7 @@ class CXRDataset(Dataset):
         self.targets = [classes.index(s.label) for s in samples]
         strength = augment if isinstance(augment, str) else ("light" if augment else "none")
         self.augment = cxr_augmentation(strength)
+        self.input_augment = input_augmentation(strength)
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -113,5 +148,8 @@ class CXRDataset(Dataset):
         if self.augment is not None:
             t = self.augment(torch.from_numpy(g).unsqueeze(0)).clamp_(0, 1)
             g = t.squeeze(0).numpy()
+        if self.input_augment is not None:  # resized first; preprocess then leaves the size alone
+            g = self.input_augment(resize_policy(np.ascontiguousarray(g, dtype=np.float32), self.cfg.size,
+                                                 self.cfg.resize))
         return torch.from_numpy(preprocess(g, self.cfg)), self.targets[i]
 

@@ -54,7 +54,7 @@ class TrainConfig:
     weights: str | None = None
     amp: bool = True
     max_steps: int | None = None  # stop after this many optimiser steps (smoke tests)
-    augment: str = "light"  # light | strong | robust | none (edgecxr.data.torchdata.cxr_augmentation)
+    augment: str = "light"  # light | strong | robust | grain | none (edgecxr.data.torchdata.cxr_augmentation)
     label_smoothing: float = 0.0
     mixup: float = 0.0  # MixUp Beta(alpha, alpha) on each training batch (0: off); soft targets, against noisy labels
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); val and best use the average
