@@ -117,19 +117,13 @@ def test_border_erase_blanks_only_edge_bands_and_robust_augmentation_stays_in_ra
         cxr_augmentation("heavy")
 
 
-def _pixel_noise(g):
-    """sd of an image minus its 3x3 mean, as benchmarks/source_probe.py measures noise."""
-    h, w = g.shape
-    mean3 = sum(g[i:h - 2 + i, j:w - 2 + j] for i in range(3) for j in range(3)) / 9
-    return float((g[1:-1, 1:-1] - mean3).std())
-
-
-def test_input_grain_moves_pixel_noise_both_ways_at_the_model_resolution():
+def test_input_grain_moves_pixel_noise_both_ways_at_the_model_resolution(bench):
     import torch
 
     from edgecxr.data.torchdata import InputGrain, input_augmentation
     from edgecxr.preprocess import gaussian_smooth
 
+    _pixel_noise = bench("source_probe").high_pass_noise  # the noise the probes measure
     torch.manual_seed(0)
     yy, xx = np.mgrid[0:64, 0:64] / 64.0
     clean = (0.3 + 0.4 * xx * yy).astype(np.float32)
@@ -149,7 +143,7 @@ def test_input_grain_moves_pixel_noise_both_ways_at_the_model_resolution():
 
 
 @pytest.mark.parametrize("policy", ["crop", "pad", "stretch"])
-def test_grain_dataset_resizes_once_and_spreads_the_noise_of_one_image(policy):
+def test_grain_dataset_resizes_once_and_spreads_the_noise_of_one_image(policy, bench):
     """The dataset resizes before the input-scale augmentation; preprocess must then leave the size alone, so that
     without augmentation the tensor is the runtime's."""
     import torch
@@ -161,6 +155,7 @@ def test_grain_dataset_resizes_once_and_spreads_the_noise_of_one_image(policy):
     g = np.random.default_rng(1).random((90, 70), dtype=np.float32)
     assert np.array_equal(preprocess(resize_policy(g, cfg.size, cfg.resize), cfg), preprocess(g, cfg))
 
+    _pixel_noise = bench("source_probe").high_pass_noise
     sample = load_samples(calibration_dir())[0]
     ds = CXRDataset([sample], [sample.label], cfg, augment="grain")
     ds.augment = None  # only the input-scale part: the full-resolution one changes noise too
