@@ -11,7 +11,7 @@ CONFIG=${1:?shipped or research}
 SEED=${2:-0}
 ARCHS=${3:-"covid-densenet densenet121"}
 EPOCHS=${EPOCHS:-30}
-AUG=${AUG:-strong}          # augmentation strength: light | strong | robust (see benchmarks/ablation.md)
+AUG=${AUG:-strong}          # augmentation strength: light | strong | robust | grain (see benchmarks/ablation.md)
 LS=${LS:-0.1}               # label smoothing
 EMA=${EMA:-0.99}            # weight averaging (EMA decay; 0 = off)
 MIXUP=${MIXUP:-0}           # MixUp alpha (0 = off; see benchmarks/ablation.md)
