@@ -108,29 +108,17 @@ def _relabelled(files: list[Path], out: Path) -> list[Path]:
 
 def _cxr_variants(png: Path, out: Path) -> dict[str, Path]:
     """The same radiograph as DICOM in several encodings and conventions."""
-    import pydicom
     from PIL import Image
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import (DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
-                             JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid)
+    from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
+
+    from edgecxr.synthetic_dicom import grey_dataset
 
     g = np.asarray(Image.open(png).convert("L"), np.float64) / 255.0
 
     def base(values: np.ndarray, bits: int, photometric: str = "MONOCHROME2", signed: bool = False):
-        ds = pydicom.Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = DigitalXRayImageStorageForPresentation
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-        ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", "PA"
-        ds.PatientID, ds.PatientName = "SUITE", "Suite^Test"
-        ds.Rows, ds.Columns = values.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
-        ds.PixelRepresentation = 1 if signed else 0
-        ds.PixelData = values.astype(np.int16 if signed else np.uint16).tobytes()
-        return ds
+        return grey_dataset(values, bits_stored=bits, photometric=photometric, signed=signed,
+                            StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(),
+                            BodyPartExamined="CHEST", ViewPosition="PA", PatientID="SUITE", PatientName="Suite^Test")
 
     v12 = np.round(g * 4095)
     variants = {}

@@ -64,27 +64,19 @@ def image_seeds(seed: int = 0) -> list[tuple[str, bytes]]:
 
 def dicom_seeds(seed: int = 0) -> list[tuple[str, bytes]]:
     import pydicom
-    from pydicom.dataset import FileMetaDataset
     from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless,
-                             JPEGLSLossless, RLELossless, generate_uid)
+                             JPEGLSLossless, RLELossless)
+
+    from .synthetic_dicom import grey_dataset
 
     rng = np.random.default_rng(seed)
     arr = _img(rng).astype(np.uint16) * 16
     out = []
     for ts in (ExplicitVRLittleEndian, RLELossless, DeflatedExplicitVRLittleEndian, JPEGLSLossless, JPEG2000Lossless):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "DX", arr.shape[0], arr.shape[1], 1
-        ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = "MONOCHROME1", 16, 12, 11
-        ds.PixelRepresentation, ds.WindowCenter, ds.WindowWidth = 0, 2000, 3000
-        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-        ds.PatientOrientation, ds.PixelSpacing = ["R", "F"], [0.2, 0.1]  # mirrored, non-square: both read paths fuzzed
-        ds.PixelData = arr.tobytes()
+        # mirrored and with non-square pixels, so that both read paths are fuzzed
+        ds = grey_dataset(arr, bits_stored=12, photometric="MONOCHROME1", sop_class="1.2.840.10008.5.1.4.1.1.1.1",
+                          WindowCenter=2000, WindowWidth=3000, RescaleSlope=1, RescaleIntercept=0,
+                          PatientOrientation=["R", "F"], PixelSpacing=[0.2, 0.1])
         try:
             if ts == DeflatedExplicitVRLittleEndian:
                 ds.file_meta.TransferSyntaxUID = ts

@@ -18,6 +18,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from edgecxr.errors import ImageError  # noqa: E402
 from edgecxr.imaging import load_gray  # noqa: E402
+from edgecxr.synthetic_dicom import grey_dataset  # noqa: E402
 
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                               HealthCheck.too_slow])
@@ -25,26 +26,8 @@ SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.function_s
 
 def _write(tmp_path, name: str, values: np.ndarray, *, bits_stored: int, bits_allocated: int = 16, signed=False,
            photometric="MONOCHROME2", big_endian=False, raw: bytes | None = None, **tags) -> str:
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRBigEndian, ExplicitVRLittleEndian
-
-    ds = pydicom.Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian if big_endian else ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = "1.2.3.4"
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = values.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits_allocated, bits_stored, bits_stored - 1
-    ds.PixelRepresentation = int(signed)
-    for k, v in tags.items():
-        setattr(ds, k, v)
-    if raw is None:
-        dtype = {8: "u1", 16: "u2", 32: "u4"}[bits_allocated]
-        dtype = (">" if big_endian else "<") + (dtype.replace("u", "i") if signed else dtype)
-        raw = values.astype(dtype).tobytes()
-    ds.PixelData = raw
+    ds = grey_dataset(values, bits_stored=bits_stored, bits_allocated=bits_allocated, signed=signed,
+                      photometric=photometric, big_endian=big_endian, raw=raw, **tags)
     path = tmp_path / f"{name}.dcm"
     ds.save_as(path, enforce_file_format=True)
     return str(path)
@@ -120,20 +103,12 @@ def header_values(draw):
 @given(h=header_values())
 def test_random_pixel_modules_keep_the_contract(tmp_path, h):
     """Whatever the pixel-module header says, and however the pixel data fits it, the contract holds."""
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
-
     rng = np.random.default_rng(h["seed"])
-    ds = pydicom.Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = "1.2.3.4"
-    ds.Modality, ds.SamplesPerPixel, ds.PhotometricInterpretation = "DX", 1, h["photometric"]
-    ds.Rows, ds.Columns = h["rows"], h["cols"]
-    ds.BitsAllocated, ds.BitsStored = h["bits_allocated"], h["bits_stored"]
-    ds.HighBit, ds.PixelRepresentation = max(h["bits_stored"] - 1, 0), int(h["signed"])
-    ds.RescaleSlope, ds.RescaleIntercept = h["slope"], h["intercept"]
+    # the pixel module is overwritten with the drawn header, the pixel data below with random bytes
+    ds = grey_dataset(np.zeros((1, 1)), photometric=h["photometric"], raw=b"", Rows=h["rows"], Columns=h["cols"],
+                      BitsAllocated=h["bits_allocated"], BitsStored=h["bits_stored"],
+                      HighBit=max(h["bits_stored"] - 1, 0), PixelRepresentation=int(h["signed"]),
+                      RescaleSlope=h["slope"], RescaleIntercept=h["intercept"])
     if h["window"] is not None:
         ds.WindowCenter, ds.WindowWidth = h["window"]
     if h["voi_function"]:

@@ -10,30 +10,14 @@ pydicom = pytest.importorskip("pydicom")
 
 
 def _dicom(path, arr, photometric="MONOCHROME2", window=None, voi_lut=None, slope=1.0, intercept=0.0,
-           frames=1, spp=1, compress=None, extra=None):
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+           spp=1, compress=None, extra=None):
+    """``arr``: rows x cols, frames x rows x cols, or with a trailing samples axis when ``spp`` > 1."""
+    from pydicom.uid import SecondaryCaptureImageStorage
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = arr.shape[-2:] if spp == 1 else arr.shape[:2]
-    ds.SamplesPerPixel = spp
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12 if arr.max() < 4096 else 16
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
-    if spp > 1:
-        ds.PlanarConfiguration = 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    from edgecxr.synthetic_dicom import grey_dataset
+
+    ds = grey_dataset(arr, bits_stored=12 if arr.max() < 4096 else 16, photometric=photometric, samples=spp,
+                      sop_class=SecondaryCaptureImageStorage, RescaleSlope=slope, RescaleIntercept=intercept)
     if window:
         ds.WindowCenter, ds.WindowWidth = window
     if voi_lut is not None:
@@ -43,7 +27,6 @@ def _dicom(path, arr, photometric="MONOCHROME2", window=None, voi_lut=None, slop
         ds.VOILUTSequence = [item]
     for k, v in (extra or {}).items():
         setattr(ds, k, v)
-    ds.PixelData = arr.astype(np.uint16).tobytes()
     if compress:
         ds.compress(compress)
     ds.save_as(path, enforce_file_format=True)
@@ -192,7 +175,7 @@ def test_dicom_rescale_slope_intercept(tmp_path):
 
 def test_dicom_multiframe_and_colour_refused(tmp_path):
     with pytest.raises(ImageError, match="multi-frame"):
-        read_image(_dicom(tmp_path / "mf.dcm", np.stack([RAMP, RAMP]), frames=2))
+        read_image(_dicom(tmp_path / "mf.dcm", np.stack([RAMP, RAMP])))
     rgb = np.stack([RAMP] * 3, -1)
     with pytest.raises(ImageError, match="colour"):
         read_image(_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB", spp=3))
@@ -428,3 +411,17 @@ def test_dicom_stored_turned_or_mirrored_reads_in_the_standard_orientation(tmp_p
         extra = {"PatientOrientation": keep} if keep else {}
         assert load_gray(_dicom(tmp_path / "k.dcm", stored, extra=extra), info=note).shape == stored.shape
         assert "patient_orientation" not in note
+
+
+@pytest.mark.parametrize("shape,samples,signed,big_endian", [((5, 7), 1, False, False), ((3, 5, 7), 1, True, False),
+                                                             ((5, 7, 3), 3, False, False), ((5, 7), 1, False, True)])
+def test_synthetic_dicom_holds_its_array(tmp_path, shape, samples, signed, big_endian):
+    """The DICOM builder the fuzzer, the suite and these tests share: pydicom reads back the array it was given."""
+    from edgecxr.synthetic_dicom import grey_dataset
+
+    values = np.random.default_rng(0).integers(-2000 if signed else 0, 4000, size=shape)
+    ds = grey_dataset(values, bits_stored=13, signed=signed, samples=samples, big_endian=big_endian)
+    ds.save_as(tmp_path / "s.dcm", enforce_file_format=True)
+    back = pydicom.dcmread(tmp_path / "s.dcm")
+    assert (back.Rows, back.Columns) == (shape[-3:-1] if samples > 1 else shape[-2:])
+    np.testing.assert_array_equal(back.pixel_array, values)

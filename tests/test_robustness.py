@@ -35,23 +35,10 @@ def test_blank_inputs_refused(arr):
 
 
 def _dx(path, **over):
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from edgecxr.synthetic_dicom import grey_dataset
 
     arr = (np.arange(64 * 64).reshape(64, 64) % 4000).astype(np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "DX", 64, 64, 1
-    ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = \
-        "MONOCHROME2", 16, 12, 11, 0
-    ds.PixelData = arr.tobytes()
-    for k, v in over.items():
-        setattr(ds, k, v)
+    ds = grey_dataset(arr, bits_stored=12, sop_class="1.2.840.10008.5.1.4.1.1.1.1", **over)
     ds.save_as(path, enforce_file_format=True)
     return path
 
