@@ -590,10 +590,9 @@ every source). Dev test:
 
 {unseen_source_table()}
 
-Without Stony Brook in training, the seed-0 models and Covid-DenseNet's seed 1 call none of its COVID-19 images
-COVID-19, and DenseNet121's seed 1 one of 15 (seed 1: checkpoint chosen without Stony Brook; test above, val: none of
-15 in all four;
-`benchmarks/ablation.md`): what these models learn as COVID-19 is, to a large part, what their training
+Without Stony Brook in training, the seed-0 models (DenseNet121's under both checkpoint rules) and Covid-DenseNet's
+seed 1 call none of its COVID-19 images COVID-19, and DenseNet121's seed 1 one of 15 (test above; val: none of 15 in
+all five; `benchmarks/ablation.md`): what these models learn as COVID-19 is, to a large part, what their training
 sources' COVID-19 images share. How far it carries depends on the hospital: without Hannover in training the
 same seeds still find 6-9 of its 13 COVID-19 test images and rank them well above the non-COVID-19 images (AUC 0.94-0.95,
 against 0.63-0.72 for Stony Brook left out), and the operating point, fitted without the left-out source, flags all
