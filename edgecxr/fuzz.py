@@ -74,9 +74,8 @@ def dicom_seeds(seed: int = 0) -> list[tuple[str, bytes]]:
     out = []
     for ts in (ExplicitVRLittleEndian, RLELossless, DeflatedExplicitVRLittleEndian, JPEGLSLossless, JPEG2000Lossless):
         # mirrored and with non-square pixels, so that both read paths are fuzzed
-        ds = grey_dataset(arr, bits_stored=12, photometric="MONOCHROME1", sop_class="1.2.840.10008.5.1.4.1.1.1.1",
-                          WindowCenter=2000, WindowWidth=3000, RescaleSlope=1, RescaleIntercept=0,
-                          PatientOrientation=["R", "F"], PixelSpacing=[0.2, 0.1])
+        ds = grey_dataset(arr, bits_stored=12, photometric="MONOCHROME1", WindowCenter=2000, WindowWidth=3000,
+                          RescaleSlope=1, RescaleIntercept=0, PatientOrientation=["R", "F"], PixelSpacing=[0.2, 0.1])
         try:
             if ts == DeflatedExplicitVRLittleEndian:
                 ds.file_meta.TransferSyntaxUID = ts

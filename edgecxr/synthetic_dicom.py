@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1"
+DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 
 
 def grey_dataset(values: np.ndarray, *, bits_stored: int | None = None, bits_allocated: int = 16,

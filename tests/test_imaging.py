@@ -425,3 +425,5 @@ def test_synthetic_dicom_holds_its_array(tmp_path, shape, samples, signed, big_e
     back = pydicom.dcmread(tmp_path / "s.dcm")
     assert (back.Rows, back.Columns) == (shape[-3:-1] if samples > 1 else shape[-2:])
     np.testing.assert_array_equal(back.pixel_array, values)
+    dx = pydicom.uid.DigitalXRayImageStorageForPresentation
+    assert back.SOPClassUID == back.file_meta.MediaStorageSOPClassUID == dx

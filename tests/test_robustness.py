@@ -38,7 +38,7 @@ def _dx(path, **over):
     from edgecxr.synthetic_dicom import grey_dataset
 
     arr = (np.arange(64 * 64).reshape(64, 64) % 4000).astype(np.uint16)
-    ds = grey_dataset(arr, bits_stored=12, sop_class="1.2.840.10008.5.1.4.1.1.1.1", **over)
+    ds = grey_dataset(arr, bits_stored=12, **over)
     ds.save_as(path, enforce_file_format=True)
     return path
 
