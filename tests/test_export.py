@@ -30,6 +30,20 @@ def test_targets_load():
         load_target("nope")
 
 
+@pytest.mark.parametrize("table,key,value,choices", [
+    ("openvino", "performance_hint", "FASTEST", "LATENCY, THROUGHPUT or CUMULATIVE_THROUGHPUT"),
+    ("int8", "calibration", "kl", "minmax, entropy or percentile"),
+    ("tensorrt", "hardware_compatibility", "hopper", "none, ampere_plus or same_compute_capability")])
+def test_a_bad_target_value_names_its_file_key_and_choices(tmp_path, table, key, value, choices):
+    from edgecxr.export.targets import TargetError
+
+    path = tmp_path / "mine.toml"
+    path.write_text(f'backend = "openvino"\nprecision = "fp32"\n[{table}]\n{key} = "{value}"\n')
+    with pytest.raises(TargetError) as err:
+        load_target(str(path))
+    assert str(path) in str(err.value) and f"[{table}]: {key} '{value}' must be {choices}" in str(err.value)
+
+
 def test_onnx_sidecar_and_cache(onnx_artifact, tiny_checkpoint):
     side = read_sidecar(onnx_artifact)
     assert side.classes == ["COVID-19", "Normal", "Pneumonia"]

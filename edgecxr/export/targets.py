@@ -50,6 +50,11 @@ def _typed(cls, data: dict, where: str):
     return obj
 
 
+def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} {value!r} must be {', '.join(allowed[:-1])} or {allowed[-1]}")
+
+
 @dataclass
 class Int8Options:
     format: str = "qoperator"  # qoperator (ONNX Runtime CPU) | qdq (TensorRT, and ORT's Q/DQ form)
@@ -69,16 +74,12 @@ class Int8Options:
     search_minutes: float = 10.0
 
     def check(self) -> None:
-        if self.format not in ("qoperator", "qdq"):
-            raise ValueError(f"format {self.format!r} must be qoperator or qdq")
-        if self.calibration not in ("minmax", "entropy", "percentile"):
-            raise ValueError(f"calibration {self.calibration!r} must be minmax, entropy or percentile")
+        _one_of("format", self.format, ("qoperator", "qdq"))
+        _one_of("calibration", self.calibration, ("minmax", "entropy", "percentile"))
         if self.reduce_range not in (True, False, "auto"):
             raise ValueError(f"reduce_range {self.reduce_range!r} must be true, false or \"auto\"")
-        if self.preset not in ("performance", "mixed"):
-            raise ValueError(f"preset {self.preset!r} must be performance or mixed")
-        if self.source not in ("nncf", "ort-qdq"):
-            raise ValueError(f"source {self.source!r} must be nncf or ort-qdq")
+        _one_of("preset", self.preset, ("performance", "mixed"))
+        _one_of("source", self.source, ("nncf", "ort-qdq"))
         if not all(isinstance(n, str) for n in self.exclude):
             raise ValueError("exclude must be a list of node names")
         if not all(isinstance(n, str) for n in self.split_weights):
@@ -98,10 +99,8 @@ class OpenVINOOptions:
     static_shapes: bool = False  # runtime compiles a fixed-batch model per batch size (faster; the gate verifies that)
 
     def check(self) -> None:
-        if self.inference_precision not in ("default", "f32", "bf16", "f16"):
-            raise ValueError(f"inference_precision {self.inference_precision!r} must be default, f32, bf16 or f16")
-        if self.performance_hint not in ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"):
-            raise ValueError(f"performance_hint {self.performance_hint!r} must be LATENCY or THROUGHPUT")
+        _one_of("inference_precision", self.inference_precision, ("default", "f32", "bf16", "f16"))
+        _one_of("performance_hint", self.performance_hint, ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"))
 
 
 @dataclass
@@ -113,9 +112,8 @@ class TensorRTOptions:
     version_compatible: bool = False
 
     def check(self) -> None:
-        if self.hardware_compatibility not in ("none", "ampere_plus", "same_compute_capability"):
-            raise ValueError(f"hardware_compatibility {self.hardware_compatibility!r} must be none, ampere_plus or "
-                             "same_compute_capability")
+        _one_of("hardware_compatibility", self.hardware_compatibility,
+                ("none", "ampere_plus", "same_compute_capability"))
         if self.workspace_mib < 1:
             raise ValueError("workspace_mib must be >= 1")
 
