@@ -23,6 +23,7 @@ from edgecxr.artifact import atomic_write_json
 from edgecxr.data.layouts import load_samples
 from edgecxr.metrics import evaluate, mcnemar_exact, per_source, wilson_ci
 from edgecxr.preprocess import PreprocessConfig, preprocess
+from edgecxr.runtime.batching import softmax
 
 
 def views(gray: np.ndarray, rotate: bool) -> list[np.ndarray]:
@@ -57,11 +58,6 @@ def logits_per_view(checkpoint: Path, grays: list[np.ndarray], rotate: bool, bat
         for i in range(0, len(flat), batch):
             out.append(model(torch.from_numpy(flat[i : i + batch])).float().numpy())
     return np.concatenate(out).reshape(n, v, -1), meta
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 def main() -> None:

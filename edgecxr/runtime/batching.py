@@ -11,11 +11,11 @@ import numpy as np
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (stable for large logits)."""
+    """Softmax over the last axis (the classes) in float64, stable for large logits."""
     z = np.asarray(z, np.float64)
-    z = z - z.max(axis=1, keepdims=True)
+    z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def chunks(n: int, batch: int):
