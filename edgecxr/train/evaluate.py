@@ -207,16 +207,20 @@ def markdown_report(res: dict) -> str:
         lines += markdown(res["shortcut_probe"], res["n_images"])
     if res.get("reference"):
         r = res["reference"]
-        lines += [f"**vs reference** {r['checkpoint']}: agreement {100 * r['agreement']:.2f}% ({r['flips']} flips, "
-                  f"flip rate 95% CI [{100 * r['flip_rate_ci95'][0]:.1f}, {100 * r['flip_rate_ci95'][1]:.1f}]%)", ""]
-        lines += [f"- {f['file']}: {f['reference']} -> {f['this']}" for f in r["flipped"]] + [""]
+        lines += _flips(f"**vs reference** {r['checkpoint']}", r["agreement"], r)
         if r.get("operating_point"):
             o = r["operating_point"]
-            lines += [f"**vs reference at the operating point** (the finding the runtime reports): agreement "
-                      f"{100 * o['finding_agreement']:.2f}% ({o['flips']} flips, flip rate 95% CI "
-                      f"[{100 * o['flip_rate_ci95'][0]:.1f}, {100 * o['flip_rate_ci95'][1]:.1f}]%)", ""]
-            lines += [f"- {f['file']}: {f['reference']} -> {f['this']}" for f in o["flipped"]] + [""]
+            lines += _flips("**vs reference at the operating point** (the finding the runtime reports)",
+                            o["finding_agreement"], o)
     return "\n".join(lines)
+
+
+def _flips(title: str, agreement: float, r: dict) -> list[str]:
+    """Agreement with the reference, its flip-rate interval, and the flipped images."""
+    lo, hi = r["flip_rate_ci95"]
+    return ([f"{title}: agreement {100 * agreement:.2f}% ({r['flips']} flips, flip rate 95% CI "
+             f"[{100 * lo:.1f}, {100 * hi:.1f}]%)", ""]
+            + [f"- {f['file']}: {f['reference']} -> {f['this']}" for f in r["flipped"]] + [""])
 
 
 def plot_confusion(cm: list[list[int]], classes: list[str], path: Path, title: str = "") -> None:
