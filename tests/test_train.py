@@ -169,6 +169,25 @@ def test_finding_flips_catch_a_threshold_crossing_that_argmax_misses():
     assert finding_flips(ref, new, classes, dict(op, temperature=0.5), list("abc"))["flips"] == 0
 
 
+def test_report_lists_the_flips_against_the_reference_at_argmax_and_operating_point():
+    import json
+    from pathlib import Path
+
+    from edgecxr.train.evaluate import markdown_report
+
+    res = json.loads((Path(__file__).parents[1] / "benchmarks/results/eval-onnx-int8-76fa283b-vs-fp32-epyc/eval.json")
+                     .read_text())
+    ref = res["reference"]
+    ref["flipped"] = [{"file": "x.png", "reference": "Normal", "this": "COVID-19"}]
+    ref["operating_point"]["flipped"] = [{"file": "y.dcm", "reference": "COVID-19", "this": "Pneumonia"}]
+    md = markdown_report(res)
+    argmax, op = md.split("**vs reference at the operating point**")
+    assert f"agreement {100 * ref['agreement']:.2f}% ({ref['flips']} flips" in argmax
+    assert "- x.png: Normal -> COVID-19" in argmax
+    assert "- y.dcm: COVID-19 -> Pneumonia" in op and "x.png" not in op
+    assert f"agreement {100 * ref['operating_point']['finding_agreement']:.2f}%" in op
+
+
 def test_shortcut_masks_keep_and_remove_the_right_pixels():
     from edgecxr.train.shortcuts import masked
 
