@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecxr.metrics import auc_binary, mcnemar_exact, per_source, point_metrics, wilson_ci
+from edgecxr.metrics import mcnemar_exact, per_source, point_metrics, wilson_ci
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seeds import ARCHS, runs as seed_runs, summary as seeds_summary, verdict  # noqa: E402
@@ -84,6 +84,7 @@ measured so far, plots and val: `benchmarks/results/shortcut-probe/`, discussion
 
 SOURCE_PROBE = ROOT / "benchmarks" / "results" / "source-probe"
 NOISE_PROBE = ROOT / "benchmarks" / "results" / "noise-probe" / "results-val+test.json"
+NOISE_PROBE_GRAIN = ROOT / "benchmarks" / "results" / "noise-probe-grain" / "results-val+test.json"
 
 
 def statistics_section(shipped: dict, shipped_name: str = "covid-densenet-cxr3") -> str:
@@ -148,7 +149,27 @@ def statistics_section(shipped: dict, shipped_name: str = "covid-densenet-cxr3")
                              f"COVID-19 findings {o_lost} of {o_found}, {100 * o_lost / o_found:.0f}%). " if others else "")
                 + "`python benchmarks/noise_probe.py ... --split val+test`; `benchmarks/ablation.md`, \"How far "
                 "statistics without anatomy get\".")
+            parts[-1] += grain_note()
     return "\n\n".join(textwrap.fill(p, 118, break_on_hyphens=False) for p in parts) + ("\n" if parts else "")
+
+
+def grain_note() -> str:
+    """What the same probe finds in the runs trained with ``--augment grain`` (never shipped)."""
+    if not NOISE_PROBE_GRAIN.is_file():
+        return ""
+    runs = [m for name, m in json.loads(NOISE_PROBE_GRAIN.read_text())["models"].items() if "-grain-" in name]
+    if not runs:
+        return ""
+
+    def total(cond: str, key: str) -> str:
+        return f"{sum(m[cond][key][0] for m in runs)}/{sum(m[cond][key][1] for m in runs)}"
+
+    return (f" The same recipe trained with `--augment grain` (blur and noise after resizing, every class alike; "
+            f"{len(runs)} seeds, never shipped) finds {total('smoothed', 'noisy_covid_found')} of those Stony Brook "
+            f"images smoothed (whole: {total('whole', 'noisy_covid_found')}) and calls "
+            f"{total('grained', 'non_covid_called_covid')} non-COVID-19 images COVID-19 grained (whole: "
+            f"{total('whole', 'non_covid_called_covid')}; `benchmarks/results/noise-probe-grain`; its accuracy against the "
+            "recipe, seed pair by seed pair: `benchmarks/ablation.md`, \"Grain at the input resolution\").")
 
 
 def margin_note(op: dict) -> str:
