@@ -127,10 +127,10 @@ def statistics_section(shipped: dict, shipped_name: str = "covid-densenet-cxr3")
                 k, n = r[cond][key]
                 return f"{k}/{n}"
             others = [m for name, m in nz["models"].items() if name != shipped_name and "nosbu" not in name]
-            found = sum(m["whole"]["noisy_covid_found"][0] for m in others)
-            lost = found - sum(m["smoothed"]["noisy_covid_found"][0] for m in others)
-            o_found = sum(m["whole"]["other_covid_found"][0] for m in others)
-            o_lost = o_found - sum(m["smoothed"]["other_covid_found"][0] for m in others)
+            found = _pooled(others, "whole", "noisy_covid_found")[0]
+            lost = found - _pooled(others, "smoothed", "noisy_covid_found")[0]
+            o_found = _pooled(others, "whole", "other_covid_found")[0]
+            o_lost = o_found - _pooled(others, "smoothed", "other_covid_found")[0]
             parts.append(
                 "Stony Brook's images keep more pixel noise than the others (median "
                 f"{lv['median_noise_noisy']:.4f} against {lv['median_noise_clean']:.4f} on the training images): they "
@@ -153,6 +153,11 @@ def statistics_section(shipped: dict, shipped_name: str = "covid-densenet-cxr3")
     return "\n\n".join(textwrap.fill(p, 118, break_on_hyphens=False) for p in parts) + ("\n" if parts else "")
 
 
+def _pooled(models: list[dict], cond: str, key: str) -> tuple[int, int]:
+    """A noise-probe count (k of n) summed over several models' results."""
+    return sum(m[cond][key][0] for m in models), sum(m[cond][key][1] for m in models)
+
+
 def grain_note() -> str:
     """What the same probe finds in the runs trained with ``--augment grain`` (never shipped)."""
     if not NOISE_PROBE_GRAIN.is_file():
@@ -162,7 +167,7 @@ def grain_note() -> str:
         return ""
 
     def total(cond: str, key: str) -> str:
-        return f"{sum(m[cond][key][0] for m in runs)}/{sum(m[cond][key][1] for m in runs)}"
+        return "{}/{}".format(*_pooled(runs, cond, key))
 
     return (f" The same recipe trained with `--augment grain` (blur and noise after resizing, every class alike; "
             f"{len(runs)} seeds, never shipped) finds {total('smoothed', 'noisy_covid_found')} of those Stony Brook "
